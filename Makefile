@@ -1,0 +1,41 @@
+# Two entry points for a fresh machine (README): `make run` and `make test`.
+# Each creates its own virtual environment and installs what it needs.
+PYTHON ?= python3
+VENV_RUN  := .venv-run
+VENV_TEST := .venv
+# torch is installed first, pinned to the CPU wheel, so that the `torch` range in the
+# extras is already satisfied and pip does not fetch a multi-GB CUDA build.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: run test lint typecheck pytest clean
+
+$(VENV_TEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TEST)
+	$(VENV_TEST)/bin/pip install -q --upgrade pip
+	$(VENV_TEST)/bin/pip install -q $(TORCH_CPU)
+	$(VENV_TEST)/bin/pip install -q -e '.[train,export,dev]'
+	touch $@
+
+$(VENV_RUN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_RUN)
+	$(VENV_RUN)/bin/pip install -q --upgrade pip
+	$(VENV_RUN)/bin/pip install -q -e .
+	touch $@
+
+run: $(VENV_RUN)/.installed
+	$(VENV_RUN)/bin/avaserve --help
+
+lint: $(VENV_TEST)/.installed
+	$(VENV_TEST)/bin/ruff check .
+	$(VENV_TEST)/bin/ruff format --check .
+
+typecheck: $(VENV_TEST)/.installed
+	$(VENV_TEST)/bin/mypy
+
+pytest: $(VENV_TEST)/.installed
+	$(VENV_TEST)/bin/python -m pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV_TEST) $(VENV_RUN) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
