@@ -1,0 +1,456 @@
+"""``detector.onnx``: one output signature for every person detector the service runs.
+
+Contract (also in models.manifest.DetectorSpec, which records the preprocessing)::
+
+    images       (B, 3, H, W) float32   the detector's own preprocessing (YOLOX: BGR 0-255,
+                                        letterboxed top-left with pad 114, no normalisation)
+    boxes        (N, 4) float32         x1, y1, x2, y2 in detector-input (canvas) pixels
+    scores       (N,)   float32         YOLOX: objectness * class probability
+    class_ids    (N,)   int64           dataset class id (COCO person = 0)
+    batch_index  (N,)   int64           image of the batch each row belongs to
+
+Rows are what ONNX ``NonMaxSuppression`` selects, in its order: by image, then class, then
+descending score. ``batch_index`` is part of the contract so that a detector exported with a
+dynamic batch (the project's own, or a re-exported YOLOX) lets the service batch keyframes
+across streams with no change; the bundled YOLOX-nano has a static batch of 1.
+
+YOLOX: the public ONNX export ends at the head, ``output (B, A, 5 + C)`` with, per anchor,
+``[x, y, log w, log h, objectness, class probs]`` over a grid of strides 8/16/32. We append
+the decode as default-domain ONNX ops (no custom plugin, so ONNX Runtime and TensorRT's ONNX
+parser both take it)::
+
+    xy = (raw_xy + grid) * stride,  wh = exp(raw_wh) * stride,  score = obj * cls
+
+The layout of a given file (already decoded? sigmoid already applied?) is probed by running
+it, not assumed: `probe_yolox_layout`. `yolox_postprocess_numpy` is the reference the tests
+hold the graph to.
+
+The project's own detector (``format="avaserve"``, a torchvision-style detector from the
+detector fine-tuning issue) is exported by its own code with the same input and output names;
+`check_detector_signature` verifies any detector file against the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from models.manifest import (
+    DETECTOR_INPUT,
+    DETECTOR_OUTPUTS,
+    DetectorSpec,
+    GraphSpec,
+    describe_graph,
+)
+
+__all__ = [
+    "DetectorExportError",
+    "YoloxLayout",
+    "build_yolox_detector",
+    "check_detector_signature",
+    "graph_domains",
+    "nms_numpy",
+    "probe_yolox_layout",
+    "yolox_decode_numpy",
+    "yolox_grid",
+    "yolox_postprocess_numpy",
+]
+
+StrPath = str | PathLike[str]
+
+DEFAULT_OPSET = 17
+YOLOX_STRIDES = (8, 16, 32)
+
+
+class DetectorExportError(ValueError):
+    """A detector file that cannot become ``detector.onnx``; the message says why and what to do."""
+
+
+# -- numpy reference -------------------------------------------------------------------------
+
+
+def yolox_grid(
+    input_hw: tuple[int, int], strides: Sequence[int] = YOLOX_STRIDES
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Per-anchor grid cell ``(A, 2)`` as (x, y) and stride ``(A, 1)``, in YOLOX's anchor order.
+
+    Levels in stride order; inside a level, row-major over (y, x) with x fastest, which is
+    how YOLOX flattens each level's (h, w) feature map.
+    """
+    grids, steps = [], []
+    for s in strides:
+        h, w = input_hw[0] // s, input_hw[1] // s
+        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        grids.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+        steps.append(np.full((h * w, 1), s))
+    return (
+        np.concatenate(grids).astype(np.float32),
+        np.concatenate(steps).astype(np.float32),
+    )
+
+
+def yolox_decode_numpy(
+    raw: NDArray[np.float32],
+    input_hw: tuple[int, int],
+    *,
+    class_ids: Sequence[int] = (0,),
+    strides: Sequence[int] = YOLOX_STRIDES,
+    decoded: bool = False,
+    apply_sigmoid: bool = False,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """YOLOX head output ``(B, A, 5 + C)`` -> boxes ``(B, A, 4)`` xyxy and scores ``(B, A, K)``.
+
+    ``K = len(class_ids)``: scores of the kept classes only, ``obj * cls``.
+    """
+    raw = raw.astype(np.float32)
+    if decoded:
+        ctr, size = raw[..., 0:2], raw[..., 2:4]
+    else:
+        grid, stride = yolox_grid(input_hw, strides)
+        ctr = (raw[..., 0:2] + grid) * stride
+        size = np.exp(raw[..., 2:4]) * stride
+    half = size * np.float32(0.5)
+    boxes = np.concatenate([ctr - half, ctr + half], axis=-1)
+    obj = raw[..., 4:5]
+    cls = raw[..., [5 + c for c in class_ids]]
+    if apply_sigmoid:
+        obj = (1 / (1 + np.exp(-obj))).astype(np.float32)
+        cls = (1 / (1 + np.exp(-cls))).astype(np.float32)
+    return boxes.astype(np.float32), (obj * cls).astype(np.float32)
+
+
+def _iou_one_to_many(box: NDArray[np.float32], others: NDArray[np.float32]) -> NDArray[np.float32]:
+    # Corners are re-ordered (min/max) as ONNX NonMaxSuppression does for center_point_box=0.
+    x1a, x2a = min(box[0], box[2]), max(box[0], box[2])
+    y1a, y2a = min(box[1], box[3]), max(box[1], box[3])
+    x1b, x2b = np.minimum(others[:, 0], others[:, 2]), np.maximum(others[:, 0], others[:, 2])
+    y1b, y2b = np.minimum(others[:, 1], others[:, 3]), np.maximum(others[:, 1], others[:, 3])
+    iw = np.clip(np.minimum(x2a, x2b) - np.maximum(x1a, x1b), 0, None)
+    ih = np.clip(np.minimum(y2a, y2b) - np.maximum(y1a, y1b), 0, None)
+    inter = iw * ih
+    union = (x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0).astype(np.float32)
+
+
+def nms_numpy(
+    boxes: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    *,
+    iou_threshold: float,
+    score_threshold: float,
+    max_per_class: int,
+) -> NDArray[np.int64]:
+    """Greedy per-class NMS with ONNX ``NonMaxSuppression`` semantics.
+
+    boxes ``(B, A, 4)`` xyxy, scores ``(B, K, A)`` -> selected ``(M, 3)`` rows of
+    ``(batch, class, anchor)``, ordered by batch, class, descending score. Keeps boxes with
+    score > ``score_threshold``; suppresses those with IoU > ``iou_threshold``.
+    """
+    rows: list[tuple[int, int, int]] = []
+    for b in range(boxes.shape[0]):
+        for k in range(scores.shape[1]):
+            s = scores[b, k]
+            cand = np.flatnonzero(s > np.float32(score_threshold))
+            order = cand[np.argsort(-s[cand], kind="stable")]
+            kept: list[int] = []
+            while order.size and len(kept) < max_per_class:
+                i = int(order[0])
+                kept.append(i)
+                rest = order[1:]
+                iou = _iou_one_to_many(boxes[b, i], boxes[b, rest])
+                order = rest[iou <= np.float32(iou_threshold)]
+            rows.extend((b, k, i) for i in kept)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def yolox_postprocess_numpy(
+    raw: NDArray[np.float32], spec: DetectorSpec, layout: YoloxLayout | None = None
+) -> dict[str, NDArray[np.generic]]:
+    """The whole appended graph in numpy: the reference `build_yolox_detector` is tested against."""
+    layout = layout or YoloxLayout(decoded=False, sigmoid_applied=True)
+    boxes, scores = yolox_decode_numpy(
+        raw,
+        spec.input_size,
+        class_ids=spec.class_ids,
+        decoded=layout.decoded,
+        apply_sigmoid=not layout.sigmoid_applied,
+    )
+    scores_t = scores.transpose(0, 2, 1)  # (B, K, A)
+    sel = nms_numpy(
+        boxes,
+        scores_t,
+        iou_threshold=spec.nms_iou,
+        score_threshold=spec.nms_score_threshold,
+        max_per_class=spec.max_detections,
+    )
+    b, k, a = sel[:, 0], sel[:, 1], sel[:, 2]
+    return {
+        "boxes": boxes[b, a].reshape(-1, 4),
+        "scores": scores_t[b, k, a],
+        "class_ids": np.asarray(spec.class_ids, dtype=np.int64)[k],
+        "batch_index": b.astype(np.int64),
+    }
+
+
+# -- probing the source model ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class YoloxLayout:
+    """What a YOLOX ONNX head output already contains.
+
+    ``decoded``: boxes already in pixels (exported with decode_in_inference) rather than
+    raw grid offsets. ``sigmoid_applied``: objectness and class columns already probabilities.
+    """
+
+    decoded: bool
+    sigmoid_applied: bool
+
+
+def probe_yolox_layout(model: onnx.ModelProto, input_hw: tuple[int, int]) -> YoloxLayout:
+    """Run the model on a few inputs and read the layout off the numbers.
+
+    Raw xy offsets are cell-relative (|x| of a few units); decoded centres reach hundreds of
+    pixels. Sigmoid outputs stay in [0, 1]; logits do not (they go negative).
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    h, w = input_hw
+    probes = [
+        rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32),
+        np.full((1, 3, h, w), 114, np.float32),
+    ]
+    outs = np.concatenate([sess.run(None, {name: x})[0] for x in probes], axis=1)
+    xy_max = float(np.abs(outs[..., 0:2]).max())
+    conf = outs[..., 4:]
+    return YoloxLayout(
+        decoded=xy_max > max(YOLOX_STRIDES),
+        sigmoid_applied=bool(conf.min() >= 0.0 and conf.max() <= 1.0),
+    )
+
+
+# -- graph building --------------------------------------------------------------------------
+
+
+def _const(name: str, value: NDArray[np.generic]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name=name)
+
+
+def _append_yolox_postprocess(
+    model: onnx.ModelProto, spec: DetectorSpec, layout: YoloxLayout, num_anchors: int
+) -> None:
+    g = model.graph
+    raw = g.output[0].name
+    p = "avaserve_post_"  # prefix keeps our tensor names clear of the source graph's
+
+    def n(op: str, ins: list[str], out: str, **attrs: Any) -> str:
+        g.node.append(helper.make_node(op, ins, [p + out], name=p + out, **attrs))
+        return p + out
+
+    grid, stride = yolox_grid(spec.input_size)
+    if grid.shape[0] != num_anchors:
+        raise DetectorExportError(
+            f"the model has {num_anchors} anchors but strides {YOLOX_STRIDES} on "
+            f"{spec.input_size} give {grid.shape[0]}; is this a YOLOX model of that input size?"
+        )
+    score_cols = np.asarray([5 + c for c in spec.class_ids], dtype=np.int64)
+    g.initializer.extend(
+        [
+            _const(p + "grid", grid[None]),  # (1, A, 2)
+            _const(p + "stride", stride[None]),  # (1, A, 1)
+            _const(p + "half", np.array(0.5, np.float32)),
+            _const(p + "s0", np.array([0], np.int64)),
+            _const(p + "s2", np.array([2], np.int64)),
+            _const(p + "s4", np.array([4], np.int64)),
+            _const(p + "s5", np.array([5], np.int64)),
+            _const(p + "ax2", np.array([2], np.int64)),
+            _const(p + "score_cols", score_cols),
+            _const(p + "class_table", np.asarray(spec.class_ids, dtype=np.int64)),
+            _const(p + "max_out", np.array([spec.max_detections], np.int64)),
+            _const(p + "iou", np.array([spec.nms_iou], np.float32)),
+            _const(p + "score_thr", np.array([spec.nms_score_threshold], np.float32)),
+            _const(p + "col_b", np.array(0, np.int64)),
+            _const(p + "col_k", np.array(1, np.int64)),
+            _const(p + "cols_ba", np.array([0, 2], np.int64)),
+        ]
+    )
+    # (B, A, 5 + C) -> xy, wh (B, A, 2), obj (B, A, 1), cls (B, A, K)
+    xy = n("Slice", [raw, p + "s0", p + "s2", p + "ax2"], "xy")
+    wh = n("Slice", [raw, p + "s2", p + "s4", p + "ax2"], "wh")
+    obj = n("Slice", [raw, p + "s4", p + "s5", p + "ax2"], "obj")
+    cls = n("Gather", [raw, p + "score_cols"], "cls", axis=2)
+    if layout.decoded:
+        ctr, size = xy, wh
+    else:
+        ctr = n("Mul", [n("Add", [xy, p + "grid"], "xy_cell"), p + "stride"], "ctr")
+        size = n("Mul", [n("Exp", [wh], "wh_exp"), p + "stride"], "size")
+    if not layout.sigmoid_applied:
+        obj, cls = n("Sigmoid", [obj], "obj_p"), n("Sigmoid", [cls], "cls_p")
+    half = n("Mul", [size, p + "half"], "half_size")
+    x1y1 = n("Sub", [ctr, half], "x1y1")
+    x2y2 = n("Add", [ctr, half], "x2y2")
+    boxes_all = n("Concat", [x1y1, x2y2], "boxes_all", axis=2)  # (B, A, 4) xyxy
+    scores_all = n("Mul", [obj, cls], "scores_all")  # (B, A, K)
+    scores_t = n("Transpose", [scores_all], "scores_t", perm=[0, 2, 1])  # (B, K, A)
+    sel = n(
+        "NonMaxSuppression",
+        [boxes_all, scores_t, p + "max_out", p + "iou", p + "score_thr"],
+        "selected",
+        center_point_box=0,
+    )  # (N, 3) int64: batch, class, anchor
+    batch_ba = n("Gather", [sel, p + "cols_ba"], "sel_ba", axis=1)  # (N, 2)
+    g.node.append(helper.make_node("GatherND", [boxes_all, batch_ba], ["boxes"], name="boxes"))
+    g.node.append(helper.make_node("GatherND", [scores_t, sel], ["scores"], name="scores"))
+    k = n("Gather", [sel, p + "col_k"], "sel_k", axis=1)  # (N,)
+    g.node.append(
+        helper.make_node("Gather", [p + "class_table", k], ["class_ids"], name="class_ids", axis=0)
+    )
+    g.node.append(
+        helper.make_node("Gather", [sel, p + "col_b"], ["batch_index"], name="batch_index", axis=1)
+    )
+    del g.output[:]
+    g.output.extend(
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("class_ids", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["N"]),
+        ]
+    )
+
+
+def build_yolox_detector(
+    src: StrPath,
+    dst: StrPath,
+    *,
+    class_ids: Sequence[int] = (0,),
+    person_class_id: int = 0,
+    score_threshold: float = 0.8,
+    nms_score_threshold: float = 0.1,
+    nms_iou: float = 0.45,
+    max_detections: int = 100,
+    opset: int = DEFAULT_OPSET,
+) -> tuple[DetectorSpec, GraphSpec]:
+    """Turn a YOLOX ONNX model into ``detector.onnx`` (the contract above) at ``dst``.
+
+    Returns the manifest's detector record and the graph record (hash and I/O read back
+    from the written file through ONNX Runtime).
+    """
+    model = onnx.load(str(src))
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise DetectorExportError(
+            f"{src}: expected one input and one output (a YOLOX head export), got "
+            f"{len(model.graph.input)} inputs and {len(model.graph.output)} outputs"
+        )
+    in_dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    if len(in_dims) != 4 or in_dims[1] != 3 or not in_dims[2] or not in_dims[3]:
+        raise DetectorExportError(
+            f"{src}: input shape {in_dims} is not (B, 3, H, W) with fixed H, W; re-export the "
+            f"YOLOX model with a fixed input size"
+        )
+    if len(out_dims) != 3 or out_dims[2] < 6:
+        raise DetectorExportError(
+            f"{src}: output shape {out_dims} is not (B, anchors, 5 + classes)"
+        )
+    num_classes = out_dims[2] - 5
+    bad = [c for c in class_ids if not 0 <= c < num_classes]
+    if bad:
+        raise DetectorExportError(f"class_ids {bad} are outside the model's {num_classes} classes")
+    # The input keeps the source's own name only if it already is the contract's.
+    if model.graph.input[0].name != DETECTOR_INPUT:
+        raise DetectorExportError(
+            f"{src}: input is named {model.graph.input[0].name!r}, the contract needs "
+            f"{DETECTOR_INPUT!r}"
+        )
+    spec = DetectorSpec(
+        format="yolox",
+        file=Path(dst).name,
+        input_height=in_dims[2],
+        input_width=in_dims[3],
+        resize="letterbox",
+        letterbox_anchor="top_left",
+        pad_value=114.0,
+        channel_order="BGR",
+        pixel_scale=1.0,
+        score_threshold=score_threshold,
+        nms_score_threshold=nms_score_threshold,
+        nms_iou=nms_iou,
+        max_detections=max_detections,
+        person_class_id=person_class_id,
+        class_ids=tuple(class_ids),
+    )
+    layout = probe_yolox_layout(model, spec.input_size)
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if current < opset:
+        # NonMaxSuppression/GatherND exist since 10/11, but the bundle promises opset >= 17
+        # everywhere; the converter also rewrites ops whose signature changed (Resize, Slice).
+        model = version_converter.convert_version(model, opset)
+    _append_yolox_postprocess(model, spec, layout, out_dims[1])
+    model.producer_name = "avaserve.export.detector"
+    # The IR version opset 17 needs; a newer default IR would lock out older ONNX Runtimes.
+    model.ir_version = max(model.ir_version, 8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+    graph = describe_graph(dst, opset=max(current, opset))
+    return spec, graph
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def graph_domains(path_or_model: StrPath | onnx.ModelProto) -> dict[str, set[str]]:
+    """Operator types per domain ('' = default ONNX domain), subgraphs included."""
+    model = (
+        path_or_model
+        if isinstance(path_or_model, onnx.ModelProto)
+        else onnx.load(str(path_or_model))
+    )
+    found: dict[str, set[str]] = {}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            found.setdefault(node.domain or "", set()).add(node.op_type)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return found
+
+
+def check_detector_signature(path: StrPath) -> GraphSpec:
+    """Verify a detector file follows the contract (names, dtypes, ranks); return its record."""
+    graph = describe_graph(path)
+    expect = {
+        "boxes": ("float32", 2),
+        "scores": ("float32", 1),
+        "class_ids": ("int64", 1),
+        "batch_index": ("int64", 1),
+    }
+    ins = [(t.name, t.dtype, t.rank) for t in graph.inputs]
+    if ins != [(DETECTOR_INPUT, "float32", 4)]:
+        raise DetectorExportError(
+            f"{path}: inputs {ins}; the contract is one float32 (B, 3, H, W) input "
+            f"named {DETECTOR_INPUT!r}"
+        )
+    outs = {t.name: (t.dtype, t.rank) for t in graph.outputs}
+    if outs != expect:
+        raise DetectorExportError(
+            f"{path}: outputs {outs}; the contract is {expect} (names {list(DETECTOR_OUTPUTS)})"
+        )
+    return graph

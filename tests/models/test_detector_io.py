@@ -1,0 +1,85 @@
+"""models/detector_io.py: letterbox geometry round trips and the preprocessing it prescribes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.detector_io import letterbox_transform, preprocess, unletterbox_boxes
+from models.manifest import DetectorSpec
+
+
+def _spec(**kw: object) -> DetectorSpec:
+    base: dict[str, object] = dict(
+        format="yolox", input_height=416, input_width=416, channel_order="BGR"
+    )
+    base.update(kw)
+    return DetectorSpec.model_validate(base)
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "anchor", "scale", "pad", "resized_wh"),
+    [
+        ((576, 768), "top_left", 416 / 768, (0, 0), (416, 312)),
+        ((576, 768), "center", 416 / 768, (0, 52), (416, 312)),
+        ((240, 426), "top_left", 416 / 426, (0, 0), (416, 234)),
+        ((1000, 500), "center", 416 / 1000, (104, 0), (208, 416)),
+        ((416, 416), "top_left", 1.0, (0, 0), (416, 416)),
+    ],
+)
+def test_letterbox_transform(
+    frame_hw: tuple[int, int],
+    anchor: str,
+    scale: float,
+    pad: tuple[int, int],
+    resized_wh: tuple[int, int],
+) -> None:
+    t = letterbox_transform(frame_hw, _spec(letterbox_anchor=anchor))
+    assert t.scale_x == pytest.approx(scale) and t.scale_y == pytest.approx(scale)
+    assert (t.pad_x, t.pad_y) == pad
+    assert (t.resized_w, t.resized_h) == resized_wh
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+@pytest.mark.parametrize("anchor", ["top_left", "center"])
+def test_boxes_round_trip(resize: str, anchor: str) -> None:
+    t = letterbox_transform((576, 768), _spec(resize=resize, letterbox_anchor=anchor))
+    frame_boxes = np.array([[10, 20, 110, 220], [700, 500, 768, 576]], np.float32)
+    canvas = frame_boxes.copy()
+    canvas[:, 0::2] = canvas[:, 0::2] * t.scale_x + t.pad_x
+    canvas[:, 1::2] = canvas[:, 1::2] * t.scale_y + t.pad_y
+    np.testing.assert_allclose(unletterbox_boxes(canvas, t), frame_boxes, atol=1e-3)
+
+
+def test_unletterbox_clips_to_frame() -> None:
+    t = letterbox_transform((576, 768), _spec())
+    out = unletterbox_boxes(np.array([[-5, -5, 500, 400]], np.float32), t)
+    assert out.min() >= 0 and out[0, 2] <= 768 and out[0, 3] <= 576
+    assert unletterbox_boxes(np.zeros((0, 4), np.float32), t).shape == (0, 4)
+
+
+def test_preprocess_yolox_layout() -> None:
+    frame = np.zeros((576, 768, 3), np.uint8)
+    frame[..., 0] = 200  # red in RGB
+    images, t = preprocess(frame, _spec())
+    assert images.shape == (1, 3, 416, 416) and images.dtype == np.float32
+    # BGR: the red channel lands last; the pad below the image is 114, unscaled.
+    assert images[0, 2, 0, 0] == pytest.approx(200) and images[0, 0, 0, 0] == 0
+    assert (images[0, :, t.resized_h :, :] == 114).all()
+
+
+def test_preprocess_normalises_when_asked() -> None:
+    spec = _spec(
+        channel_order="RGB",
+        pixel_scale=255.0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        pad_value=0,
+    )
+    images, _ = preprocess(np.full((416, 416, 3), 255, np.uint8), spec)
+    np.testing.assert_allclose(images, 2.0, atol=1e-6)
+
+
+def test_preprocess_rejects_bad_frames() -> None:
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        preprocess(np.zeros((10, 10), np.uint8), _spec())
