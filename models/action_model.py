@@ -1,0 +1,178 @@
+"""The action model: SlowFast backbone + RoI head + optional LFB + optional global branch.
+
+It follows the three-branch design of the ActivityNet 2019 AVA report this project builds
+on (DESIGN.md, report A): short-term person features from RoIAlign, long-term context
+from a feature bank (Wu et al., "Long-Term Feature Banks", CVPR 2019) and a clip-level
+"global" scene branch, each switchable::
+
+    slow (B,3,T_s,H,W), fast (B,3,T_f,H,W), boxes (K,5)
+      -> backbone -> [(B,C_s,T_s,h,w), (B,C_f,T_f,h,w)]
+           -> RoIHead(boxes)            person (K, D)
+           -> mean over T,h,w, concat   global (B, D)                      = features()
+    person (K,D), global_per_person (K,D), bank (K,W,Db), mask (K,W)
+      -> concat[person, LFB(person, bank, mask) (K,d) if lfb, global_per_person if global]
+      -> Linear                         action_logits (K, C)
+      -> scene Linear(global_per_person) scene_logits (K, C) if global         = head()
+
+``features`` and ``head`` are the two halves the export tool writes as backbone.onnx and
+head.onnx; the service keeps the feature bank between them.
+
+Boxes are (K, 5) = (batch_index, x1, y1, x2, y2) in input-pixel coordinates of the clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.ava import POSE_IDS
+from models.lfb import LFB
+from models.preset_info import PresetInfo
+from models.probs import pose_columns
+from models.roi import RoIHead
+
+AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
+
+
+@dataclass(frozen=True)
+class ActionOutput:
+    """What :meth:`ActionModel.forward` returns.
+
+    action_logits: (K, C) per-person logits; pose columns are softmax logits, the rest
+        sigmoid logits (use :meth:`ActionModel.probabilities`).
+    scene_logits: (B, C) clip-level sigmoid logits, or None without the global branch.
+    person_features: (K, D) RoI features (what the feature bank stores).
+    global_features: (B, D) clip-level pooled features.
+    """
+
+    action_logits: Tensor
+    scene_logits: Tensor | None
+    person_features: Tensor
+    global_features: Tensor
+
+
+class ActionModel(nn.Module):
+    """Per-person AVA action classifier (see the module docstring for the data flow).
+
+    Args:
+        backbone: module with ``forward(slow, fast) -> [slow_feat, fast_feat]``.
+        roi_head: turns those features and boxes into person features (K, D).
+        lfb: long-term feature bank operator, or None for the RoI-only / +global model.
+        use_global: add the global branch: the clip feature is concatenated into every
+            person's classifier input and a scene classifier predicts the clip's actions.
+        class_ids: the action ids of the output columns, in order (default AVA 1..80).
+        pose_ids: which ids are mutually exclusive pose classes (AVA 1..14).
+        preset_info: preprocessing facts of the preset that built the model, if any.
+    """
+
+    pose_mask: Tensor  # (C,) bool buffer: True at the pose columns
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        roi_head: RoIHead,
+        lfb: LFB | None = None,
+        use_global: bool = False,
+        class_ids: Sequence[int] = AVA_CLASS_IDS,
+        pose_ids: Sequence[int] = POSE_IDS,
+        preset_info: PresetInfo | None = None,
+    ) -> None:
+        super().__init__()
+        if len(set(class_ids)) != len(class_ids) or not class_ids:
+            raise ValueError(f"class_ids must be non-empty and unique, got {list(class_ids)}")
+        self.backbone = backbone
+        self.roi_head = roi_head
+        self.lfb = lfb
+        self.use_global = use_global
+        self.class_ids = tuple(int(c) for c in class_ids)
+        self.pose_columns = pose_columns(self.class_ids, pose_ids)
+        self.preset_info = preset_info
+
+        dim = roi_head.out_dim
+        if lfb is not None and lfb.dim_in != dim:
+            raise ValueError(f"LFB dim_in {lfb.dim_in} != RoI feature size {dim}")
+        cls_in = dim + (lfb.dim_inner if lfb is not None else 0) + (dim if use_global else 0)
+        self.classifier = nn.Linear(cls_in, self.num_classes)
+        self.scene_classifier = nn.Linear(dim, self.num_classes) if use_global else None
+        pose_mask = torch.zeros(self.num_classes, dtype=torch.bool)
+        pose_mask[list(self.pose_columns)] = True
+        self.register_buffer("pose_mask", pose_mask, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the person and global feature size."""
+        return self.roi_head.out_dim
+
+    def features(self, slow: Tensor, fast: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """(slow, fast, boxes (K,5)) -> (person (K, D), global (B, D)). backbone.onnx."""
+        feats = self.backbone(slow, fast)  # [(B, C_s, T_s, h, w), (B, C_f, T_f, h, w)]
+        person = self.roi_head(feats, boxes)  # (K, D)
+        glob = torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1)  # (B, D)
+        return person, glob
+
+    def head(
+        self, person: Tensor, global_per_person: Tensor, bank: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Classify persons. head.onnx.
+
+        Args:
+            person: (K, D) person features.
+            global_per_person: (K, D) each person's clip feature (``global[boxes[:, 0]]``);
+                ignored without the global branch.
+            bank: (K, W, D_bank) long-term window; ignored without an LFB.
+            mask: (K, W) 1 = valid bank slot; ignored without an LFB.
+
+        Returns:
+            action_logits (K, C), scene_logits (K, C) or None without the global branch.
+        """
+        parts = [person]
+        if self.lfb is not None:
+            parts.append(self.lfb(person, bank, mask))  # (K, d)
+        if self.use_global:
+            parts.append(global_per_person)  # (K, D)
+        action_logits = self.classifier(torch.cat(parts, dim=1))  # (K, C)
+        scene_logits = (
+            self.scene_classifier(global_per_person) if self.scene_classifier is not None else None
+        )
+        return action_logits, scene_logits
+
+    def forward(
+        self,
+        slow: Tensor,
+        fast: Tensor,
+        boxes: Tensor,
+        bank: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> ActionOutput:
+        """Whole model. ``bank``/``mask`` None means an empty bank window for every person."""
+        person, glob = self.features(slow, fast, boxes)
+        global_per_person = glob.index_select(0, boxes[:, 0].to(torch.int64))  # (K, D)
+        if bank is None:
+            dim_bank = self.lfb.dim_bank if self.lfb is not None else 1
+            bank = person.new_zeros(person.shape[0], 1, dim_bank)  # (K, 1, D_bank)
+            mask = person.new_zeros(person.shape[0], 1)  # (K, 1): nothing valid
+        elif mask is None:
+            mask = bank.new_ones(bank.shape[:2])
+        action_logits, _ = self.head(person, global_per_person, bank, mask)
+        scene_logits = self.scene_classifier(glob) if self.scene_classifier is not None else None
+        return ActionOutput(action_logits, scene_logits, person, glob)
+
+    def probabilities(self, action_logits: Tensor) -> Tensor:
+        """(K, C) logits -> probabilities: softmax over the pose columns, sigmoid elsewhere.
+
+        Same math as the torch-free ``models.probs.action_probabilities``.
+        """
+        probs = torch.sigmoid(action_logits)
+        if not self.pose_columns:
+            return probs
+        # Non-pose columns get -inf so they take no share of the softmax.
+        pose_logits = action_logits.masked_fill(~self.pose_mask, float("-inf"))
+        return torch.where(self.pose_mask, torch.softmax(pose_logits, dim=1), probs)

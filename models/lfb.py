@@ -1,0 +1,122 @@
+"""Long-term feature bank operator (FBO), non-local variant.
+
+Wu, Feichtenhofer, Fan, He, Krähenbühl, Girshick, "Long-Term Feature Banks for Detailed
+Video Understanding", CVPR 2019 (arXiv:1812.05038), sec. 3.3 "FBO_NL" and sec. 4.1.
+
+Each person's short-term RoI feature S (K, D) is the query; the long-term bank window
+L (K, W, D_bank) — person features from the neighbouring seconds of the same video — gives
+keys and values. Both inputs get dropout and a linear reduction to ``dim_inner`` (512 in
+the paper), then ``num_blocks`` (2 in the paper) modified non-local blocks run::
+
+    NL'(S, L) = S + Dropout(Linear(ReLU(LN(softmax(theta(S) phi(L)^T / sqrt(d)) g(L)))))
+
+LN + ReLU before the output linear ("pre-activation") and dropout are the paper's
+modifications for training stability on the small AVA set; the residual keeps S. The
+output (K, dim_inner) is **concatenated** with the RoI feature by the action model
+(concatenation beat summation in the ActivityNet 2019 report this project follows).
+
+Data flow::
+
+    person (K, D) -> dropout -> Linear -> s (K, d)
+    bank (K, W, Db), mask (K, W) -> zero invalid -> dropout -> Linear -> l (K, W, d)
+    s = NL'_1(s, l, mask); s = NL'_2(s, l, mask)      -> (K, d)
+
+The mask says which window slots hold a real feature (1 = valid). Masked slots get no
+attention weight and their values are replaced by 0 before any arithmetic, so they cannot
+influence the output, whatever they contain (even NaN). A row whose window is entirely
+masked gets a zero attention term, so the block reduces to its residual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# Logit given to masked slots before the softmax. Finite on purpose: with -inf a fully
+# masked row would be softmax(-inf, ..., -inf) = NaN. exp(-1e4 - max) underflows to exactly
+# 0 in float32 for any realistic logit, and the weights are multiplied by the mask after
+# the softmax as well, so masked slots get weight 0 exactly in both cases.
+_MASKED_LOGIT = -1.0e4
+
+
+class LFBBlock(nn.Module):
+    """One modified non-local block NL'(S, L) of Wu et al. (see the module docstring).
+
+    ``forward(s (K, d), lt (K, W, d), valid (K, W) float 0/1) -> (K, d)``.
+    """
+
+    def __init__(self, dim: int, *, dropout: float = 0.2, scale: bool = True) -> None:
+        super().__init__()
+        self.theta = nn.Linear(dim, dim)
+        self.phi = nn.Linear(dim, dim)
+        self.g = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
+
+    def forward(self, s: Tensor, lt: Tensor, valid: Tensor) -> Tensor:
+        q = self.theta(s)  # (K, d)
+        k = self.phi(lt)  # (K, W, d)
+        v = self.g(lt)  # (K, W, d)
+        logits = torch.matmul(k, q[:, :, None])[:, :, 0] * self.scale  # (K, W)
+        logits = torch.where(valid > 0, logits, torch.full_like(logits, _MASKED_LOGIT))
+        attn = torch.softmax(logits, dim=1) * valid  # (K, W); fully masked row -> all 0
+        y = torch.matmul(attn[:, None, :], v)[:, 0, :]  # (K, d)
+        y = self.out(torch.relu(self.norm(y)))
+        return s + self.dropout(y)
+
+
+class LFB(nn.Module):
+    """Feature bank operator: short-term person features attend to a long-term window.
+
+    Args:
+        dim_in: D, the person (RoI) feature size (2304 for SlowFast R50).
+        dim_bank: D_bank, the bank feature size (= dim_in when the bank holds this model's
+            own person features).
+        dim_inner: d, the reduced size and the output size (512 in Wu et al.).
+        num_blocks: stacked NL' blocks (2 in Wu et al.; more did not help there).
+        dropout: rate on both inputs and inside each block (0.2 in Wu et al.'s AVA setup).
+
+    ``forward(person (K, D), bank (K, W, D_bank), mask (K, W) bool or float, 1 = valid)
+    -> (K, dim_inner)``. K and W may be 0-sized / fully masked; the output stays finite.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim_in: int,
+        dim_bank: int,
+        dim_inner: int = 512,
+        num_blocks: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        self.dim_in = dim_in
+        self.dim_bank = dim_bank
+        self.dim_inner = dim_inner
+        self.input_dropout = nn.Dropout(dropout)
+        self.reduce_person = nn.Linear(dim_in, dim_inner)
+        self.reduce_bank = nn.Linear(dim_bank, dim_inner)
+        self.blocks = nn.ModuleList(LFBBlock(dim_inner, dropout=dropout) for _ in range(num_blocks))
+
+    def forward(self, person: Tensor, bank: Tensor, mask: Tensor) -> Tensor:
+        if bank.dim() != 3 or mask.dim() != 2:
+            raise ValueError(
+                f"bank must be (K, W, D_bank) and mask (K, W); got {tuple(bank.shape)} "
+                f"and {tuple(mask.shape)}"
+            )
+        valid = (mask > 0.5) if mask.dtype != torch.bool else mask  # (K, W) bool
+        # where() rather than a multiply: 0 * NaN would still be NaN.
+        bank = torch.where(valid[:, :, None], bank, torch.zeros_like(bank))
+        valid_f = valid.to(person.dtype)
+
+        s = self.reduce_person(self.input_dropout(person))  # (K, d)
+        lt = self.reduce_bank(self.input_dropout(bank))  # (K, W, d)
+        for block in self.blocks:
+            s = block(s, lt, valid_f)
+        return s

@@ -1,0 +1,285 @@
+"""3D RoIAlign and the RoI head (person features from SlowFast feature maps).
+
+Boxes everywhere in this module are ``(K, 5)`` float tensors, one row per box:
+``(batch_index, x1, y1, x2, y2)`` in **input-pixel** coordinates of the clip tensor fed
+to the backbone (after resize/crop), xyxy, not normalised. ``K`` may be 0.
+
+"3D RoIAlign" (SlowFast, Feichtenhofer et al. 2019, sec. 5) is the 2D RoIAlign applied
+to every frame of a feature map; because the head averages over time right after, we
+average over time *first* and run one 2D RoIAlign, which is the same linear map and
+``T`` times cheaper (PySlowFast and pytorchvideo do the same).
+
+Data flow of :class:`RoIHead`::
+
+    [slow (B, C_s, T_s, h, w), fast (B, C_f, T_f, h, w)]
+        -> temporal mean per pathway      [(B, C_s, h, w), (B, C_f, h, w)]
+        -> concat channels                (B, D, h, w)      D = C_s + C_f
+        -> roi_align(boxes (K, 5))        (K, D, oh, ow)
+        -> spatial max                    (K, D)
+        -> dropout                        (K, D)   person feature
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Fixed number of bilinear samples per bin side. torchvision/Detectron2 accept
+# ``sampling_ratio=0`` ("adaptive": ceil(roi_size / output_size) samples per bin side),
+# and PySlowFast's and pytorchvideo's AVA heads use that adaptive setting. The adaptive
+# count depends on each box's size, so it cannot be a static ONNX/TensorRT graph; we fix
+# it at 2, which is what the adaptive rule gives for a typical AVA person box (7-14
+# feature cells tall at stride 16 on a 256-px clip -> ceil(7..14 / 7) = 1..2). Boxes
+# larger than 14 feature cells (> 224 input px at stride 16) get 2 samples per bin side
+# here where the adaptive rule would use 3+, so a checkpoint imported from PySlowFast
+# sees slightly different (smoother-vs-sparser) pooled features for very large boxes.
+DEFAULT_SAMPLING_RATIO = 2
+
+
+def _check_inputs(features: Tensor, rois: Tensor) -> None:
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(
+            "rois must be (K, 5) = (batch_index, x1, y1, x2, y2) in input pixels, "
+            f"got shape {tuple(rois.shape)}"
+        )
+
+
+def _interp_matrix(
+    start: Tensor, bin_size: Tensor, size: int, out_bins: int, sampling_ratio: int
+) -> Tensor:
+    """Averaged 1-D bilinear interpolation weights for one axis.
+
+    ``start`` and ``bin_size`` are (K,) in feature-map coordinates. Returns
+    ``(K, out_bins, size)``: row ``i`` holds the weights that, applied along this axis,
+    give the mean over the ``sampling_ratio`` sample points of bin ``i``.
+
+    RoIAlign's bilinear weight at (y, x) is w(y) * w(x), and a sample outside the map
+    (y < -1 or y > H, likewise x) contributes 0, i.e. valid(y) * valid(x). Both factor
+    over the axes, so the mean over the sr x sr sample grid of a bin is the product of
+    a per-axis mean: ``out = A_y @ feature @ A_x^T``. That lets the whole op be a
+    gather plus two batched matmuls, all standard ONNX ops with a dynamic K.
+    """
+    device, dtype = start.device, start.dtype
+    grid = torch.arange(size, device=device, dtype=dtype)  # (size,)
+    size_f = grid[-1] + 1.0  # the map size as a tensor, traced from the feature shape
+    bins = torch.arange(out_bins, device=device, dtype=dtype)  # (out_bins,)
+    total = torch.zeros((), device=device, dtype=dtype)
+    # sampling_ratio is a small Python int, so this loop unrolls into the graph; it avoids a
+    # reshape of a possibly empty (K = 0) tensor.
+    for s in range(sampling_ratio):
+        # Sample s of bin i sits at i + (s + 0.5) / sr bins from the box start.
+        pos = start[:, None] + (bins[None, :] + (s + 0.5) / sampling_ratio) * bin_size[:, None]
+        valid = ((pos >= -1.0) & (pos <= size_f)).to(dtype)  # (K, out_bins)
+        # Clamp to the edges: positions in [-1, 0) read cell 0, positions >= size - 1 read
+        # the last cell (torchvision's bilinear_interpolate does exactly this).
+        pos = torch.minimum(torch.clamp(pos, min=0.0), size_f - 1.0)
+        low = torch.floor(pos)
+        high = torch.minimum(low + 1.0, size_f - 1.0)
+        w_high = (pos - low) * valid  # (K, out_bins)
+        w_low = (1.0 - (pos - low)) * valid
+        total = total + (
+            w_low[..., None] * (low[..., None] == grid).to(dtype)
+            + w_high[..., None] * (high[..., None] == grid).to(dtype)
+        )  # (K, out_bins, size)
+    return total / sampling_ratio
+
+
+def roi_align(
+    features: Tensor,
+    rois: Tensor,
+    *,
+    output_size: tuple[int, int] = (7, 7),
+    spatial_scale: float,
+    sampling_ratio: int = DEFAULT_SAMPLING_RATIO,
+    aligned: bool = True,
+) -> Tensor:
+    """RoIAlign written with plain tensor ops so it exports to standard ONNX ops.
+
+    Args:
+        features: (N, C, H, W) feature map.
+        rois: (K, 5) = (batch_index, x1, y1, x2, y2) in input-pixel coordinates; K may be 0.
+        output_size: (oh, ow) bins per box.
+        spatial_scale: feature-map cells per input pixel, 1 / backbone stride.
+        sampling_ratio: bilinear samples per bin side; must be > 0 (the adaptive ``0`` of
+            torchvision is data-dependent, see ``DEFAULT_SAMPLING_RATIO``).
+        aligned: half-pixel alignment. With ``True`` (Detectron2, PySlowFast's AVA head)
+            a box coordinate ``x`` in pixels maps to ``x * scale - 0.5`` on the feature
+            map, because pixel ``i`` of the input covers [i, i+1) and its centre is the
+            feature cell centre; without it boxes are shifted by half a cell and tiny
+            boxes are stretched to at least 1 cell (the legacy Mask R-CNN behaviour).
+
+    Returns:
+        (K, C, oh, ow), equal to ``torchvision.ops.roi_align`` with the same arguments.
+    """
+    _check_inputs(features, rois)
+    if sampling_ratio <= 0:
+        raise ValueError(
+            f"sampling_ratio must be > 0 for a static graph, got {sampling_ratio} "
+            "(roi_align_reference supports the adaptive 0 for comparison)"
+        )
+    oh, ow = output_size
+    height, width = features.shape[-2], features.shape[-1]
+    dtype = features.dtype
+    rois = rois.to(dtype)
+
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset  # (K,)
+    y1 = rois[:, 2] * spatial_scale - offset
+    x2 = rois[:, 3] * spatial_scale - offset
+    y2 = rois[:, 4] * spatial_scale - offset
+    roi_w = x2 - x1
+    roi_h = y2 - y1
+    if not aligned:
+        # Legacy behaviour: malformed / tiny boxes are forced to at least 1x1 cell.
+        roi_w = torch.clamp(roi_w, min=1.0)
+        roi_h = torch.clamp(roi_h, min=1.0)
+
+    a_y = _interp_matrix(y1, roi_h / oh, height, oh, sampling_ratio)  # (K, oh, H)
+    a_x = _interp_matrix(x1, roi_w / ow, width, ow, sampling_ratio)  # (K, ow, W)
+
+    batch_index = rois[:, 0].to(torch.int64)  # (K,)
+    per_roi = features.index_select(0, batch_index)  # (K, C, H, W)
+    # (K, 1, oh, H) @ (K, C, H, W) -> (K, C, oh, W); then @ (K, 1, W, ow) -> (K, C, oh, ow)
+    out = torch.matmul(a_y[:, None], per_roi)
+    out = torch.matmul(out, a_x.transpose(1, 2)[:, None])
+    return out
+
+
+def _bilinear_reference(fmap: Tensor, y: float, x: float) -> Tensor:
+    """Bilinear value of fmap (C, H, W) at (y, x), RoIAlign's edge rules, written out."""
+    height, width = fmap.shape[-2], fmap.shape[-1]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return torch.zeros(fmap.shape[0], dtype=fmap.dtype)
+    y = max(y, 0.0)
+    x = max(x, 0.0)
+    y_low = int(math.floor(y))
+    x_low = int(math.floor(x))
+    if y_low >= height - 1:
+        y_low = y_high = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = x_high = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return (
+        hy * hx * fmap[:, y_low, x_low]
+        + hy * lx * fmap[:, y_low, x_high]
+        + ly * hx * fmap[:, y_high, x_low]
+        + ly * lx * fmap[:, y_high, x_high]
+    )
+
+
+def roi_align_reference(
+    features: Tensor,
+    rois: Tensor,
+    *,
+    output_size: tuple[int, int] = (7, 7),
+    spatial_scale: float,
+    sampling_ratio: int = DEFAULT_SAMPLING_RATIO,
+    aligned: bool = True,
+) -> Tensor:
+    """Plain loop RoIAlign (boxes x bins x samples), the yardstick for :func:`roi_align`.
+
+    Same arguments and box format as :func:`roi_align`; additionally accepts
+    ``sampling_ratio <= 0`` = adaptive ``ceil(roi_size / output_size)`` per box, as in
+    torchvision and PySlowFast. Slow; for tests only.
+    """
+    _check_inputs(features, rois)
+    oh, ow = output_size
+    feats = features.detach().double()
+    out = torch.zeros(rois.shape[0], features.shape[1], oh, ow, dtype=torch.float64)
+    offset = 0.5 if aligned else 0.0
+    for k in range(rois.shape[0]):
+        b, bx1, by1, bx2, by2 = (float(v) for v in rois[k])
+        fmap = feats[int(b)]
+        x1 = bx1 * spatial_scale - offset
+        y1 = by1 * spatial_scale - offset
+        roi_w = bx2 * spatial_scale - offset - x1
+        roi_h = by2 * spatial_scale - offset - y1
+        if not aligned:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_h, bin_w = roi_h / oh, roi_w / ow
+        sr_y = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / oh)
+        sr_x = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / ow)
+        count = max(sr_y * sr_x, 1)
+        for i in range(oh):
+            for j in range(ow):
+                acc = torch.zeros(features.shape[1], dtype=torch.float64)
+                for sy in range(sr_y):
+                    y = y1 + i * bin_h + (sy + 0.5) * bin_h / sr_y
+                    for sx in range(sr_x):
+                        x = x1 + j * bin_w + (sx + 0.5) * bin_w / sr_x
+                        acc += _bilinear_reference(fmap, y, x)
+                out[k, :, i, j] = acc / count
+    return out.to(features.dtype)
+
+
+class RoIHead(nn.Module):
+    """Person features from SlowFast pathway features and person boxes.
+
+    Args:
+        in_channels: channels per pathway, e.g. (2048, 256) for SlowFast R50.
+        spatial_scale: 1 / backbone spatial stride (1/16 for the AVA variant).
+        output_size: RoIAlign bins (oh, ow); 7x7 as in PySlowFast's AVA head.
+        sampling_ratio: fixed bilinear samples per bin side (see DEFAULT_SAMPLING_RATIO).
+        dropout: dropout rate on the pooled person feature (0.5 in PySlowFast AVA configs).
+        aligned: half-pixel aligned RoIAlign (True in PySlowFast's AVA head).
+
+    ``forward(features, boxes)``: ``features`` is the backbone's list
+    ``[(B, C_s, T_s, h, w), (B, C_f, T_f, h, w)]``; ``boxes`` is (K, 5) =
+    (batch_index, x1, y1, x2, y2) in input-pixel coordinates. Returns (K, D),
+    D = sum(in_channels).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: Sequence[int],
+        spatial_scale: float,
+        output_size: tuple[int, int] = (7, 7),
+        sampling_ratio: int = DEFAULT_SAMPLING_RATIO,
+        dropout: float = 0.5,
+        aligned: bool = True,
+    ) -> None:
+        super().__init__()
+        if sampling_ratio <= 0:
+            raise ValueError(f"sampling_ratio must be > 0, got {sampling_ratio}")
+        self.in_channels = tuple(int(c) for c in in_channels)
+        self.spatial_scale = float(spatial_scale)
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def out_dim(self) -> int:
+        return sum(self.in_channels)
+
+    def forward(self, features: Sequence[Tensor], boxes: Tensor) -> Tensor:
+        if len(features) != len(self.in_channels):
+            raise ValueError(
+                f"expected {len(self.in_channels)} pathways, got {len(features)} feature maps"
+            )
+        # Temporal average per pathway: pathways differ in T (T_f = alpha * T_s).
+        pooled = [f.mean(dim=2) for f in features]  # [(B, C_p, h, w)]
+        fmap = torch.cat(pooled, dim=1)  # (B, D, h, w)
+        x = roi_align(
+            fmap,
+            boxes,
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+        )  # (K, D, oh, ow)
+        x = x.amax(dim=(2, 3))  # (K, D): spatial max pool over the bins
+        return self.dropout(x)

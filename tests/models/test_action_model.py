@@ -1,0 +1,160 @@
+"""ActionModel composition, switches and the probability function (torch vs numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.action_model import ActionModel
+from models.ava import POSE_IDS
+from models.lfb import LFB
+from models.probs import action_probabilities, pose_columns
+from models.roi import RoIHead
+
+
+class StubBackbone(nn.Module):
+    """Stand-in with the SlowFast contract: stride-16 maps, (C_s, C_f) = (6, 2) channels."""
+
+    out_channels = (6, 2)
+    spatial_stride = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = nn.Conv3d(3, 6, kernel_size=(1, 16, 16), stride=(1, 16, 16))
+        self.fast = nn.Conv3d(3, 2, kernel_size=(1, 16, 16), stride=(1, 16, 16))
+
+    def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> list[torch.Tensor]:
+        return [self.slow(slow), self.fast(fast)]
+
+
+def _model(*, lfb: bool = False, use_global: bool = False, **kw: object) -> ActionModel:
+    torch.manual_seed(0)
+    return ActionModel(
+        backbone=StubBackbone(),
+        roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16),
+        lfb=LFB(dim_in=8, dim_bank=8, dim_inner=4) if lfb else None,
+        use_global=use_global,
+        **kw,  # type: ignore[arg-type]
+    ).eval()
+
+
+def _clip(b: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(b)
+    slow = torch.randn(b, 3, 2, 64, 96, generator=gen)
+    fast = torch.randn(b, 3, 8, 64, 96, generator=gen)
+    boxes = torch.tensor(
+        [[0.0, 4.0, 2.0, 40.0, 60.0], [b - 1.0, 30.0, 10.0, 90.0, 64.0], [0.0, 0, 0, 96, 64]]
+    )
+    return slow, fast, boxes
+
+
+@pytest.mark.parametrize(
+    ("lfb", "use_global", "cls_in"),
+    [(False, False, 8), (True, False, 8 + 4), (False, True, 8 + 8), (True, True, 8 + 4 + 8)],
+    ids=["roi", "roi+lfb", "roi+global", "roi+lfb+global"],
+)
+def test_switches_shapes_and_composition(lfb: bool, use_global: bool, cls_in: int) -> None:
+    model = _model(lfb=lfb, use_global=use_global)
+    assert model.classifier.in_features == cls_in and model.num_classes == 80
+    slow, fast, boxes = _clip()
+    bank = torch.randn(3, 5, 8)
+    mask = torch.tensor([[1.0, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model(slow, fast, boxes, bank, mask)
+        person, glob = model.features(slow, fast, boxes)
+        action, scene = model.head(person, glob[boxes[:, 0].long()], bank, mask)
+    assert out.action_logits.shape == (3, 80)
+    assert out.person_features.shape == (3, 8) and out.global_features.shape == (2, 8)
+    assert torch.equal(out.action_logits, action)
+    assert torch.allclose(
+        glob, torch.cat([f.mean((2, 3, 4)) for f in model.backbone(slow, fast)], 1)
+    )
+    if use_global:
+        assert out.scene_logits is not None and out.scene_logits.shape == (2, 80)
+        assert scene is not None and scene.shape == (3, 80)
+        # The per-person scene logits are the clip's, gathered by batch index.
+        assert torch.allclose(scene, out.scene_logits[boxes[:, 0].long()])
+    else:
+        assert out.scene_logits is None and scene is None
+
+
+def test_global_feature_reaches_the_right_person() -> None:
+    model = _model(use_global=True)
+    slow, fast, boxes = _clip()
+    with torch.no_grad():
+        person, glob = model.features(slow, fast, boxes)
+        a0, _ = model.head(
+            person, glob[boxes[:, 0].long()], torch.zeros(3, 1, 8), torch.zeros(3, 1)
+        )
+        a1, _ = model.head(
+            person, glob[1 - boxes[:, 0].long()], torch.zeros(3, 1, 8), torch.zeros(3, 1)
+        )
+    assert not torch.allclose(a0, a1)
+
+
+def test_no_bank_means_empty_window_and_zero_boxes() -> None:
+    model = _model(lfb=True, use_global=True)
+    slow, fast, boxes = _clip()
+    with torch.no_grad():
+        implicit = model(slow, fast, boxes).action_logits
+        explicit = model(slow, fast, boxes, torch.randn(3, 7, 8), torch.zeros(3, 7)).action_logits
+        empty = model(slow, fast, boxes[:0])
+    assert torch.allclose(implicit, explicit, atol=1e-6)
+    assert empty.action_logits.shape == (0, 80) and empty.person_features.shape == (0, 8)
+    assert empty.global_features.shape == (2, 8)
+
+
+@pytest.mark.parametrize(
+    ("class_ids", "expected_pose_columns"),
+    [
+        (tuple(range(1, 81)), tuple(range(14))),
+        ((80, 3, 17, 1, 14, 15), (1, 3, 4)),
+        ((20, 30, 40), ()),
+    ],
+)
+def test_probabilities_torch_matches_numpy(
+    class_ids: tuple[int, ...], expected_pose_columns: tuple[int, ...]
+) -> None:
+    model = _model(class_ids=class_ids)
+    assert model.pose_columns == expected_pose_columns
+    assert pose_columns(class_ids, POSE_IDS) == expected_pose_columns
+    logits = torch.randn(5, len(class_ids)) * 10
+    logits[0, 0] = 80.0  # large logits must not overflow either implementation
+    logits[1, -1] = -80.0
+    got = model.probabilities(logits).numpy()
+    want = action_probabilities(logits.numpy(), expected_pose_columns)
+    assert np.abs(got - want).max() <= 1e-6
+    if expected_pose_columns:
+        assert np.allclose(got[:, list(expected_pose_columns)].sum(1), 1.0, atol=1e-6)
+    others = [c for c in range(len(class_ids)) if c not in expected_pose_columns]
+    assert np.allclose(got[:, others], torch.sigmoid(logits[:, others]).numpy(), atol=1e-6)
+    # A boolean mask is accepted too, and an empty batch works.
+    mask = np.isin(np.arange(len(class_ids)), expected_pose_columns)
+    assert np.abs(action_probabilities(logits.numpy(), mask) - want).max() == 0
+    assert action_probabilities(np.zeros((0, len(class_ids))), mask).shape == (0, len(class_ids))
+
+
+@pytest.mark.parametrize(
+    ("logits", "columns", "error"),
+    [
+        (np.zeros(5), (0,), "(K, C)"),
+        (np.zeros((2, 5)), (7,), "out of range"),
+        (np.zeros((2, 5)), np.array([True, False]), "one entry per class"),
+    ],
+)
+def test_action_probabilities_errors(logits: np.ndarray, columns: object, error: str) -> None:
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        action_probabilities(logits, columns)  # type: ignore[arg-type]
+
+
+def test_bad_class_ids_and_lfb_size() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        _model(class_ids=(1, 1, 2))
+    with pytest.raises(ValueError, match="LFB dim_in"):
+        ActionModel(
+            backbone=StubBackbone(),
+            roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16),
+            lfb=LFB(dim_in=9, dim_bank=8),
+        )

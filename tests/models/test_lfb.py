@@ -1,0 +1,90 @@
+"""LFB operator: empty / partial / full bank windows and masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.lfb import LFB
+
+D, DB, DI, W = 12, 10, 8, 6
+
+
+@pytest.fixture()
+def lfb() -> LFB:
+    torch.manual_seed(0)
+    return LFB(dim_in=D, dim_bank=DB, dim_inner=DI, num_blocks=2, dropout=0.3).eval()
+
+
+def _inputs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(k)
+    return torch.randn(k, D, generator=gen), torch.randn(k, W, DB, generator=gen)
+
+
+@pytest.mark.parametrize(
+    "valid_counts",
+    [(0, 0, 0), (1, 3, 0), (W, W, W), (0, W, 2)],
+    ids=["empty", "partial", "full", "mixed"],
+)
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bool])
+def test_windows_finite_and_masked_entries_ignored(
+    lfb: LFB, valid_counts: tuple[int, ...], mask_dtype: torch.dtype
+) -> None:
+    person, bank = _inputs(len(valid_counts))
+    mask = torch.zeros(len(valid_counts), W)
+    for row, n in enumerate(valid_counts):
+        mask[row, :n] = 1
+    mask = mask.to(mask_dtype)
+    out = lfb(person, bank, mask)
+    assert out.shape == (len(valid_counts), DI)
+    assert torch.isfinite(out).all()
+
+    # Rewrite every masked slot with garbage (huge values, NaN): output must not move.
+    invalid = ~(mask.bool())
+    garbage = bank.clone()
+    garbage[invalid] = torch.randn_like(garbage[invalid]) * 1e6
+    assert torch.equal(lfb(person, garbage, mask), out)
+    garbage[invalid] = float("nan")
+    assert torch.equal(lfb(person, garbage, mask), out)
+
+    # A masked slot is the same as a slot that is not there at all.
+    for row, n in enumerate(valid_counts):
+        if n:
+            alone = lfb(person[row : row + 1], bank[row : row + 1, :n], mask[row : row + 1, :n])
+            assert torch.allclose(alone, out[row : row + 1], atol=1e-6)
+
+
+def test_empty_window_gives_residual_only(lfb: LFB) -> None:
+    """A fully masked row gets zero attention: each block adds out(relu(LN(0)))."""
+    person, bank = _inputs(2)
+    out = lfb(person, bank, torch.zeros(2, W))
+    s = lfb.reduce_person(person)
+    for block in lfb.blocks:
+        zero = torch.zeros_like(s)
+        s = s + block.out(torch.relu(block.norm(zero)))
+    assert torch.allclose(out, s, atol=1e-6)
+
+
+def test_valid_entries_do_change_output(lfb: LFB) -> None:
+    person, bank = _inputs(3)
+    mask = torch.ones(3, W)
+    changed = bank.clone()
+    changed[:, 0] += 5.0
+    assert not torch.allclose(lfb(person, bank, mask), lfb(person, changed, mask))
+
+
+def test_zero_boxes_and_bad_shapes(lfb: LFB) -> None:
+    assert lfb(torch.zeros(0, D), torch.zeros(0, W, DB), torch.zeros(0, W)).shape == (0, DI)
+    with pytest.raises(ValueError, match="mask"):
+        lfb(torch.zeros(2, D), torch.zeros(2, W, DB), torch.zeros(2, W, 1))
+
+
+def test_dropout_active_in_train_mode(lfb: LFB) -> None:
+    person, bank = _inputs(4)
+    mask = torch.ones(4, W)
+    lfb.train()
+    torch.manual_seed(1)
+    a = lfb(person, bank, mask)
+    b = lfb(person, bank, mask)
+    assert not torch.equal(a, b)
+    assert len(lfb.blocks) == 2

@@ -1,0 +1,96 @@
+"""roi_align against the plain-loop reference (and torchvision when it imports); RoIHead."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.roi import RoIHead, roi_align, roi_align_reference
+
+
+def _random_boxes(k: int, n: int, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
+    """(K, 5) boxes in input pixels; many cross the border or lie partly outside."""
+    xs = torch.rand(k, 2, generator=gen) * width * 1.6 - 0.3 * width
+    ys = torch.rand(k, 2, generator=gen) * height * 1.6 - 0.3 * height
+    idx = torch.randint(0, n, (k, 1), generator=gen).float()
+    x1, x2 = xs.min(1).values, xs.max(1).values
+    y1, y2 = ys.min(1).values, ys.max(1).values
+    return torch.cat([idx, torch.stack([x1, y1, x2, y2], 1)], 1)
+
+
+EDGE_BOXES = torch.tensor(
+    [
+        [0.0, -40.0, -40.0, 300.0, 300.0],  # larger than the image on every side
+        [1.0, 150.0, 100.0, 200.0, 140.0],  # crosses the bottom-right border
+        [0.0, -30.0, 20.0, -10.0, 60.0],  # entirely left of the image
+        [1.0, 30.0, 40.0, 30.0, 40.0],  # degenerate (zero size)
+        [0.0, 0.0, 0.0, 1.0, 1.0],  # sub-cell box at the corner
+    ]
+)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+@pytest.mark.parametrize("output_size", [(7, 7), (3, 5)])
+def test_roi_align_matches_reference(
+    aligned: bool, sampling_ratio: int, output_size: tuple[int, int]
+) -> None:
+    gen = torch.Generator().manual_seed(sampling_ratio * 10 + int(aligned))
+    feats = torch.randn(2, 4, 10, 13, generator=gen)  # stride 16 -> input 160 x 208
+    boxes = torch.cat([_random_boxes(12, 2, 160, 208, gen), EDGE_BOXES])
+    kw = dict(output_size=output_size, spatial_scale=1 / 16, sampling_ratio=sampling_ratio)
+    got = roi_align(feats, boxes, aligned=aligned, **kw)  # type: ignore[arg-type]
+    want = roi_align_reference(feats, boxes, aligned=aligned, **kw)  # type: ignore[arg-type]
+    assert got.shape == (len(boxes), 4, *output_size)
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_roi_align_empty_and_errors() -> None:
+    feats = torch.randn(2, 3, 5, 5)
+    assert roi_align(feats, torch.zeros(0, 5), spatial_scale=0.25).shape == (0, 3, 7, 7)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        roi_align(feats, torch.zeros(1, 5), spatial_scale=0.25, sampling_ratio=0)
+    with pytest.raises(ValueError, match=r"\(K, 5\)"):
+        roi_align(feats, torch.zeros(1, 4), spatial_scale=0.25)
+
+
+def test_reference_constant_map_and_outside_box() -> None:
+    """Hand-checkable facts: a constant map gives the constant inside; far outside gives 0."""
+    feats = torch.full((1, 1, 6, 6), 3.0)
+    inside = torch.tensor([[0.0, 8.0, 8.0, 40.0, 40.0]])
+    outside = torch.tensor([[0.0, 200.0, 200.0, 260.0, 260.0]])
+    for fn in (roi_align, roi_align_reference):
+        assert torch.allclose(fn(feats, inside, spatial_scale=1 / 8), torch.tensor(3.0))
+        assert fn(feats, outside, spatial_scale=1 / 8).abs().max() == 0
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_reference_matches_torchvision(aligned: bool, sampling_ratio: int) -> None:
+    tv_ops = pytest.importorskip("torchvision.ops")
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(2, 4, 10, 13, generator=gen)
+    boxes = torch.cat([_random_boxes(10, 2, 160, 208, gen), EDGE_BOXES])
+    kw = dict(output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=sampling_ratio)
+    want = tv_ops.roi_align(feats, boxes, aligned=aligned, **kw)
+    ref = roi_align_reference(feats, boxes, aligned=aligned, **kw)  # type: ignore[arg-type]
+    assert (ref - want).abs().max().item() <= 1e-5
+    if sampling_ratio > 0:
+        got = roi_align(feats, boxes, aligned=aligned, **kw)  # type: ignore[arg-type]
+        assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_roi_head_shapes_and_temporal_pooling() -> None:
+    head = RoIHead(in_channels=(6, 2), spatial_scale=1 / 16).eval()
+    slow = torch.randn(2, 6, 4, 8, 8)
+    fast = torch.randn(2, 2, 16, 8, 8)
+    boxes = torch.tensor([[0.0, 0.0, 0.0, 64.0, 128.0], [1.0, 30.0, 20.0, 90.0, 100.0]])
+    out = head([slow, fast], boxes)
+    assert out.shape == (2, 8) and head.out_dim == 8
+    # Same as: temporal mean, channel concat, RoIAlign, spatial max (the documented flow).
+    fmap = torch.cat([slow.mean(2), fast.mean(2)], 1)
+    want = roi_align_reference(fmap, boxes, spatial_scale=1 / 16).amax(dim=(2, 3))
+    assert (out - want).abs().max().item() <= 1e-5
+    assert head([slow, fast], torch.zeros(0, 5)).shape == (0, 8)
+    with pytest.raises(ValueError, match="pathways"):
+        head([slow], boxes)
