@@ -18,6 +18,7 @@ from avaserve import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "training.world_cli",
     "training.eval_cli",
+    "training.balance_cli",
 )
 
 app = typer.Typer(
