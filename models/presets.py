@@ -50,6 +50,7 @@ def build_action_model(
     pose_ids: Sequence[int] = POSE_IDS,
     roi_output_size: tuple[int, int] = (7, 7),
     sampling_ratio: int = DEFAULT_SAMPLING_RATIO,
+    roi_aligned: bool = True,
     dropout: float = 0.5,
     use_lfb: bool = False,
     lfb_dim_bank: int | None = None,
@@ -63,7 +64,9 @@ def build_action_model(
 
     ``dropout`` is the RoI head's (0.5, PySlowFast AVA); ``lfb_*`` follow Wu et al. (512-d,
     2 blocks, dropout 0.2); ``lfb_dim_bank`` None means the bank holds this model's own
-    person features (D).
+    person features (D). ``roi_aligned=False`` is the legacy unaligned RoIAlign that
+    pytorchvideo's detection head (torchvision's default) and PySlowFast's Caffe2 AVA models
+    (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set it.
     """
     channels: tuple[int, int] = backbone.out_channels  # type: ignore[assignment]
     stride: int = backbone.spatial_stride  # type: ignore[assignment]
@@ -73,6 +76,7 @@ def build_action_model(
         output_size=roi_output_size,
         sampling_ratio=sampling_ratio,
         dropout=dropout,
+        aligned=roi_aligned,
     )
     lfb = (
         LFB(
