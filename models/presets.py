@@ -142,8 +142,13 @@ def slowfast_tiny(**overrides: Any) -> ActionModel:
     """Tiny CPU SlowFast for tests and demos: depth 18 (basic blocks), stem 16 channels
     (slow widths 16..128, fast 2..16, D = 144), AVA stride 16, 4 slow / 16 fast frames at
     a 128-px short side. Trains on a CPU in minutes; not meant to be accurate.
+
+    The LFB inner width defaults to 128 here (512 in Wu et al.): with D = 144 a 512-wide
+    LFB would hold most of the model's weights and push the demo bundle past its size cap.
     """
-    return create_preset(SLOWFAST_TINY, {"depth": 18, "stem_dim": 16}, overrides)
+    return create_preset(
+        SLOWFAST_TINY, {"depth": 18, "stem_dim": 16}, {"lfb_dim_inner": 128, **overrides}
+    )
 
 
 PRESETS: dict[str, Callable[..., ActionModel]] = {

@@ -1,0 +1,211 @@
+"""``avaserve export`` and ``avaserve bundle validate|info``.
+
+Nothing heavy is imported at module level (only typer). ``bundle validate`` and ``bundle
+info`` need only ``models.manifest`` and ONNX Runtime, so they run on a service install
+without PyTorch; ``export`` imports torch inside its body.
+
+Exit codes: 0 ok; 1 the export failed (parity gate, bad checkpoint, ...) or the bundle is
+invalid; 2 bad usage, or a requested tool (TensorRT) is not available here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+__all__ = ["bundle_app", "export_command", "register"]
+
+bundle_app = typer.Typer(
+    name="bundle",
+    help="Check and describe model bundles (no PyTorch needed).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export`` and the ``bundle`` sub-commands to the ``avaserve`` app."""
+    app.command("export", help=export_command.__doc__)(export_command)
+    app.add_typer(bundle_app, name="bundle")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def export_command(
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Training checkpoint (.pt) to export."
+    ),
+    bank_checkpoint: Path | None = typer.Option(
+        None,
+        "--bank-checkpoint",
+        help="Stage-1 checkpoint whose person features fill the bank (report A): exported as "
+        "bank_backbone.onnx.",
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Model preset, with --random-init (development bundles)."
+    ),
+    random_init: bool = typer.Option(
+        False,
+        "--random-init",
+        help="Export an UNTRAINED randomly initialised --preset (labelled so in the manifest).",
+    ),
+    lfb: bool = typer.Option(True, "--lfb/--no-lfb", help="With --random-init: feature bank."),
+    use_global: bool = typer.Option(
+        True, "--global/--no-global", help="With --random-init: global scene branch."
+    ),
+    seed: int = typer.Option(0, "--seed", help="With --random-init: torch seed."),
+    detector: str | None = typer.Option(
+        None,
+        "--detector",
+        help="yolox:PATH (YOLOX ONNX; decode + NMS appended) or onnx:PATH (a graph with the "
+        "detector contract and a PATH.json DetectorSpec beside it).",
+    ),
+    score_threshold: float = typer.Option(
+        0.8, "--score-threshold", help="Detector person score threshold (report A: 0.8)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="AVA-format dataset dir: parity on a val video with GT boxes."
+    ),
+    parity_video: Path | None = typer.Option(
+        None, "--parity-video", help="Video for the parity gate (fixed boxes)."
+    ),
+    parity_keyframes: int = typer.Option(3, "--parity-keyframes", min=1, help="Clips to check."),
+    parity_atol: float = typer.Option(
+        1e-4, "--parity-atol", help="Max abs difference ONNX Runtime vs PyTorch (fp32)."
+    ),
+    parity_rtol: float = typer.Option(
+        0.0,
+        "--parity-rtol",
+        help="Also allow rtol * max|reference| per output (off by default; for large "
+        "backbones whose activations reach ~100, where 1e-4 absolute is float32 noise).",
+    ),
+    slim: bool = typer.Option(True, "--slim/--no-slim", help="Simplify graphs with onnxslim."),
+    tensorrt: str | None = typer.Option(
+        None, "--tensorrt", help="fp16 or int8: also build TensorRT engines (needs TensorRT)."
+    ),
+    triton: Path | None = typer.Option(
+        None, "--triton", help="Also write a Triton model repository here."
+    ),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+) -> None:
+    """Export a checkpoint (+ detector) to a model bundle; refuses when parity fails."""
+    if (checkpoint is None) == (preset is None):
+        _fail("give exactly one of --checkpoint CKPT or --preset NAME --random-init", 2)
+    if preset is not None and not random_init:
+        _fail(
+            f"--preset {preset} exports an untrained model: add --random-init to confirm, or "
+            f"pass --checkpoint",
+            2,
+        )
+    if bank_checkpoint is not None and checkpoint is None:
+        _fail("--bank-checkpoint needs --checkpoint", 2)
+    if tensorrt not in (None, "fp16", "int8"):
+        _fail(f"--tensorrt {tensorrt!r}: choose fp16 or int8", 2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    from export.bundle import (
+        ExportError,
+        build_bundle,
+        load_checkpoint_models,
+        parse_detector,
+        random_init_model,
+    )
+    from export.parity import ParityError
+    from export.tensorrt import TensorRTBuildError, TensorRTUnavailable
+    from export.triton import TritonError
+    from models.manifest import BundleError
+
+    try:
+        if tensorrt is not None:
+            from export.tensorrt import require_tensorrt
+
+            require_tensorrt()
+        det = parse_detector(detector) if detector is not None else None
+        if checkpoint is not None:
+            loaded = load_checkpoint_models(checkpoint, bank_checkpoint=bank_checkpoint)
+        else:
+            assert preset is not None
+            loaded = random_init_model(preset, seed=seed, use_lfb=lfb, use_global=use_global)
+            typer.echo(f"warning: {loaded.provenance}", err=True)
+        result = build_bundle(
+            loaded,
+            out,
+            detector=det,
+            parity_video=parity_video,
+            data_dir=data,
+            parity_keyframes=parity_keyframes,
+            opset=opset,
+            atol=parity_atol,
+            rtol=parity_rtol,
+            slim=slim,
+            score_threshold=score_threshold,
+            tensorrt=tensorrt,  # type: ignore[arg-type]
+            triton_dir=triton,
+            force=force,
+        )
+    except TensorRTUnavailable as e:
+        _fail(str(e).splitlines()[0], 2)
+    except (ExportError, ParityError, BundleError, TensorRTBuildError, TritonError) as e:
+        _fail(str(e))
+    m = result.manifest
+    typer.echo(f"parity clips: {result.parity_source}")
+    for role, rec in m.parity.items():
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in rec.max_abs_diff.items())
+        typer.echo(f"parity {role}: {diffs} (tolerance {rec.tolerance:g}, {rec.samples} samples)")
+    size = sum(f.stat().st_size for f in result.path.iterdir() if f.is_file())
+    typer.echo(
+        f"wrote {result.path} ({', '.join(g.file for g in m.graphs.values())}, manifest.json; "
+        f"{size / 1e6:.1f} MB); validated ({len(result.checks)} checks)"
+    )
+    if triton is not None:
+        typer.echo(f"wrote Triton repository {triton}")
+
+
+@bundle_app.command("validate")
+def validate_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    no_load: bool = typer.Option(
+        False, "--no-load", help="Only the manifest and hashes; do not load graphs."
+    ),
+) -> None:
+    """Check a bundle: manifest, sha256 of every file, graph I/O names/shapes in ONNX Runtime."""
+    from models.manifest import BundleError, validate_bundle
+
+    try:
+        checks = validate_bundle(bundle, load_graphs=not no_load)
+    except BundleError as e:
+        typer.echo(f"FAIL {e}", err=True)
+        field = f" field={e.field}" if e.field else ""
+        typer.echo(f"invalid bundle {bundle}: file={e.file}{field}", err=True)
+        raise typer.Exit(1) from None
+    for c in checks:
+        typer.echo(f"ok   {c.file:<20} {c.check:<12} {c.detail}")
+    typer.echo(f"bundle {bundle} is valid ({len(checks)} checks)")
+
+
+@bundle_app.command("info")
+def info_command(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
+    """Summarise a bundle: model, preprocessing, detector, bank, graphs, parity, provenance."""
+    from export.bundle import describe_bundle
+    from models.manifest import BundleError, load_manifest
+
+    try:
+        summary = describe_bundle(load_manifest(bundle))
+    except BundleError as e:
+        _fail(str(e))
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            typer.echo(f"{key}:")
+            for k, v in value.items():
+                typer.echo(f"  {k:<14} {v}")
+        else:
+            typer.echo(f"{key:<18} {value}")

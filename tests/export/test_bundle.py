@@ -1,0 +1,305 @@
+"""export/bundle.py: tiny-preset bundles end to end (export, parity gate, manifest, validation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export.bundle as bundle_mod
+from export.bundle import (
+    CheckpointError,
+    ExportError,
+    ExportLimits,
+    build_bundle,
+    load_action_model,
+    load_checkpoint_models,
+    parse_detector,
+    random_init_model,
+)
+from export.detector import graph_domains
+from export.parity import ParityError
+from models.manifest import load_manifest, validate_bundle
+from models.onnx_utils import HEAD_INPUTS
+from models.presets import slowfast_tiny
+
+# Small spatial size keeps the tests fast: 64-px short side -> a 4 x 7 feature map.
+SMALL = {"short_side": 64}
+
+
+@pytest.fixture(scope="module")
+def video(assets: Path) -> Path:
+    return assets / "video" / "basketball_2people.mp4"
+
+
+@pytest.fixture(scope="module")
+def full_bundle(assets: Path, video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LFB + global on, YOLOX detector, onnxslim on: the service's development layout."""
+    out = tmp_path_factory.mktemp("bundles") / "full"
+    loaded = random_init_model("slowfast_tiny", overrides=SMALL)
+    det = parse_detector(f"yolox:{assets / 'detector' / 'yolox_nano.onnx'}")
+    build_bundle(loaded, out, detector=det, parity_video=video, parity_keyframes=2)
+    return out
+
+
+def test_bundle_validates_with_parity_records(full_bundle: Path) -> None:
+    checks = validate_bundle(full_bundle)
+    assert {c.file for c in checks} >= {"backbone.onnx", "head.onnx", "detector.onnx"}
+    m = load_manifest(full_bundle)
+    assert set(m.parity) == {"backbone", "head", "detector"}
+    for role, rec in m.parity.items():
+        outputs = [t.name for t in m.graphs[role].outputs]
+        assert sorted(rec.max_abs_diff) == sorted(outputs), role
+        assert rec.tolerance <= 1e-4
+        assert all(0.0 <= d <= 1e-4 for d in rec.max_abs_diff.values()), (role, rec)
+        assert rec.samples >= 2
+    # Integer detector outputs must agree exactly.
+    assert m.parity["detector"].max_abs_diff["class_ids"] == 0.0
+    assert m.parity["detector"].max_abs_diff["batch_index"] == 0.0
+
+
+def test_manifest_describes_what_was_exported(full_bundle: Path) -> None:
+    m = load_manifest(full_bundle)
+    assert m.model.preset == "slowfast_tiny"
+    assert m.model.class_ids == tuple(range(1, 81))
+    assert m.model.pose_ids == tuple(range(1, 15))
+    assert len(m.model.evaluated_ids) == 60
+    p = m.preprocessing
+    assert (p.short_side, p.num_frames, p.alpha, p.sampling_rate) == (64, 16, 4, 2)
+    assert p.clip_alignment == "center" and p.mean == (0.45, 0.45, 0.45)
+    assert m.bank.enabled and m.bank.source == "backbone" and m.bank.feature_dim == 144
+    assert (m.bank.window_seconds, m.bank.persons_per_second) == (61, 5)
+    assert m.detector is not None and m.detector.format == "yolox"
+    assert m.detector.score_threshold == 0.8
+    head = m.graphs["head"]
+    assert [t.name for t in head.inputs] == list(HEAD_INPUTS)
+    assert [t.name for t in head.outputs] == ["action", "scene"]
+    assert head.shape_ranges["bank"].max == (128, 305, 144)
+    backbone = m.graphs["backbone"]
+    assert backbone.inputs[0].shape == ("B", 3, 4, "height", "width")
+    assert set(backbone.shape_ranges) == {"slow", "fast", "boxes"}
+    assert "UNTRAINED" in (m.provenance.checkpoint or "")
+    assert m.provenance.torch_version and m.provenance.onnx_version
+    for g in m.graphs.values():
+        model = onnx.load(str(full_bundle / g.file), load_external_data=False)
+        assert model.ir_version == 8, g.file
+        assert g.opset == 17
+
+
+def test_graphs_use_only_the_default_onnx_domain(full_bundle: Path) -> None:
+    m = load_manifest(full_bundle)
+    for g in m.graphs.values():
+        domains = graph_domains(full_bundle / g.file)
+        ops = sorted(domains.get("", set()))
+        print(f"{g.file}: {ops}")  # the op list, for the record (pytest -s)
+        assert set(domains) == {""}, (g.file, domains)
+        assert ops, g.file
+
+
+def test_head_probabilities_and_dynamic_axes_run(full_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(full_bundle / "head.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for k, w in ((1, 1), (3, 7), (0, 5)):
+        feed = {
+            "person": rng.normal(size=(k, 144)).astype(np.float32),
+            "global_per_person": rng.normal(size=(k, 144)).astype(np.float32),
+            "bank": rng.normal(size=(k, w, 144)).astype(np.float32),
+            "mask": np.ones((k, w), np.float32),
+        }
+        action, scene = sess.run(None, feed)
+        assert action.shape == (k, 80) and scene.shape == (k, 80)
+        if k:
+            np.testing.assert_allclose(action[:, :14].sum(axis=1), 1.0, atol=1e-5)  # pose softmax
+            assert ((action >= 0) & (action <= 1)).all()
+
+
+def test_parity_failure_refuses_to_write(
+    video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = bundle_mod._features_reference
+
+    def off_by_1e2(model: object) -> object:
+        inner = real(model)  # type: ignore[arg-type]
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            out = dict(inner(feed))
+            out["person"] = out["person"] + np.float32(1e-2)
+            return out
+
+        return run
+
+    monkeypatch.setattr(bundle_mod, "_features_reference", off_by_1e2)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous bundle")
+    loaded = random_init_model("slowfast_tiny", use_lfb=False, use_global=False, overrides=SMALL)
+    with pytest.raises(ParityError) as exc:
+        build_bundle(loaded, out, parity_video=video, parity_keyframes=1, slim=False, force=True)
+    e = exc.value
+    assert (e.graph, e.output) == ("backbone", "person")
+    assert 0.009 < e.diff < 0.011
+    assert "backbone" in str(e) and "person" in str(e) and "not written" in str(e)
+    # Nothing replaced, nothing left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_without_lfb_and_global_the_head_has_no_bank_or_scene(video: Path, tmp_path: Path) -> None:
+    loaded = random_init_model("slowfast_tiny", use_lfb=False, use_global=False, overrides=SMALL)
+    build_bundle(loaded, tmp_path / "b", parity_video=video, parity_keyframes=1, slim=False)
+    m = load_manifest(tmp_path / "b")
+    head = m.graphs["head"]
+    assert [t.name for t in head.outputs] == ["action"]
+    assert not {"bank", "mask"} & {t.name for t in head.inputs}
+    assert not m.bank.enabled and m.bank.feature_dim == 0
+    assert m.detector is None and "detector" not in m.graphs
+    assert set(m.parity) == {"backbone", "head"}
+
+
+def test_checkpoint_with_stage1_bank_model(video: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    classes = (1, 2, 3, 11, 12, 17, 59, 74, 79, 80)
+    stage2 = slowfast_tiny(use_lfb=True, use_global=False, class_ids=classes, **SMALL)
+    stage1 = slowfast_tiny(class_ids=classes, **SMALL)
+    ckpt = tmp_path / "stage2.pt"
+    torch.save(
+        {
+            # DDP-style prefix: the loader strips it.
+            "model": {f"module.{k}": v for k, v in stage2.state_dict().items()},
+            "config": {
+                "preset": "slowfast_tiny",
+                "preset_overrides": SMALL,
+                "bank_window": 10,
+                "bank_persons_per_second": 3,
+            },
+            "class_ids": list(classes),
+            "bank_model": {"model": stage1.state_dict()},
+        },
+        ckpt,
+    )
+    model, info, ids = load_action_model(ckpt)
+    assert ids == classes and info.short_side == 64 and model.lfb is not None
+    assert not model.use_global
+    loaded = load_checkpoint_models(ckpt)
+    assert loaded.bank_model is not None and loaded.trained
+    x = (torch.randn(1, 3, 4, 64, 96), torch.randn(1, 3, 16, 64, 96))
+    boxes = torch.tensor([[0.0, 4, 4, 40, 60]])
+    with torch.no_grad():
+        want = stage2.eval().features(*x, boxes)[0]
+        got = model.features(*x, boxes)[0]
+    torch.testing.assert_close(got, want)
+
+    out = tmp_path / "b"
+    build_bundle(loaded, out, parity_video=video, parity_keyframes=1, slim=False)
+    m = load_manifest(out)
+    assert m.bank.source == "bank_backbone" and "bank_backbone" in m.graphs
+    assert (m.bank.window_seconds, m.bank.persons_per_second) == (21, 3)
+    assert m.graphs["head"].shape_ranges["bank"].max[1] == 63
+    assert set(m.parity) == {"backbone", "bank_backbone", "head"}
+    assert [t.name for t in m.graphs["head"].outputs] == ["action"]
+    assert m.model.class_ids == classes and m.model.pose_ids == (1, 2, 3, 11, 12)
+    assert m.provenance.checkpoint == "stage2.pt" and m.provenance.checkpoint_sha256
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"model": {}}, "no 'preset'"),
+        ({"preset": "slowfast_tiny", "weights": {}}, "no model state dict"),
+        ({"preset": "nope", "model": {"w": torch.zeros(1)}}, "unknown"),
+        ({"preset": "slowfast_tiny", "model": {"w": torch.zeros(1)}}, "does not fit"),
+    ],
+)
+def test_bad_checkpoints_are_refused(tmp_path: Path, content: dict, match: str) -> None:
+    path = tmp_path / "c.pt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint_models(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("yolo:x.onnx", "expected yolox:PATH"),
+        ("yolox:/no/such.onnx", "not found"),
+        ("x", "expected yolox:PATH"),
+    ],
+)
+def test_detector_argument(text: str, match: str) -> None:
+    with pytest.raises(ExportError, match=match):
+        parse_detector(text)
+
+
+def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from avaserve.cli import app
+    from models.preset_info import preset_info
+    from training.ava_data import read_keyframes
+
+    world = tmp_path / "world"
+    args = ["make-world", str(world), "--videos", "0", "--val-videos", "1", "--seconds", "8"]
+    result = CliRunner().invoke(app, [*args, "--size", "160x120"])
+    assert result.exit_code == 0, result.output
+    info = preset_info("slowfast_tiny")
+    clips, source = bundle_mod.parity_clips(info, data_dir=world, count=2)
+    assert "ground-truth boxes" in source and len(clips) == 2
+    gt = read_keyframes(world / "annotations" / "val.csv")
+    for clip in clips:
+        assert clip.fast.shape == (3, 16, 128, 171) and clip.slow.shape == (3, 4, 128, 171)
+        vid, t = clip.label.split("@")
+        want = next(k for k in gt if k.video_id == vid and k.timestamp == float(t[:-1]))
+        np.testing.assert_allclose(clip.boxes / [171, 128, 171, 128], want.boxes, atol=1e-6)
+        assert clip.keyframe.shape == (120, 160, 3)
+
+
+def test_synthetic_fallback_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models.preset_info import preset_info
+
+    monkeypatch.setattr(bundle_mod, "DEFAULT_VIDEO_FILE", Path("/nonexistent.mp4"))
+    clips, source = bundle_mod.parity_clips(preset_info("slowfast_tiny"), count=1)
+    assert "SYNTHETIC" in source and len(clips) == 1
+    assert "NO REAL VIDEO" in caplog.text
+
+
+def test_reads_training_and_imported_checkpoint_formats(tmp_path: Path) -> None:
+    """The files training/train.py and models/checkpoints.py write (their own writers)."""
+    from models.checkpoints import Checkpoint, save_checkpoint
+    from training.config import TrainConfig
+    from training.train import build_action_model
+    from training.train import save_checkpoint as save_training_checkpoint
+
+    classes = (1, 5, 11, 12, 14, 17, 79, 80)
+    config = TrainConfig(stage="stage2", bank_dir="unused", preset_overrides=dict(SMALL))
+    stage2 = build_action_model(config, classes, bank_dim=144)
+    opt = torch.optim.SGD(stage2.parameters(), lr=0.1)
+    extra = {"class_ids": list(classes), "bank_dim": 144, "stage": "stage2"}
+    path = tmp_path / "train.pt"
+    save_training_checkpoint(path, stage2, opt, 3, config, extra)  # holds numpy RNG state
+    loaded = load_checkpoint_models(path)
+    assert loaded.class_ids == classes and loaded.model.lfb is not None
+    assert loaded.model.use_global and loaded.bank_window_seconds == 61
+    for k, v in stage2.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[k], v)
+
+    stage1 = slowfast_tiny(class_ids=classes, **SMALL)
+    imported = tmp_path / "stage1.pt"
+    save_checkpoint(
+        imported, Checkpoint(stage1.state_dict(), "slowfast_tiny", dict(SMALL), list(classes))
+    )
+    with_bank = load_checkpoint_models(path, bank_checkpoint=imported)
+    assert with_bank.bank_model is not None and with_bank.bank_model.lfb is None
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"preset": "slowfast_tiny", "model": {}, "obj": ExportLimits()}, path)
+    with pytest.raises(CheckpointError, match="not plain data"):
+        load_checkpoint_models(path)
