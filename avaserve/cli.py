@@ -19,6 +19,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.world_cli",
     "training.eval_cli",
     "training.balance_cli",
+    "training.train_cli",
+    "training.detector.cli",
+    "export.cli",
+    "export.import_cli",
+    "service.annotate_cli",
+    "service.serve_cli",
 )
 
 app = typer.Typer(
