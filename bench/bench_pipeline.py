@@ -1,0 +1,367 @@
+"""Pipeline benchmarks (issue 6 acceptance; figures printed and written to bench/results/).
+
+    python bench/bench_pipeline.py [--bundle DIR] [--video PATH] [--threads N] [--which a,b,c]
+
+(a) efficiency: end-to-end `Engine.annotate_file` throughput (video seconds per wall second)
+    divided by the bare models' throughput: the detector, backbone and head graphs run on the
+    very inputs and batches the pipeline gave them (captured during the end-to-end run), same
+    runtime and threads, timing `Runtime.run` only. 1.0 = the pipeline adds nothing.
+(b) streaming vs naive: the same model on the same video, processed the way the PySlowFast /
+    MMAction2 demos do it: per keyframe, open + seek + decode the clip again, batch 1 for
+    every graph. Reports the speed-up of the streaming engine.
+(c) bank overhead: the feature bank's time per keyframe (write + window read) as % of the
+    keyframe's share of the end-to-end wall time, in-process and with Redis (a private
+    redis-server on a free port).
+
+Timings are wall-clock on whatever machine runs this; note its load. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models.sampling import nearest_frame_indices, slow_indices  # noqa: E402
+from service.bank import InProcessBank  # noqa: E402
+from service.engine import Engine, EngineSettings  # noqa: E402
+from service.ringbuffer import ClipGeometry, normalise_frame  # noqa: E402
+from service.runtime import RuntimeSettings  # noqa: E402
+from service.tracker import ByteTracker  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+DEFAULT_BUNDLE = REPO / "bundles" / "demo"
+DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "pedestrians_vtest.avi"
+
+
+def _settings(threads: int) -> EngineSettings:
+    return EngineSettings(runtime=RuntimeSettings(intra_op_threads=threads))
+
+
+class _Capture:
+    """Wraps a batcher's function: records each batch's items, passes the call through."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.batches = fn, []
+
+    def __call__(self, items: list[Any]) -> Any:
+        self.batches.append(list(items))
+        return self.fn(items)
+
+
+async def _end_to_end(
+    bundle: Path, video: Path, threads: int, *, bank: Any = None, capture: bool = False
+) -> dict[str, Any]:
+    engine = Engine(bundle, settings=_settings(threads), bank=bank)
+    caps = {}
+    if capture:
+        for name in ("det_batcher", "bb_batcher", "head_batcher"):
+            b = getattr(engine, name)
+            caps[name] = b.fn = _Capture(b.fn)
+    t0 = time.perf_counter()
+    n = 0
+    async for _ in engine.annotate_file(video):
+        n += 1
+    wall = time.perf_counter() - t0
+    info = engine.last_info
+    out = {
+        "wall_s": wall,
+        "video_s": float(info.duration_s or 0.0),
+        "records": n,
+        "stats": engine.stats.summary(),
+        "bank_stats": engine.bank.stats().__dict__,
+        "engine": engine,
+        "captures": caps,
+    }
+    await engine.close()
+    return out
+
+
+def _bare(engine: Engine, caps: dict[str, _Capture], repeats: int = 1) -> dict[str, float]:
+    """Time Runtime.run alone over the captured batches (feeds built before the clock starts)."""
+    det_feeds = []
+    for batch in caps["det_batcher"].batches:
+        step = engine.detector.max_batch or len(batch)
+        for s in range(0, len(batch), step):
+            images = np.concatenate([i.images for i in batch[s : s + step]])
+            det_feeds.append({engine.detector.input_name: images})
+    bb_feeds = []
+    for batch in caps["bb_batcher"].batches:
+        groups: dict[tuple[int, ...], list[Any]] = {}
+        for it in batch:
+            groups.setdefault(it.fast.shape, []).append(it)
+        for items in groups.values():
+            boxes = np.concatenate(
+                [
+                    np.concatenate([np.full((len(it.boxes), 1), b, np.float32), it.boxes], 1)
+                    for b, it in enumerate(items)
+                ]
+            ).astype(np.float32)
+            bb_feeds.append(
+                {
+                    "slow": np.stack([it.slow for it in items]),
+                    "fast": np.stack([it.fast for it in items]),
+                    "boxes": boxes,
+                }
+            )
+    head_feeds = []
+    for batch in caps["head_batcher"].batches:
+        counts = [len(it.person) for it in batch]
+        feed = {
+            "person": np.concatenate([it.person for it in batch]).astype(np.float32),
+            "global_per_person": np.concatenate([it.global_per_person for it in batch]).astype(
+                np.float32
+            ),
+        }
+        if "bank" in engine.head.input_names:
+            feed["bank"] = np.concatenate(
+                [
+                    np.broadcast_to(it.bank, (n, *it.bank.shape))
+                    for it, n in zip(batch, counts, strict=True)
+                ]
+            ).astype(np.float32)
+            feed["mask"] = np.concatenate(
+                [
+                    np.broadcast_to(it.mask, (n, *it.mask.shape))
+                    for it, n in zip(batch, counts, strict=True)
+                ]
+            ).astype(engine.mask_dtype)
+        head_feeds.append(feed)
+    out = {}
+    for name, runtime, feeds in (
+        ("detector", engine.detector.runtime, det_feeds),
+        ("backbone", engine.backbone, bb_feeds),
+        ("head", engine.head, head_feeds),
+    ):
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for f in feeds:
+                runtime.run(f)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best
+        out[f"{name}_runs"] = len(feeds)
+    out["total"] = out["detector"] + out["backbone"] + out["head"]
+    return out
+
+
+def bench_a(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
+    e2e = asyncio.run(_end_to_end(bundle, video, threads, capture=True))
+    bare = _bare(e2e["engine"], e2e["captures"])
+    vs = e2e["video_s"]
+    res = {
+        "video_s": vs,
+        "end_to_end_wall_s": e2e["wall_s"],
+        "end_to_end_video_s_per_wall_s": vs / e2e["wall_s"],
+        "bare_model_s": bare,
+        "bare_video_s_per_wall_s": vs / bare["total"],
+        "efficiency": bare["total"] / e2e["wall_s"],
+        "stages": e2e["stats"]["stages"],
+        "counters": e2e["stats"]["counters"],
+    }
+    print(
+        f"(a) end-to-end {vs / e2e['wall_s']:.2f} video-s/s ({e2e['wall_s']:.1f} s wall), bare "
+        f"models {vs / bare['total']:.2f} video-s/s (det {bare['detector']:.1f} s, backbone "
+        f"{bare['backbone']:.1f} s, head {bare['head']:.1f} s) -> efficiency "
+        f"{res['efficiency']:.2f}"
+    )
+    return res
+
+
+async def _naive(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
+    """Per keyframe: reopen, seek, decode the clip, batch 1 everywhere (the demo scripts' way)."""
+    import av
+
+    engine = Engine(bundle, settings=_settings(threads))
+    m = engine.manifest
+    prep = m.preprocessing
+    geo = ClipGeometry.from_manifest(prep, "center", m.keyframe_rate)
+    tracker = ByteTracker(
+        track_thresh=engine.detector.score_threshold,
+        new_track_thresh=engine.detector.score_threshold,
+        low_thresh=engine.detector.low_threshold,
+    )
+    bank = InProcessBank(retention_s=120)
+    with av.open(str(video)) as c:
+        duration = float(c.duration / 1e6) if c.duration else 0.0
+    t0 = time.perf_counter()
+    records = 0
+    for n in range(int(math.floor(duration * m.keyframe_rate)) + 1):
+        t = n / m.keyframe_rate
+        times = geo.times(t)
+        frames: list[tuple[float, np.ndarray]] = []
+        with av.open(str(video)) as c:
+            s = c.streams.video[0]
+            start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+            seek = max(0.0, float(times[0]) - 1.0)
+            c.seek(int((seek + start) / s.time_base), stream=s, backward=True)
+            for f in c.decode(s):
+                pts = float(f.time) - start
+                frames.append((pts, f.to_ndarray(format="rgb24")))
+                if pts >= times[-1]:
+                    break
+        if not frames or frames[-1][0] < t:
+            continue
+        pts_arr = np.array([p for p, _ in frames])
+        idx = nearest_frame_indices(times, pts_arr)
+        clip = np.stack([normalise_frame(frames[i][1], prep) for i in idx])  # (T, H', W', 3)
+        fast = np.ascontiguousarray(clip.transpose(3, 0, 1, 2))[None]  # (1, 3, T, H', W')
+        slow = np.ascontiguousarray(fast[:, :, slow_indices(fast.shape[2], prep.alpha)])
+        key = frames[int(nearest_frame_indices([t], pts_arr)[0])][1]
+        dets = engine.detector.detect([key])[0]
+        tracked = tracker.update(dets, t)
+        persons = tracked[np.flatnonzero(tracked.scores >= engine.detector.score_threshold)]
+        if len(persons) == 0:
+            continue
+        h, w = key.shape[:2]
+        ch, cw = fast.shape[3], fast.shape[4]
+        scale = np.array([cw / w, ch / h, cw / w, ch / h], np.float32)
+        boxes = np.concatenate(
+            [np.zeros((len(persons), 1), np.float32), persons.boxes * scale], 1
+        ).astype(np.float32)
+        out = engine.backbone.run({"slow": slow, "fast": fast, "boxes": boxes})
+        person, glob = out["person"], out["global"]
+        window = None
+        if engine.bank_enabled:
+            window = await bank.write_and_read(
+                "naive", n, persons.track_ids, person, engine.file_window, 5
+            )
+        feed = {
+            "person": person,
+            "global_per_person": np.repeat(glob, len(persons), 0),
+        }
+        if "bank" in engine.head.input_names:
+            bank_rows, mask = (
+                window.padded(engine.bank_capacity)
+                if window is not None
+                else (
+                    np.zeros((engine.bank_capacity, engine.bank_dim), np.float32),
+                    np.zeros(engine.bank_capacity, bool),
+                )
+            )
+            feed["bank"] = np.repeat(bank_rows[None], len(persons), 0)
+            feed["mask"] = np.repeat(mask[None], len(persons), 0).astype(engine.mask_dtype)
+        for i in range(len(persons)):  # batch 1, as the demos run the head per box
+            engine.head.run({k: v[i : i + 1] for k, v in feed.items()})
+            records += 1
+    wall = time.perf_counter() - t0
+    await engine.close()
+    return {"wall_s": wall, "video_s": duration, "records": records}
+
+
+def bench_b(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
+    e2e = asyncio.run(_end_to_end(bundle, video, threads))
+    naive = asyncio.run(_naive(bundle, video, threads))
+    res = {
+        "streaming_wall_s": e2e["wall_s"],
+        "naive_wall_s": naive["wall_s"],
+        "video_s": e2e["video_s"],
+        "speedup": naive["wall_s"] / e2e["wall_s"],
+        "streaming_records": e2e["records"],
+        "naive_records": naive["records"],
+    }
+    print(
+        f"(b) streaming {e2e['wall_s']:.1f} s vs naive per-keyframe {naive['wall_s']:.1f} s "
+        f"-> {res['speedup']:.2f}x faster"
+    )
+    return res
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_c(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    runs: list[tuple[str, Any]] = [("in_process", None)]
+    server = None
+    binary = shutil.which("redis-server")
+    if binary:
+        port = _free_port()
+        workdir = tempfile.mkdtemp(prefix="bench-redis-")
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        runs.append(("redis", f"redis://127.0.0.1:{port}/0"))
+    try:
+        for name, url in runs:
+            bank = None
+            if url is not None:
+                from service.bank_redis import RedisBank
+
+                bank = RedisBank(url, retention_s=120, ttl_s=180, socket_timeout_s=0.5)
+            e2e = asyncio.run(_end_to_end(bundle, video, threads, bank=bank))
+            st = e2e["stats"]
+            keyframes = max(1, int(st["counters"].get("keyframes", 0)))
+            bank_total = st["stages"].get("bank", {}).get("total_s", 0.0)
+            per_kf_wall = e2e["wall_s"] / keyframes
+            per_kf_bank = bank_total / keyframes
+            res[name] = {
+                "keyframes": keyframes,
+                "bank_s_per_keyframe": per_kf_bank,
+                "wall_s_per_keyframe": per_kf_wall,
+                "bank_pct_of_keyframe": 100 * per_kf_bank / per_kf_wall,
+                "bank_calls": st["stages"].get("bank", {}).get("n", 0),
+                "bank_stats": e2e["bank_stats"],
+            }
+            print(
+                f"(c) bank {name}: {per_kf_bank * 1e3:.2f} ms per keyframe = "
+                f"{res[name]['bank_pct_of_keyframe']:.2f}% of {per_kf_wall * 1e3:.0f} ms"
+            )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(5)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--which", default="a,b,c")
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. the video)")
+    args = ap.parse_args()
+    if not (args.bundle / "manifest.json").is_file():
+        sys.exit(f"no bundle at {args.bundle}; pass --bundle DIR")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "bundle": str(args.bundle),
+        "video": str(args.video),
+        "threads": args.threads,
+        "machine": platform.platform(),
+        "cpus": __import__("os").cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for which in args.which.split(","):
+        fn = {"a": bench_a, "b": bench_b, "c": bench_c}[which.strip()]
+        res = fn(args.bundle, args.video, args.threads)
+        name = {"a": "efficiency", "b": "naive", "c": "bank"}[which.strip()]
+        path = RESULTS / f"pipeline_{name}{'_' + args.tag if args.tag else ''}.json"
+        path.write_text(json.dumps({**meta, **res}, indent=2, default=str) + "\n")
+        print(f"    -> {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,896 @@
+"""The streaming pipeline: decode -> detect -> track -> batched SlowFast -> bank -> head.
+
+One `Engine` per process owns the bundle's runtimes, the three `Batcher`s (detector, backbone,
+head) and the feature bank. Each stream has a `StreamSession` (ring buffer, keyframe scheduler,
+tracker). Per keyframe ``t`` of a stream::
+
+    frames --(decode thread: resize once, letterbox keyframes)--> FrameRing
+      detect-due(t) --> detector batcher --> tracker (in keyframe order) --+
+      clip-due(t)   --> FrameRing.clip(t) --------------------------------+--> backbone batcher
+        --> person (N, D), global (D) --> bank write --> [second pass] --> head batcher --> records
+
+Threads and async: everything is driven by one asyncio loop. CPU work that holds the GIL only
+briefly or releases it runs off the loop: decoding + resize + letterbox in a per-stream worker
+thread (numpy releases the GIL in its kernels), each graph in its batcher's worker thread (ONNX
+Runtime releases the GIL). So decoding stream A, the backbone on a batch, and the detector on
+the next keyframes overlap.
+
+Batching across streams: each batcher cuts batches from every stream's requests. The backbone
+batch function stacks clips of the same spatial size into (B, 3, T, H', W') and concatenates
+every clip's boxes into one (K, 5) tensor ``(batch index, x1, y1, x2, y2)`` in clip pixels.
+The head batch function concatenates persons of several keyframes (K rows).
+
+Files (`Engine.annotate_file`) use **center** clips (as in training; predictions lag by half a
+clip) and, when the bundle has a bank, a **second pass** over stored features: the head for
+keyframe ``t`` runs once the features of ``t + 30`` are in the bank (or at end of stream) and
+reads ``[t - 30, t + 30]``, exactly the window training used. Uploads wait when a batcher is
+full. Live streams (`LiveSession`) use **causal** clips ending at the keyframe and the causal
+bank window ``[t - 60, t]``; when a batcher is full their oldest keyframes are dropped (counted
+in `EngineStats`).
+
+Memory per stream is bounded (see `StreamSession.nbytes`); measured with the tiny preset
+(short side 128, 16 x 2 frames):
+
+* ring buffer: only frames nearest to some clip sample, float32 at the short side
+  (128 x 171 x 3 x 4 = 263 KB each): peak 10 frames / 4.0 MB on the 10 fps 768 x 576
+  pedestrian video, 16 frames / 5.9 MB on a 30 fps clip (half its frames are never sampled,
+  so never stored); plus the previous source frame for keyframe detection (1.3 MB there);
+* in-flight keyframes: at most ``max_inflight`` clips (5.3 MB each) waiting for the
+  backbone; live streams are capped instead by the batchers' per-stream pending limit;
+* file second pass: person + global features of the seconds awaiting their future context
+  (61 s window: 30 s x persons x 2 x D x 4 B; 170 KB at D = 144, 2.8 MB for R50);
+* bank (in-process): retention x persons/s x D x 2 B (121 x 5 x 144 x 2 = 174 KB;
+  R50 D = 2304: 2.8 MB).
+
+So ~10 MB + in-flight clips per stream for the tiny preset; for R50 (256 x 455, 32 frames)
+the ring is ~45 frames x 1.4 MB and a clip 45 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from models.manifest import BundleError, BundleManifest, load_manifest
+from models.sampling import Alignment
+from service.bank import BankWindow, FeatureBank, InProcessBank
+from service.batching import Batcher, Dropped
+from service.detector import PersonDetector, load_user_detector
+from service.limits import DecodeLimits
+from service.records import Context, Prediction
+from service.ringbuffer import Clip, FrameRing
+from service.runtime import Runtime, RuntimeSettings, create_runtime
+from service.scheduler import KeyframeScheduler
+from service.tracker import ByteTracker
+from service.types import Detections, TrackedPersons
+
+__all__ = ["Engine", "EngineSettings", "EngineStats", "LiveSession", "StreamSession"]
+
+log = logging.getLogger(__name__)
+StrPath = str | PathLike[str]
+Kind = Literal["live", "upload"]
+
+
+# -- settings and stats ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine knobs (the CLI / app builds one; nothing below reads a global).
+
+    detector_batch / backbone_batch / head_batch: largest batch per graph run (keyframes, clips,
+        keyframes). Larger batches use a GPU better but add latency and memory.
+    max_wait_ms: how long a batcher waits for company before running a partial batch.
+    max_queue: pending requests per batcher before uploads wait / live keyframes drop.
+    live_max_pending: per live stream pending requests per batcher (1-2 keeps latency low).
+    max_inflight: keyframes of one upload between detection and features (bounds memory);
+        raised automatically to what the clip span needs to avoid a stall.
+    window_seconds: bank window length override (<= the bundle's); None = the bundle's.
+    score_threshold: persons kept for the action model; None = the bundle's (0.8).
+    bank_retention_s: seconds the in-process/Redis bank keeps per stream (>= the window).
+    """
+
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    detector_batch: int = 4
+    backbone_batch: int = 4
+    head_batch: int = 8
+    max_wait_ms: float = 2.0
+    max_queue: int = 32
+    live_max_pending: int = 2
+    max_inflight: int = 4
+    window_seconds: int | None = None
+    score_threshold: float | None = None
+    bank_retention_s: int = 120
+    decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+    isolated_decode: bool = True
+    top_k: int = 5
+
+
+_STAGES = ("decode", "detect", "track", "clip", "backbone", "bank", "head", "keyframe")
+
+
+@dataclass
+class EngineStats:
+    """Plain counters and bounded sample lists (seconds) per stage; the metrics layer reads them.
+
+    Stages: decode (decode + resize + letterbox per frame), detect, track, clip (assembly),
+    backbone, bank (write/read calls), head, keyframe (detect-due to record emitted).
+    """
+
+    counters: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=4096) for s in _STAGES}
+    )
+    totals: dict[str, float] = field(default_factory=dict)  # summed seconds per stage
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self.samples.setdefault(stage, deque(maxlen=4096)).append(seconds)
+        self.totals[stage] = self.totals.get(stage, 0.0) + seconds
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"counters": dict(self.counters), "stages": {}}
+        for stage, values in self.samples.items():
+            if values:
+                arr = np.asarray(values)
+                out["stages"][stage] = {
+                    "n": int(arr.size),
+                    "mean_ms": float(arr.mean() * 1e3),
+                    "p50_ms": float(np.percentile(arr, 50) * 1e3),
+                    "p95_ms": float(np.percentile(arr, 95) * 1e3),
+                    "total_s": float(self.totals[stage]),
+                }
+        return out
+
+
+# -- batch items -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DetItem:
+    images: np.ndarray  # (1, 3, H, W) detector input
+    transform: Any  # LetterboxTransform
+
+
+@dataclass(frozen=True)
+class _BackboneItem:
+    slow: np.ndarray  # (3, T_s, H', W')
+    fast: np.ndarray  # (3, T_f, H', W')
+    boxes: np.ndarray  # (N, 4) xyxy in clip pixels
+
+
+@dataclass(frozen=True)
+class _Features:
+    person: np.ndarray  # (N, D)
+    global_: np.ndarray  # (D,)
+    bank: np.ndarray  # (N, D') features that go into the bank
+
+
+@dataclass(frozen=True)
+class _HeadItem:
+    person: np.ndarray  # (N, D)
+    global_per_person: np.ndarray  # (N, D)
+    bank: np.ndarray  # (W, D') padded window (shared by the keyframe's persons)
+    mask: np.ndarray  # (W,) bool
+
+
+# -- per-stream state ------------------------------------------------------------------------
+
+
+@dataclass
+class _Keyframe:
+    time: float
+    det_item: _DetItem
+    frame_hw: tuple[int, int]
+    due_at: float  # loop time when it became detect-due
+    clip: asyncio.Future[Clip | None]
+    tracked: asyncio.Future[TrackedPersons | None]
+    result: asyncio.Future[_KeyframeResult | None]
+
+
+@dataclass
+class _KeyframeResult:
+    """A keyframe after the backbone (and, live, after the head)."""
+
+    time: float
+    persons: TrackedPersons
+    frame_hw: tuple[int, int]
+    features: _Features | None
+    context: Context = "ok"
+    predictions: list[Prediction] = field(default_factory=list)
+
+
+class StreamSession:
+    """One stream's synchronous state: ring buffer, scheduler, tracker, keyframe frames.
+
+    `step` / `finish` run in the stream's worker thread (one at a time); they return the
+    keyframes that became detect-due (with the detector input already letterboxed) and the
+    clips that became ready. The tracker is only touched from the event loop, in order.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        manifest: BundleManifest,
+        detector: PersonDetector,
+        *,
+        alignment: Alignment,
+    ) -> None:
+        self.stream_id = stream_id
+        self.detector = detector
+        self.ring = FrameRing(
+            manifest.preprocessing, alignment=alignment, keyframe_rate=manifest.keyframe_rate
+        )
+        self.scheduler = KeyframeScheduler(
+            keyframe_rate=manifest.keyframe_rate, after_s=self.ring.geometry.after_s
+        )
+        thr = detector.score_threshold
+        # Every emitted person (score >= thr) must start or continue a track, so the new-track
+        # bar is thr itself; lower-score boxes only continue tracks (ByteTrack's second tier).
+        self.tracker = ByteTracker(
+            track_thresh=thr, new_track_thresh=thr, low_thresh=min(detector.low_threshold, thr)
+        )
+        self._prev: tuple[float, np.ndarray] | None = None
+
+    def step(
+        self, pts: float, image: np.ndarray
+    ) -> tuple[list[tuple[float, _DetItem]], list[Clip]]:
+        self.ring.update(pts, image)
+        det_due, clip_due = self.scheduler.update(pts)
+        dets = []
+        for t in det_due:
+            frame = image
+            # Nearest of the two frames around t; a halfway tie takes the earlier one.
+            if self._prev is not None and (pts - t) > (t - self._prev[0]) + 1e-6:
+                frame = self._prev[1]
+            images, transform = self.detector.prepare(frame)
+            dets.append((t, _DetItem(images, transform)))
+        clips = [self.ring.clip(t) for t in clip_due]
+        self._release()
+        self._prev = (pts, image)
+        return dets, clips
+
+    def finish(self) -> list[Clip]:
+        self.ring.finish()
+        _, clip_due = self.scheduler.finish()
+        clips = [self.ring.clip(t) for t in clip_due]
+        self._prev = None
+        return clips
+
+    def _release(self) -> None:
+        nxt = self.scheduler.next_clip_time
+        if nxt is not None:
+            self.ring.release_before(float(self.ring.geometry.times(nxt)[0]))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this stream's frames (ring + the previous raw frame)."""
+        return self.ring.nbytes + (self._prev[1].nbytes if self._prev is not None else 0)
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+class Engine:
+    """Owns runtimes, batchers and the bank; runs files and live sessions through them."""
+
+    def __init__(
+        self,
+        bundle_dir: StrPath,
+        *,
+        settings: EngineSettings | None = None,
+        bank: FeatureBank | None = None,
+        detector_path: StrPath | None = None,
+    ) -> None:
+        self.settings = s = settings or EngineSettings()
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = m = load_manifest(self.bundle_dir)
+        thr = s.score_threshold
+        if detector_path is not None:
+            self.detector = load_user_detector(
+                detector_path,
+                score_threshold=thr
+                if thr is not None
+                else (m.detector.score_threshold if m.detector is not None else 0.8),
+                providers=s.runtime.providers,
+                intra_op_threads=s.runtime.intra_op_threads,
+            )
+        elif m.detector is not None:
+            self.detector = PersonDetector(
+                create_runtime(self.bundle_dir, m, "detector", s.runtime),
+                m.detector,
+                score_threshold=thr,
+            )
+        else:
+            raise BundleError(
+                None, "detector", "the bundle ships no detector; pass --detector PATH (YOLOX ONNX)"
+            )
+        self.backbone: Runtime = create_runtime(self.bundle_dir, m, "backbone", s.runtime)
+        self.head: Runtime = create_runtime(self.bundle_dir, m, "head", s.runtime)
+        self.bank_backbone: Runtime | None = None
+        if m.bank.enabled and m.bank.source == "bank_backbone":
+            self.bank_backbone = create_runtime(self.bundle_dir, m, "bank_backbone", s.runtime)
+        self.labels = m.model.label_map()
+        self.bank_enabled = m.bank.enabled and "bank" in self.head.input_names
+        ws = s.window_seconds or m.bank.window_seconds
+        if ws > m.bank.window_seconds:
+            raise ValueError(
+                f"--window {ws}: the bundle's head was exported for at most "
+                f"{m.bank.window_seconds} s of bank context"
+            )
+        self.window_seconds = ws
+        self.file_window = (-((ws - 1) // 2), (ws - 1) // 2)  # 61 -> [t-30, t+30]
+        self.live_window = (-(ws - 1), 0)  # 61 -> [t-60, t]
+        self.bank_capacity = m.bank.max_entries if m.bank.enabled else 1
+        self.bank_dim = self._bank_dim()
+        self.mask_dtype = self._mask_dtype()
+        self.bank: FeatureBank = bank or InProcessBank(retention_s=s.bank_retention_s)
+        self.stats = EngineStats()
+        self.det_batcher: Batcher[_DetItem, Detections] = Batcher(
+            self._run_detector,
+            name="detector",
+            max_batch_size=s.detector_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            live_max_pending=s.live_max_pending,
+        )
+        self.bb_batcher: Batcher[_BackboneItem, _Features] = Batcher(
+            self._run_backbone,
+            name="backbone",
+            max_batch_size=s.backbone_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            live_max_pending=s.live_max_pending,
+        )
+        self.head_batcher: Batcher[_HeadItem, np.ndarray] = Batcher(
+            self._run_head,
+            name="head",
+            max_batch_size=s.head_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            live_max_pending=s.live_max_pending,
+        )
+
+    # -- graph runs (batcher worker threads) -----------------------------------------------
+
+    def _bank_dim(self) -> int:
+        if self.manifest.bank.enabled:
+            return self.manifest.bank.feature_dim
+        spec = next((t for t in self.manifest.graphs["head"].inputs if t.name == "bank"), None)
+        if spec is not None and isinstance(spec.shape[-1], int):
+            return spec.shape[-1]
+        return 1
+
+    def _mask_dtype(self) -> Any:
+        spec = next((t for t in self.manifest.graphs["head"].inputs if t.name == "mask"), None)
+        return np.bool_ if spec is None or spec.dtype == "bool" else np.dtype(spec.dtype)
+
+    def _run_detector(self, items: list[_DetItem]) -> list[Detections]:
+        t0 = time.perf_counter()
+        out = self.detector.detect_prepared([i.images for i in items], [i.transform for i in items])
+        self.stats.observe("detect_run", time.perf_counter() - t0)
+        return out
+
+    def _run_backbone(self, items: list[_BackboneItem]) -> list[_Features]:
+        t0 = time.perf_counter()
+        results: list[_Features | None] = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, it in enumerate(items):  # clips of different sizes cannot share a tensor
+            groups.setdefault(it.fast.shape, []).append(i)
+        for idxs in groups.values():
+            slow = np.stack([items[i].slow for i in idxs])  # (B, 3, T_s, H', W')
+            fast = np.stack([items[i].fast for i in idxs])  # (B, 3, T_f, H', W')
+            counts = [items[i].boxes.shape[0] for i in idxs]
+            boxes = np.concatenate(
+                [
+                    np.concatenate(
+                        [np.full((items[i].boxes.shape[0], 1), b, np.float32), items[i].boxes],
+                        axis=1,
+                    )
+                    for b, i in enumerate(idxs)
+                ]
+            ).astype(np.float32)  # (K, 5) batch index, x1, y1, x2, y2 (clip pixels)
+            feed = {"slow": slow, "fast": fast, "boxes": boxes}
+            out = self.backbone.run(feed)
+            person, glob = out["person"], out["global"]  # (K, D), (B, D)
+            bank_feats = person
+            if self.bank_backbone is not None:
+                bank_feats = self.bank_backbone.run(feed)["person"]
+            splits = np.cumsum(counts)[:-1]
+            for b, (i, p, q) in enumerate(
+                zip(idxs, np.split(person, splits), np.split(bank_feats, splits), strict=True)
+            ):
+                results[i] = _Features(p, glob[b], q)
+        self.stats.observe("backbone_run", time.perf_counter() - t0)
+        return [r for r in results if r is not None]
+
+    def _run_head(self, items: list[_HeadItem]) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        counts = [it.person.shape[0] for it in items]
+        feed: dict[str, np.ndarray] = {
+            "person": np.concatenate([it.person for it in items]).astype(np.float32),
+            "global_per_person": np.concatenate([it.global_per_person for it in items]).astype(
+                np.float32
+            ),
+        }
+        if "bank" in self.head.input_names:
+            # (K, W, D'): each person sees its keyframe's window.
+            feed["bank"] = np.concatenate(
+                [
+                    np.broadcast_to(it.bank, (n, *it.bank.shape))
+                    for it, n in zip(items, counts, strict=True)
+                ]
+            ).astype(np.float32)
+            feed["mask"] = np.concatenate(
+                [
+                    np.broadcast_to(it.mask, (n, *it.mask.shape))
+                    for it, n in zip(items, counts, strict=True)
+                ]
+            ).astype(self.mask_dtype)
+        probs = self.head.run(feed)["action"]  # (K, C) probabilities
+        self.stats.observe("head_run", time.perf_counter() - t0)
+        return list(np.split(probs, np.cumsum(counts)[:-1]))
+
+    # -- per keyframe ----------------------------------------------------------------------
+
+    def _inflight_floor(self, session: StreamSession) -> int:
+        # The producer waits for a slot at detect-due time; the oldest in-flight keyframe needs
+        # frames up to after_s later, so fewer slots than that would stall the stream.
+        g = session.ring.geometry
+        return math.ceil(g.after_s * g.keyframe_rate) + 2
+
+    async def _detect_and_track(
+        self, session: StreamSession, kf: _Keyframe, prev: _Keyframe | None, kind: Kind
+    ) -> TrackedPersons | None:
+        t0 = time.perf_counter()
+        dets: Detections | None
+        try:
+            dets = await self.det_batcher.submit(
+                kf.det_item, kind=kind, stream_id=session.stream_id
+            )
+        except Dropped as e:
+            self.stats.counters[f"dropped_{e.reason}"] += 1
+            self.stats.counters["keyframes_dropped"] += 1
+            dets = None
+        self.stats.observe("detect", time.perf_counter() - t0)
+        if prev is not None:
+            # Tracking is sequential per stream: wait for the previous keyframe's update.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(prev.tracked)
+        if dets is None:
+            kf.tracked.set_result(None)
+            return None
+        t1 = time.perf_counter()
+        tracked = session.tracker.update(dets, kf.time)
+        keep = tracked.scores >= self.detector.score_threshold
+        persons = tracked[np.flatnonzero(keep)]
+        self.stats.observe("track", time.perf_counter() - t1)
+        kf.tracked.set_result(persons)
+        return persons
+
+    async def _features(
+        self, session: StreamSession, kf: _Keyframe, prev: _Keyframe | None, kind: Kind
+    ) -> _KeyframeResult | None:
+        """Detection, tracking, clip and backbone for one keyframe."""
+        persons = await self._detect_and_track(session, kf, prev, kind)
+        clip = await kf.clip
+        if persons is None or clip is None:
+            return None
+        self.stats.counters["keyframes"] += 1
+        if len(persons) == 0:
+            return _KeyframeResult(kf.time, persons, kf.frame_hw, None)
+        h, w = kf.frame_hw
+        ch, cw = clip.size_hw
+        # Frame pixels -> normalised -> clip pixels (training's boxes_to_pixels on the clip).
+        scale = np.array([cw / w, ch / h, cw / w, ch / h], np.float32)
+        item = _BackboneItem(clip.slow, clip.fast, (persons.boxes * scale).astype(np.float32))
+        t0 = time.perf_counter()
+        try:
+            feats = await self.bb_batcher.submit(item, kind=kind, stream_id=session.stream_id)
+        except Dropped as e:
+            self.stats.counters[f"dropped_{e.reason}"] += 1
+            self.stats.counters["keyframes_dropped"] += 1
+            return None
+        self.stats.observe("backbone", time.perf_counter() - t0)
+        return _KeyframeResult(kf.time, persons, kf.frame_hw, feats)
+
+    async def _bank_write(
+        self, stream_id: str, res: _KeyframeResult, window: tuple[int, int]
+    ) -> BankWindow | None:
+        if not self.bank_enabled or res.features is None:
+            return None
+        t0 = time.perf_counter()
+        win = await self.bank.write_and_read(
+            stream_id,
+            int(round(res.time)),
+            res.persons.track_ids,
+            res.features.bank,
+            window,
+            self.manifest.bank.persons_per_second,
+            scores=res.persons.scores,
+        )
+        self.stats.observe("bank", time.perf_counter() - t0)
+        return win
+
+    async def _head(
+        self,
+        stream_id: str,
+        video: str,
+        res: _KeyframeResult,
+        window: BankWindow | None,
+        kind: Kind,
+    ) -> list[Prediction]:
+        if res.features is None or len(res.persons) == 0:
+            return []
+        n = len(res.persons)
+        if window is not None:
+            bank, mask = window.padded(self.bank_capacity)
+            context: Context = "degraded" if window.degraded else res.context
+        else:
+            bank = np.zeros((self.bank_capacity, self.bank_dim), np.float32)
+            mask = np.zeros(self.bank_capacity, bool)
+            context = "none"
+        item = _HeadItem(
+            res.features.person,
+            np.broadcast_to(res.features.global_, (n, res.features.global_.shape[0])),
+            bank,
+            mask,
+        )
+        t0 = time.perf_counter()
+        probs = await self.head_batcher.submit(item, kind=kind, stream_id=stream_id)
+        self.stats.observe("head", time.perf_counter() - t0)
+        if context == "degraded":
+            self.stats.counters["degraded"] += n
+        h, w = res.frame_hw
+        out = []
+        for i in range(n):
+            box = tuple(float(v) for v in res.persons.boxes[i])
+            norm = (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
+            out.append(
+                Prediction(
+                    video=video,
+                    time=res.time,
+                    track_id=int(res.persons.track_ids[i]),
+                    box=box,  # type: ignore[arg-type]
+                    box_norm=norm,
+                    score=float(res.persons.scores[i]),
+                    probs=probs[i],
+                    labels=self.labels,
+                    context=context,
+                )
+            )
+        self.stats.counters["predictions"] += n
+        return out
+
+    # -- files -----------------------------------------------------------------------------
+
+    async def annotate_file(
+        self,
+        path: StrPath,
+        *,
+        video_id: str | None = None,
+        progress: Callable[[float], None] | None = None,
+        keep_bank: bool = False,
+        stream_id: str | None = None,
+    ) -> AsyncIterator[Prediction]:
+        """Predictions for a video file, in time order (center clips, second bank pass).
+
+        Raises `service.errors.VideoInputError` for a file the decoder refuses.
+        ``keep_bank`` leaves the stream's bank entries in place (tests, benchmarks).
+        """
+        from service.decode import decode_frames
+
+        video = video_id or Path(path).stem
+        sid = stream_id or f"file-{uuid.uuid4().hex[:12]}"
+        session = StreamSession(sid, self.manifest, self.detector, alignment="center")
+        s = self.settings
+        max_inflight = max(s.max_inflight, self._inflight_floor(session))
+        slots = asyncio.Semaphore(max_inflight)
+        loop = asyncio.get_running_loop()
+        worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{sid}")
+        decoder = await loop.run_in_executor(
+            worker,
+            lambda: decode_frames(path, s.decode_limits, isolated=s.isolated_decode),
+        )
+        self.last_info = decoder.info
+        order: asyncio.Queue[_Keyframe | None] = asyncio.Queue()
+        pending_clips: deque[_Keyframe] = deque()
+        tasks: set[asyncio.Task[Any]] = set()
+
+        def next_step() -> tuple[float, list[tuple[float, _DetItem]], list[Clip]] | None:
+            t0 = time.perf_counter()
+            try:
+                frame = next(decoder)
+            except StopIteration:
+                return None
+            dets, clips = session.step(frame.pts_seconds, frame.image)
+            self.stats.observe("decode", time.perf_counter() - t0)
+            return frame.pts_seconds, dets, clips
+
+        async def produce() -> None:
+            prev: _Keyframe | None = None
+            frame_hw: tuple[int, int] | None = None
+            try:
+                while True:
+                    step = await loop.run_in_executor(worker, next_step)
+                    if step is None:
+                        break
+                    pts, dets, clips = step
+                    self.stats.counters["frames"] += 1
+                    if progress is not None:
+                        progress(pts)
+                    frame_hw = session.ring.frame_hw
+                    ready = deque(clips)
+                    # Clips of keyframes already in flight first: they free in-flight slots
+                    # (waiting for a slot while holding them would stall the stream).
+                    while ready and pending_clips:
+                        pending_clips.popleft().clip.set_result(ready.popleft())
+                    for t, item in dets:
+                        await slots.acquire()
+                        assert frame_hw is not None
+                        kf = _Keyframe(
+                            t, item, frame_hw, loop.time(), loop.create_future(),
+                            loop.create_future(), loop.create_future(),
+                        )  # fmt: skip
+                        pending_clips.append(kf)
+                        task = loop.create_task(self._file_keyframe(session, kf, prev, slots))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        await order.put(kf)
+                        prev = kf
+                    while ready:  # a clip due in the same step as its own detection
+                        pending_clips.popleft().clip.set_result(ready.popleft())
+                clips = await loop.run_in_executor(worker, session.finish)
+                for clip in clips:
+                    pending_clips.popleft().clip.set_result(clip)
+            finally:
+                for kf in pending_clips:
+                    if not kf.clip.done():
+                        kf.clip.set_result(None)
+                await order.put(None)
+
+        producer = loop.create_task(produce())
+        waiting: deque[_KeyframeResult] = deque()
+        written: list[float] = []
+        hi = self.file_window[1]
+        try:
+            while True:
+                kf_or_none = await order.get()
+                ended = kf_or_none is None
+                if kf_or_none is not None:
+                    res = await kf_or_none.result
+                    if res is not None:
+                        waiting.append(res)
+                        written.append(res.time)
+                # Second pass: keyframe s is final once the features of s + hi are in the bank
+                # (the keyframes before it are, too: results are awaited in order).
+                ready: list[_KeyframeResult] = []
+                while waiting and (
+                    ended
+                    or not self.bank_enabled
+                    or (written and written[-1] >= waiting[0].time + hi)
+                ):
+                    ready.append(waiting.popleft())
+                if ready:
+                    groups = await asyncio.gather(*(self._file_head(sid, video, r) for r in ready))
+                    for preds in groups:
+                        for p in preds:
+                            yield p
+                if ended:
+                    break
+            await producer  # re-raises a decode error
+        finally:
+            if not producer.done():
+                producer.cancel()
+            for t in list(tasks):
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(producer, *tasks, return_exceptions=True)
+            decoder.close()
+            worker.shutdown(wait=False)
+            if not keep_bank and self.bank_enabled:
+                with contextlib.suppress(Exception):
+                    await self.bank.drop_stream(sid)
+        self.last_stream_id = sid
+
+    async def _file_keyframe(
+        self,
+        session: StreamSession,
+        kf: _Keyframe,
+        prev: _Keyframe | None,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            res = await self._features(session, kf, prev, "upload")
+            if res is not None and res.features is not None and self.bank_enabled:
+                # First pass: store this second; the window is read in the second pass.
+                win = await self._bank_write(session.stream_id, res, (0, 0))
+                if win is not None and win.degraded:
+                    res.context = "degraded"
+            kf.result.set_result(res)
+            self.stats.observe("keyframe", asyncio.get_running_loop().time() - kf.due_at)
+        except BaseException as e:
+            if not kf.result.done():
+                kf.result.set_exception(e)
+            if not kf.tracked.done():
+                kf.tracked.set_result(None)
+            raise
+        finally:
+            slots.release()
+
+    async def _file_head(self, sid: str, video: str, res: _KeyframeResult) -> list[Prediction]:
+        window = None
+        if self.bank_enabled and res.features is not None:
+            t0 = time.perf_counter()
+            window = await self.bank.read_window(
+                sid, int(round(res.time)), self.file_window, self.manifest.bank.persons_per_second
+            )
+            self.stats.observe("bank", time.perf_counter() - t0)
+        return await self._head(sid, video, res, window, "upload")
+
+    # -- live ------------------------------------------------------------------------------
+
+    def live_session(
+        self, stream_id: str, *, video: str | None = None, max_output: int = 256
+    ) -> LiveSession:
+        return LiveSession(self, stream_id, video=video or stream_id, max_output=max_output)
+
+    async def close(self) -> None:
+        for b in (self.det_batcher, self.bb_batcher, self.head_batcher):
+            await b.close()
+        await self.bank.close()
+
+
+class LiveSession:
+    """A live stream: push frames as they arrive, read per-keyframe predictions as they are made.
+
+    Causal clips (ending at the keyframe) and the causal bank window ``[t - 60, t]``; keyframes
+    the batchers drop when the service falls behind are counted, never retried. Bank times are
+    the stream's whole seconds, so a reconnecting client should keep its presentation clock.
+
+    ``results()`` yields one list of predictions per processed keyframe, in time order. Its
+    buffer holds at most ``max_output`` keyframes; a client that stops reading loses the
+    oldest (counted as ``output_dropped``).
+    """
+
+    def __init__(self, engine: Engine, stream_id: str, *, video: str, max_output: int) -> None:
+        self.engine = engine
+        self.stream_id = stream_id
+        self.video = video
+        self.session = StreamSession(
+            stream_id, engine.manifest, engine.detector, alignment="causal"
+        )
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"live-{stream_id}")
+        self._prev: _Keyframe | None = None
+        self._pending_clips: deque[_Keyframe] = deque()
+        self._order: deque[_Keyframe] = deque()
+        self._out: deque[list[Prediction]] = deque(maxlen=max_output)
+        self._out_event = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._emitter: asyncio.Task[None] | None = None
+        self._kf_event = asyncio.Event()
+        self._ended = False
+        self.keyframes_done = 0
+
+    async def push_frame(self, image: np.ndarray, pts: float) -> None:
+        """Add one decoded RGB (h, w, 3) uint8 frame with its presentation time in seconds."""
+        loop = asyncio.get_running_loop()
+        if self._emitter is None:
+            self._emitter = loop.create_task(self._emit())
+        t0 = time.perf_counter()
+        dets, clips = await loop.run_in_executor(self._worker, self.session.step, pts, image)
+        self.engine.stats.observe("decode", time.perf_counter() - t0)
+        self.engine.stats.counters["frames"] += 1
+        for t, item in dets:
+            hw = self.session.ring.frame_hw
+            assert hw is not None
+            kf = _Keyframe(
+                t, item, hw, loop.time(), loop.create_future(), loop.create_future(),
+                loop.create_future(),
+            )  # fmt: skip
+            self._pending_clips.append(kf)
+            task = loop.create_task(self._keyframe(kf, self._prev))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._order.append(kf)
+            self._kf_event.set()
+            self._prev = kf
+        # Causal clips are due in the same step as their detection: keyframes first, then clips.
+        for clip in clips:
+            self._pending_clips.popleft().clip.set_result(clip)
+
+    async def _keyframe(self, kf: _Keyframe, prev: _Keyframe | None) -> None:
+        eng = self.engine
+        try:
+            res = await eng._features(self.session, kf, prev, "live")
+            if res is not None and res.features is not None:
+                win = await eng._bank_write(self.stream_id, res, eng.live_window)
+                res.predictions = await eng._head(self.stream_id, self.video, res, win, "live")
+            kf.result.set_result(res)
+        except Dropped as e:
+            eng.stats.counters[f"dropped_{e.reason}"] += 1
+            eng.stats.counters["keyframes_dropped"] += 1
+            kf.result.set_result(None)
+        except BaseException as e:
+            if not kf.tracked.done():
+                kf.tracked.set_result(None)
+            if not kf.result.done():
+                kf.result.set_exception(e)
+            raise
+        finally:
+            eng.stats.observe("keyframe", asyncio.get_running_loop().time() - kf.due_at)
+
+    async def _emit(self) -> None:
+        while True:
+            while not self._order:
+                if self._ended:
+                    self._out_event.set()
+                    return
+                self._kf_event.clear()
+                await self._kf_event.wait()
+            kf = self._order.popleft()
+            try:
+                res = await kf.result
+            except Exception:  # noqa: BLE001 - a failed keyframe must not stop the stream
+                log.exception("live %s: keyframe %.1f failed", self.stream_id, kf.time)
+                res = None
+            self.keyframes_done += 1
+            if res is not None:
+                if len(self._out) == self._out.maxlen:
+                    self.engine.stats.counters["output_dropped"] += 1
+                self._out.append(res.predictions)
+                self._out_event.set()
+
+    async def end(self) -> None:
+        """The stream ended: finish the last keyframes' clips (edge padding) and drain."""
+        loop = asyncio.get_running_loop()
+        clips = await loop.run_in_executor(self._worker, self.session.finish)
+        for clip in clips:
+            self._pending_clips.popleft().clip.set_result(clip)
+        for kf in self._pending_clips:
+            if not kf.clip.done():
+                kf.clip.set_result(None)
+        self._ended = True
+        self._kf_event.set()
+        if self._emitter is not None:
+            await self._emitter
+        self._out_event.set()
+
+    async def results(self) -> AsyncIterator[list[Prediction]]:
+        """Per-keyframe predictions until `end()` has drained the stream."""
+        while True:
+            while self._out:
+                yield self._out.popleft()
+            if self._ended and (self._emitter is None or self._emitter.done()):
+                return
+            self._out_event.clear()
+            await self._out_event.wait()
+
+    def drain(self) -> list[list[Prediction]]:
+        """Whatever is buffered now, without waiting."""
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._emitter is not None:
+            self._emitter.cancel()
+            with contextlib.suppress(BaseException):
+                await self._emitter
+        self._worker.shutdown(wait=False)
