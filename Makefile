@@ -7,7 +7,7 @@ VENV_TEST := .venv
 # extras is already satisfied and pip does not fetch a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest clean system-deps
 
 $(VENV_TEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_TEST)
@@ -32,7 +32,11 @@ lint: $(VENV_TEST)/.installed
 typecheck: $(VENV_TEST)/.installed
 	$(VENV_TEST)/bin/mypy
 
-pytest: $(VENV_TEST)/.installed
+# System tools the tests drive for real (promtool, chromium, redis-server); idempotent.
+system-deps:
+	bash scripts/install-test-deps.sh
+
+pytest: $(VENV_TEST)/.installed system-deps
 	$(VENV_TEST)/bin/python -m pytest -q
 
 test: lint typecheck pytest
