@@ -1,0 +1,129 @@
+"""Cold start: seconds from running `avaserve serve` to the first annotation a user sees.
+
+    python bench/bench_first_annotation.py [--bundle DIR] [--video PATH]
+
+Launches ``avaserve serve`` as a new user would (a fresh process, embedded defaults, no Redis,
+no API key -> loopback), then, as soon as the port answers:
+
+* live: streams the video over the WebSocket (``avaserve watch``'s client) and stops the clock
+  at the first ``annotation`` message;
+* REST: uploads it (``avaserve submit``'s request) and stops the clock when the job is done.
+
+Prints the figures and writes them to bench/results/first_annotation.json. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.serve_cli import stream_video  # noqa: E402
+
+DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "basketball_2people.mp4"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch(bundle: Path | None, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVASERVE_")}
+    cmd = [sys.executable, "-m", "avaserve.cli", "serve", "--port", str(port)]
+    if bundle is not None:
+        cmd += ["--bundle", str(bundle)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return proc, t0
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes], path: str) -> None:
+    while proc.poll() is None:
+        try:
+            if httpx.get(url + path, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server exited with {proc.returncode}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=None, help="default: the serve default")
+    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results" / "first_annotation.json"
+    )
+    args = ap.parse_args()
+    log = Path("/tmp") / f"avaserve-first-annotation-{os.getpid()}.log"
+    result: dict[str, Any] = {"video": str(args.video), "bundle": str(args.bundle or "default")}
+
+    # Live: command -> first annotation over the WebSocket.
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, t0 = _launch(args.bundle, port, log)
+    try:
+        _wait_up(url, proc, "/healthz")
+        result["serve_to_listening_s"] = round(time.monotonic() - t0, 3)
+        first: list[float] = []
+
+        def on_message(msg: dict[str, Any]) -> None:
+            if msg.get("type") == "annotation" and not first:
+                first.append(time.monotonic())
+
+        asyncio.run(
+            stream_video(
+                args.video, server=url, headers={}, stream_id="cold", fps=10.0,
+                on_message=on_message,
+            )
+        )  # fmt: skip
+        result["serve_to_first_live_annotation_s"] = round(first[0] - t0, 3)
+        result["serve_to_ready_s"] = None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    # REST: command -> job done (all records available).
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc, t0 = _launch(args.bundle, port, log)
+    try:
+        _wait_up(url, proc, "/readyz")
+        result["serve_to_ready_s"] = round(time.monotonic() - t0, 3)
+        job = httpx.post(
+            url + "/v1/jobs", params={"name": args.video.name}, content=args.video.read_bytes(),
+            timeout=60,
+        ).json()  # fmt: skip
+        while True:
+            state = httpx.get(f"{url}/v1/jobs/{job['id']}").json()["state"]
+            if state in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        result["serve_to_rest_results_s"] = round(time.monotonic() - t0, 3)
+        result["rest_state"] = state
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

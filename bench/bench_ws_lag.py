@@ -1,0 +1,203 @@
+"""Live lag over the WebSocket (issue 7 acceptance; printed and written to bench/results/).
+
+    python bench/bench_ws_lag.py [--bundle DIR] [--video PATH] [--fps 10] [--speed 1.0]
+
+Starts the real app under uvicorn on a loopback port (in this process, so the engine's own
+per-keyframe timings can be read), pre-encodes the video as protocol frames (8-byte LE float64
+pts + JPEG, so the client costs nothing while streaming), then sends them at real-time pace
+and records, per annotation::
+
+    lag = annotation received (client) - the keyframe's frame sent (client)
+
+The bound the issue sets: p95 lag <= clip lookahead + 1.3 x median keyframe processing time,
+where lookahead is how far the clip reaches past its keyframe (0 for the causal clips live
+streams use) and processing time is the engine's keyframe-due -> predictions-ready time
+(`EngineStats` "keyframe" samples) for this very run. Not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.app import create_app  # noqa: E402
+from service.serve_cli import encode_frame  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "basketball_2people.mp4"
+KEY = "bench-key-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _frames(video: Path, fps: float, short_side: int) -> list[tuple[float, bytes]]:
+    from service.decode import decode_frames
+
+    out: list[tuple[float, bytes]] = []
+    next_pts = 0.0
+    with decode_frames(video, short_side=short_side) as frames:
+        for frame in frames:
+            if frame.pts_seconds + 1e-6 >= next_pts:
+                out.append((frame.pts_seconds, encode_frame(frame.image, frame.pts_seconds)))
+                next_pts = frame.pts_seconds + 1.0 / fps
+    return out
+
+
+def _serve(settings: Settings) -> tuple[Any, Any, threading.Thread]:
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return app, server, thread
+
+
+async def _stream(url: str, frames: list[tuple[float, bytes]], fps: float, speed: float) -> Any:
+    import websockets
+
+    sent: list[tuple[float, float]] = []
+    annotations: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "input": "jpeg", "fps_hint": fps}))
+        json.loads(await ws.recv())  # ready
+
+        async def receive() -> None:
+            async for raw in ws:
+                msg = json.loads(raw)
+                now = time.monotonic()
+                if msg["type"] == "annotation":
+                    t = float(msg["time"])
+                    frame_sent = next((s for p, s in sent if p >= t - 1e-6), None)
+                    msg["lag"] = None if frame_sent is None else now - frame_sent
+                    annotations.append(msg)
+                elif msg["type"] == "status":
+                    statuses.append(msg)
+
+        receiver = asyncio.create_task(receive())
+        start = time.monotonic()
+        for pts, payload in frames:
+            delay = start + pts / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append((pts, time.monotonic()))
+            await ws.send(payload)
+        await ws.send(json.dumps({"type": "end"}))
+        await asyncio.wait_for(receiver, timeout=120)
+    return annotations, statuses, [p for p, _ in frames]
+
+
+def _client(url: str, frames: list[tuple[float, bytes]], fps: float, speed: float) -> Any:
+    return asyncio.run(_stream(url, frames, fps, speed))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=None, help="default: Settings().bundle")
+    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    ap.add_argument("--fps", type=float, default=10.0, help="frames sent per second")
+    ap.add_argument("--speed", type=float, default=1.0, help="1.0 = real-time pace")
+    ap.add_argument("--short-side", type=int, default=360)
+    ap.add_argument("--out", type=Path, default=RESULTS / "ws_lag.json")
+    args = ap.parse_args()
+
+    overrides: dict[str, Any] = {"port": _free_port(), "api_keys": KEY, "live_queue_frames": 256}
+    if args.bundle is not None:
+        overrides["bundle"] = args.bundle
+    settings = Settings(**overrides)
+    t0 = time.monotonic()
+    frames = _frames(args.video, args.fps, args.short_side)
+    print(
+        f"{len(frames)} frames pre-encoded from {args.video.name} in {time.monotonic() - t0:.1f} s"
+    )
+    t0 = time.monotonic()
+    app, server, thread = _serve(settings)
+    print(f"server ready in {time.monotonic() - t0:.1f} s (bundle {settings.bundle})")
+    engine = app.state.service.engine
+    url = f"ws://127.0.0.1:{settings.port}/v1/streams/bench"
+    # The client runs in its own process: in this one it would compete with the server for
+    # the GIL and inflate the very lag it measures.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        annotations, statuses, pts = pool.apply(_client, (url, frames, args.fps, args.speed))
+    server.should_exit = True
+    thread.join(timeout=30)
+
+    expected = int(np.floor(pts[-1])) - int(np.ceil(pts[0] - 1e-6)) + 1 if pts else 0
+    lags = [a["lag"] for a in annotations if a["lag"] is not None]
+    processing = list(engine.stats.samples.get("keyframe", []))
+    steps = list(engine.stats.samples.get("decode", []))  # per frame: resize + letterbox
+    manifest = engine.manifest
+    # Live clips are causal: the last sample is the keyframe itself, nothing to wait for.
+    lookahead_s = 0.0
+    median_proc = statistics.median(processing) if processing else float("nan")
+    bound = lookahead_s + 1.3 * median_proc
+    p50 = float(np.percentile(lags, 50)) if lags else float("nan")
+    p95 = float(np.percentile(lags, 95)) if lags else float("nan")
+    last = statuses[-1] if statuses else {}
+    result = {
+        "video": str(args.video),
+        "bundle": str(settings.bundle),
+        "preset": manifest.model.preset,
+        "fps_sent": args.fps,
+        "speed": args.speed,
+        "short_side": args.short_side,
+        "frames_sent": len(frames),
+        "keyframes_expected": expected,
+        "annotations": len(annotations),
+        "annotation_times": [a["time"] for a in annotations],
+        "dropped_keyframes": last.get("dropped_keyframes"),
+        "server_lag_p95_s": last.get("lag_p95_s"),  # frame decoded at server -> annotation queued
+        "frames_dropped": last.get("frames_dropped"),
+        "lag_p50_s": round(p50, 4),
+        "lag_p95_s": round(p95, 4),
+        "lag_max_s": round(max(lags), 4) if lags else None,
+        "clip_lookahead_s": lookahead_s,
+        "keyframe_processing_median_s": round(median_proc, 4),
+        "keyframe_processing_p95_s": round(float(np.percentile(processing, 95)), 4)
+        if processing
+        else None,
+        "frame_step_median_s": round(statistics.median(steps), 4) if steps else None,
+        "bound_s": round(bound, 4),
+        "within_bound": bool(p95 <= bound),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "annotation_times"}, indent=2))
+    print(
+        f"\nlag p50 {p50:.3f} s, p95 {p95:.3f} s; bound = lookahead {lookahead_s:.2f} + 1.3 x "
+        f"median keyframe {median_proc:.3f} s = {bound:.3f} s -> "
+        f"{'OK' if p95 <= bound else 'OVER'}; {len(annotations)}/{expected} keyframes annotated"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""``/v1/streams/{stream_id}``: live annotation over a WebSocket (protocol: docs/api.md).
+
+Handshake (all before ``accept``; a refusal is HTTP 403 and no connection is ever opened)::
+
+    query-string token / foreign Origin / missing or invalid key   -> refused (1008)
+    bad stream id, draining, stream id already open, over a limit   -> refused (1008 / 1013)
+    accept(subprotocol="avaserve.v1")        (the bearer.<key> entry is never echoed)
+
+Then, per connection, four tasks joined by bounded buffers::
+
+    reader  --frames (deque, live_queue_frames: oldest dropped)-->  pusher -> LiveSession
+    LiveSession.results() -> emitter --(deque, live_send_queue: oldest dropped)--> sender
+    every 2 s: status; a reader that stays behind (or lag > live_max_lag_s) -> close 1013
+
+Causal throughout: clips end at their keyframe, the bank window is ``[t - 60, t]``. The bank is
+keyed by (API key, stream id) and outlives the connection, so a client that reconnects with the
+same stream id (and keeps its presentation clock) keeps its long-term context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import re
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketException
+from pydantic import BaseModel, Field, ValidationError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from service.admission import LimitExceeded
+from service.auth import authenticate_websocket
+from service.errors import VideoInputError
+from service.routes.deps import ServiceState, get_service
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["streams"])
+
+_STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+PTS_HEADER = struct.Struct("<d")  # 8-byte little-endian float64 presentation time, seconds
+WS_NORMAL = 1000
+WS_UNSUPPORTED_DATA = 1003
+WS_POLICY = 1008
+WS_TOO_BIG = 1009
+WS_INTERNAL = 1011
+WS_TRY_AGAIN_LATER = 1013
+START_TIMEOUT_S = 10.0
+STATUS_EVERY_S = 2.0
+_MAX_CONTROL_MESSAGES = 8  # status/error/pong messages queued for a slow reader
+
+
+class StartMessage(BaseModel):
+    """The first message a client sends (text)."""
+
+    type: Literal["start"]
+    input: Literal["jpeg", "mpegts", "h264"] = Field(
+        description="jpeg: binary messages are 8-byte LE float64 pts + one JPEG image; "
+        "mpegts / h264: binary messages are consecutive chunks of one byte stream."
+    )
+    fps_hint: float = Field(10.0, gt=0, le=120, description="Frames per second sent (about).")
+
+
+@dataclass
+class _Stats:
+    frames_received: int = 0
+    frames_dropped: int = 0  # frames discarded because processing fell behind
+    bad_frames: int = 0
+    keyframes_sent: int = 0
+    keyframes_dropped: int = 0  # annotations discarded because the client read too slowly
+    lag_s: float = 0.0
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    behind_since: float | None = None
+
+    def message(self) -> dict[str, Any]:
+        lags = sorted(self.lags)
+        p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else 0.0
+        return {
+            "type": "status",
+            "frames_received": self.frames_received,
+            "frames_dropped": self.frames_dropped,
+            "bad_frames": self.bad_frames,
+            "keyframes_sent": self.keyframes_sent,
+            "dropped_keyframes": self.keyframes_dropped,
+            "lag_s": round(self.lag_s, 3),
+            "lag_p95_s": round(p95, 3),
+        }
+
+
+def _decode_jpeg(payload: bytes, max_pixels: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from one JPEG; ValueError for anything else or oversize."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(payload), formats=["JPEG"]) as img:
+        w, h = img.size  # read from the header: no pixels decoded yet
+        if w * h > max_pixels or w < 16 or h < 16:
+            raise ValueError(f"frame {w}x{h} is outside 16x16 .. {max_pixels} pixels")
+        return np.asarray(img.convert("RGB"))
+
+
+class _Connection:
+    """One accepted live connection: buffers, tasks and counters."""
+
+    def __init__(
+        self, ws: WebSocket, service: ServiceState, start: StartMessage, bank_id: str, name: str
+    ) -> None:
+        s = service.settings
+        self.ws = ws
+        self.service = service
+        self.start = start
+        self.session = service.engine.live_session(bank_id, video=name, max_output=256)
+        self.frames: deque[tuple[float, np.ndarray]] = deque()
+        self.max_frames = s.live_queue_frames
+        self.outbox: deque[dict[str, Any]] = deque()
+        self.max_outbox = s.live_send_queue
+        self.max_lag_s = s.live_max_lag_s
+        self.max_pixels = 3840 * 2160
+        self.max_message = s.max_ws_message_bytes + PTS_HEADER.size
+        self.arrivals: deque[tuple[float, float]] = deque(maxlen=4096)  # (pts, monotonic)
+        self.stats = _Stats()
+        self.frame_ready = asyncio.Event()
+        self.out_ready = asyncio.Event()
+        self.input_done = False
+        self.last_pts = -float("inf")
+        self.last_time: float | None = None
+        self.rate = float(service.engine.manifest.keyframe_rate)
+        self.close_code = WS_NORMAL
+        self.close_reason = ""
+        self.decoder: Any = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def queue_frame(self, pts: float, image: np.ndarray) -> None:
+        if pts <= self.last_pts:
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", f"pts {pts} is not after the previous {self.last_pts}")
+            return
+        self.last_pts = pts
+        if len(self.frames) >= self.max_frames:
+            self.frames.popleft()  # the oldest live frame is worth the least
+            self.stats.frames_dropped += 1
+        self.frames.append((pts, image))
+        self.arrivals.append((pts, time.monotonic()))
+        self.frame_ready.set()
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message for the sender. Bounded: at most ``max_outbox`` annotations (the
+        oldest is dropped and counted) plus a few control messages (the oldest status/error is
+        dropped first), so a client that never reads cannot grow server memory."""
+        is_annotation = message.get("type") == "annotation"
+        kept = sum(1 for m in self.outbox if (m.get("type") == "annotation") == is_annotation)
+        limit = self.max_outbox if is_annotation else _MAX_CONTROL_MESSAGES
+        if kept >= limit:
+            for i, queued in enumerate(self.outbox):
+                if (queued.get("type") == "annotation") == is_annotation:
+                    del self.outbox[i]
+                    break
+            if is_annotation:
+                self.stats.keyframes_dropped += 1
+                if self.service.metrics is not None:
+                    self.service.metrics.record_dropped("slow_reader")
+        self.outbox.append(message)
+        self.out_ready.set()
+
+    def post_error(self, code: str, message: str) -> None:
+        self.post({"type": "error", "code": code, "message": message})
+
+    def arrival_of(self, t: float) -> float | None:
+        for pts, arrived in self.arrivals:
+            if pts >= t - 1e-6:
+                return arrived
+        return None
+
+    # -- tasks -----------------------------------------------------------------------------
+    async def reader(self) -> None:
+        kind = self.start.input
+        if kind != "jpeg":
+            from service.decode import LiveDecoder
+
+            self.decoder = await asyncio.to_thread(
+                LiveDecoder, kind, fps_hint=self.start.fps_hint, max_buffered_frames=self.max_frames
+            )
+        pump = asyncio.create_task(self.pump()) if self.decoder is not None else None
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(message.get("code", 1000))
+                if message.get("text") is not None:
+                    if self._control(message["text"]):
+                        break
+                    continue
+                data: bytes = message.get("bytes") or b""
+                if len(data) > self.max_message:  # uvicorn's ws_max_size is the first line
+                    self.close_code, self.close_reason = WS_TOO_BIG, "message too big"
+                    return
+                self.stats.frames_received += kind == "jpeg"
+                if kind == "jpeg":
+                    await self._jpeg(data)
+                else:
+                    await asyncio.to_thread(self.decoder.feed, data)
+        finally:
+            if self.decoder is not None:
+                await asyncio.to_thread(self.decoder.end)
+                if pump is not None:
+                    await pump
+            self.input_done = True
+            self.frame_ready.set()
+
+    def _control(self, text: str) -> bool:
+        """Handle a text message; True when the client ended its input."""
+        try:
+            body = json.loads(text)
+            kind = body.get("type") if isinstance(body, dict) else None
+        except ValueError:
+            kind = None
+        if kind == "end":
+            return True
+        if kind == "ping":
+            self.post({"type": "pong"})
+        else:
+            self.post_error("bad_message", 'Expected binary frames, or {"type": "end"}')
+        return False
+
+    async def _jpeg(self, data: bytes) -> None:
+        if len(data) <= PTS_HEADER.size:
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", "A frame is 8 bytes of LE float64 pts, then a JPEG")
+            return
+        (pts,) = PTS_HEADER.unpack_from(data)
+        if not np.isfinite(pts) or pts < 0:
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", "pts must be a finite number of seconds >= 0")
+            return
+        try:
+            image = await asyncio.to_thread(_decode_jpeg, data[PTS_HEADER.size :], self.max_pixels)
+        except Exception as exc:  # noqa: BLE001 - any undecodable frame is the client's error
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", f"Not a decodable JPEG ({type(exc).__name__})")
+            return
+        self.queue_frame(float(pts), image)
+
+    async def pump(self) -> None:
+        """Decoded frames of an MPEG-TS/H.264 stream into the frame buffer."""
+        decoder = self.decoder
+        while True:
+            try:
+                frames = await asyncio.to_thread(decoder.frames, 0.2)
+            except VideoInputError as exc:
+                self.post_error(exc.reason, exc.message)
+                return
+            for frame in frames:
+                self.stats.frames_received += 1
+                self.queue_frame(frame.pts_seconds, frame.image)
+            if not frames and decoder.finished:
+                return
+
+    async def pusher(self) -> None:
+        while True:
+            while not self.frames:
+                if self.input_done:
+                    await self.session.end()
+                    return
+                self.frame_ready.clear()
+                await self.frame_ready.wait()
+            pts, image = self.frames.popleft()
+            await self.session.push_frame(image, pts)
+
+    async def emitter(self) -> None:
+        async for item in self.session.results():
+            t, predictions = self._keyframe(item)
+            records = [p.to_json(top_k=5) for p in predictions]
+            arrived = self.arrival_of(t)
+            if arrived is not None:
+                self.stats.lag_s = time.monotonic() - arrived
+                self.stats.lags.append(self.stats.lag_s)
+                if self.service.metrics is not None:
+                    self.service.metrics.observe_live_lag(self.stats.lag_s)
+            self.post(
+                {
+                    "type": "annotation",
+                    "time": t,
+                    "records": records,
+                    "lag_s": round(self.stats.lag_s, 3),
+                }
+            )
+
+    def _keyframe(self, item: Any) -> tuple[float, list[Any]]:
+        """(keyframe time, predictions) of one item of ``LiveSession.results()``.
+
+        Items are prediction lists; when the engine also says the keyframe's time (a ``time``
+        attribute) it is used as is. A bare empty list (nobody in view) carries no time, so it
+        is taken as the keyframe after the previous one: right unless the engine dropped
+        keyframes in between (see the report on service/engine.py).
+        """
+        predictions = list(getattr(item, "predictions", item))
+        t = getattr(item, "time", None)
+        if t is None:
+            if predictions:
+                t = float(predictions[0].time)
+            elif self.last_time is not None:
+                t = self.last_time + 1.0 / self.rate
+            else:
+                t = (
+                    float(np.ceil(self.arrivals[0][0] * self.rate) / self.rate)
+                    if self.arrivals
+                    else 0.0
+                )
+        self.last_time = float(t)
+        return float(t), predictions
+
+    async def sender(self) -> None:
+        while True:
+            while not self.outbox:
+                self.out_ready.clear()
+                await self.out_ready.wait()
+            message = self.outbox.popleft()
+            if message.get("type") == "annotation":
+                self.stats.keyframes_sent += 1
+            await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def monitor(self) -> None:
+        """Status every few seconds; close 1013 when the client stays too far behind."""
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self.post(self.stats.message())
+            now = time.monotonic()
+            queued = sum(1 for m in self.outbox if m.get("type") == "annotation")
+            behind = queued >= self.max_outbox or self.stats.lag_s > self.max_lag_s
+            if not behind:
+                self.stats.behind_since = None
+            elif self.stats.behind_since is None:
+                self.stats.behind_since = now
+            elif now - self.stats.behind_since > self.max_lag_s:
+                self.close_code = WS_TRY_AGAIN_LATER
+                self.close_reason = "stream stayed too far behind; reconnect (context is kept)"
+                return
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self.reader(), name="ws-reader")
+        pusher = asyncio.create_task(self.pusher(), name="ws-pusher")
+        emitter = asyncio.create_task(self.emitter(), name="ws-emitter")
+        sender = asyncio.create_task(self.sender(), name="ws-sender")
+        monitor = asyncio.create_task(self.monitor(), name="ws-monitor")
+        tasks = {reader, pusher, emitter, sender, monitor}
+        pending: set[asyncio.Task[None]] = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is not None:
+                        raise error  # a disconnect (from reader or sender) or a real failure
+                if monitor in done or self.close_code != WS_NORMAL:
+                    return  # too far behind, or a protocol violation: close_code is set
+                if emitter in done:
+                    # The client sent "end" and every keyframe was emitted: flush, then close.
+                    self.post(self.stats.message())
+                    deadline = time.monotonic() + 5.0
+                    while self.outbox and time.monotonic() < deadline:
+                        await asyncio.sleep(0.02)
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.session.close()
+            if self.decoder is not None:
+                await asyncio.to_thread(self.decoder.close)
+
+
+@router.websocket("/v1/streams/{stream_id}")
+async def live_stream(websocket: WebSocket, stream_id: str) -> None:
+    """Live annotation. See docs/api.md for the protocol."""
+    service = get_service(websocket)
+    settings = service.settings
+    # Everything below up to accept() refuses the handshake: the client gets HTTP 403 and no
+    # byte of its video is ever read.
+    who = authenticate_websocket(websocket, websocket.app.state.keyring, settings.allowed_origins)
+    if not _STREAM_ID_RE.match(stream_id):
+        raise WebSocketException(WS_POLICY, "stream id: 1-64 of letters, digits, '.', '_', '-'")
+    if service.draining:
+        raise WebSocketException(WS_TRY_AGAIN_LATER, "server shutting down")
+    key_id = who.principal.key_id
+    bank_id = f"live-{key_id}-{stream_id}"  # a key can never read or feed another key's bank
+    if bank_id in service.open_streams:
+        raise WebSocketException(WS_TRY_AGAIN_LATER, "this stream id is already open")
+    try:
+        service.streams.acquire(key_id)
+    except LimitExceeded as exc:
+        raise WebSocketException(WS_TRY_AGAIN_LATER, exc.detail) from None
+    service.open_streams.add(bank_id)
+    try:
+        await websocket.accept(subprotocol=who.subprotocol)
+        service.sockets.add(websocket)
+        await _serve(websocket, service, bank_id, stream_id)
+    finally:
+        service.sockets.discard(websocket)
+        service.open_streams.discard(bank_id)
+        service.streams.release(key_id)
+
+
+async def _serve(ws: WebSocket, service: ServiceState, bank_id: str, stream_id: str) -> None:
+    try:
+        raw = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
+        start = StartMessage.model_validate_json(raw)
+    except (TimeoutError, ValidationError, KeyError, ValueError) as exc:
+        message = (
+            'first message must be {"type": "start", "input": "jpeg"|"mpegts"|"h264", '
+            '"fps_hint": 10}'
+        )
+        with contextlib.suppress(Exception):
+            await ws.send_text(
+                json.dumps({"type": "error", "code": "bad_start", "message": message})
+            )
+            await ws.close(WS_UNSUPPORTED_DATA if not isinstance(exc, TimeoutError) else WS_POLICY)
+        return
+    except WebSocketDisconnect:
+        return
+    engine = service.engine
+    conn = _Connection(ws, service, start, bank_id, stream_id)
+    await ws.send_text(
+        json.dumps(
+            {
+                "type": "ready",
+                "stream_id": stream_id,
+                "keyframe_rate": conn.rate,
+                "clip_alignment": "causal",
+                "bank_window_s": [int(w) for w in engine.live_window]
+                if engine.bank_enabled
+                else None,
+            }
+        )
+    )
+    try:
+        await conn.run()
+    except WebSocketDisconnect:
+        return
+    except Exception:  # noqa: BLE001 - one broken stream must not take the server down
+        log.exception("live stream failed")
+        conn.close_code, conn.close_reason = WS_INTERNAL, "internal error"
+    if ws.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            if conn.close_code != WS_NORMAL:
+                await ws.send_text(
+                    json.dumps({"type": "error", "code": "closing", "message": conn.close_reason})
+                )
+            await ws.close(conn.close_code, conn.close_reason[:120])

@@ -1,0 +1,146 @@
+"""The real server process (`avaserve serve` under uvicorn): what only a real socket shows.
+
+* an oversize upload streamed without Content-Length gets 413 and the server's resident memory
+  grows by far less than the body (it is never buffered);
+* WebSocket handshakes refused before accept are HTTP 403 on the wire;
+* API keys never appear in the server's output (app logs and uvicorn's access log), whether
+  sent as a header, as a WebSocket subprotocol, or (refused) in a query string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"avaserve_tests_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+support = _load("app_support")
+KEY_A = support.KEY_A
+A = {"Authorization": f"Bearer {KEY_A}"}
+LIMIT = 32 * 1024**2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Iterator[Any]:
+    bundle = support.tiny_bundle(tmp_path_factory.getbasetemp(), assets)
+    tmp = tmp_path_factory.mktemp("server")
+    with support.running_server(
+        bundle, tmp, AVASERVE_API_KEYS=KEY_A, AVASERVE_MAX_UPLOAD_BYTES=str(LIMIT)
+    ) as s:
+        yield s
+
+
+def _raw_upload(port: int, total: int) -> tuple[int | None, int]:
+    """POST /v1/jobs with a chunked body of ``total`` bytes over a raw socket; returns the
+    status the server answered (None if it never did) and the bytes it let us send."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {KEY_A}\r\n"
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    chunk = b"\x00" * (1024 * 1024)
+    framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(framed)
+            sent += len(chunk)
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass  # the server answered 413 and closed: exactly what we want
+    status = None
+    try:
+        reply = sock.recv(4096)
+        if reply.startswith(b"HTTP/1.1 "):
+            status = int(reply[9:12])
+    except OSError:
+        pass
+    sock.close()
+    return status, sent
+
+
+def test_oversize_upload_is_413_with_bounded_memory(server: Any) -> None:
+    assert server.proc is not None
+    before = support.rss_bytes(server.proc.pid)
+    status, sent = _raw_upload(server.port, 512 * 1024**2)  # 16x the 32 MiB limit
+    time.sleep(0.5)
+    growth = support.rss_bytes(server.proc.pid) - before
+    print(f"oversize upload: {status}, sent {sent / 1e6:.0f} MB, RSS +{growth / 1e6:.1f} MB")
+    assert status == 413
+    assert sent < 512 * 1024**2, "the server stopped the upload instead of reading it all"
+    assert growth < 20 * 1024**2
+    # Declared oversize: refused from the header alone.
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY_A}\r\n"
+        f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 413 ")
+    sock.close()
+    assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_websocket_refusals_are_http_403(server: Any) -> None:
+    import websockets
+
+    url = server.url.replace("http", "ws") + "/v1/streams/s1"
+
+    async def attempt(**kw: Any) -> int:
+        try:
+            async with websockets.connect(url, **kw):
+                return 101
+        except websockets.InvalidStatus as exc:
+            return int(exc.response.status_code)
+
+    async def main() -> list[int]:
+        return [
+            await attempt(),
+            await attempt(subprotocols=["avaserve.v1", "bearer.not-the-right-key-0000"]),
+            await attempt(
+                additional_headers={**A, "Origin": "https://evil.example.net"},
+            ),
+            await attempt(additional_headers=A),
+        ]
+
+    assert asyncio.run(main()) == [403, 403, 403, 101]
+
+
+def test_keys_never_logged(server: Any) -> None:
+    import websockets
+
+    httpx.get(server.url + "/v1/jobs", headers=A)
+    httpx.get(server.url + "/v1/jobs", params={"token": KEY_A})  # refused, but logged by uvicorn
+    httpx.get(server.url + f"/v1/jobs/{KEY_A}", headers=A)  # a key pasted into a path
+
+    async def ws() -> None:
+        async with websockets.connect(
+            server.url.replace("http", "ws") + "/v1/streams/logs",
+            subprotocols=["avaserve.v1", f"bearer.{KEY_A}"],  # type: ignore[list-item]
+        ) as conn:
+            await conn.send('{"type": "start", "input": "jpeg"}')
+            await conn.recv()
+
+    asyncio.run(ws())
+    time.sleep(0.3)
+    log = server.log()
+    assert '"GET /v1/jobs' in log, "the access log is on (otherwise this test proves nothing)"
+    assert KEY_A not in log
+    assert "[REDACTED]" in log

@@ -1,0 +1,278 @@
+"""Live WebSocket streams through the real app (Starlette TestClient, real engine, tiny bundle).
+
+Covers: the documented protocol end to end (start, JPEG frames with an 8-byte pts prefix, one
+annotation per keyframe with the REST record schema, status, end); reconnect with the same
+stream id keeps the bank; refusals *before* accept (no key, bad key, foreign Origin, token in
+the query string, bad stream id); protocol errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from service.app import create_app
+from service.auth import key_fingerprint
+from service.settings import Settings
+
+
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"avaserve_tests_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+support = _load("app_support")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TestClient on httpx
+KEY_A, KEY_B = support.KEY_A, support.KEY_B
+PROTOCOLS = ["avaserve.v1", f"bearer.{KEY_A}"]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Iterator[TestClient]:
+    bundle = support.tiny_bundle(tmp_path_factory.getbasetemp(), assets)
+    settings = Settings(
+        bundle=bundle,
+        api_keys=f"{KEY_A},{KEY_B}",
+        upload_dir=tmp_path_factory.mktemp("uploads"),
+        allowed_origins="https://app.example.com",
+        live_queue_frames=256,
+    )
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def frames(assets: Path) -> list[bytes]:
+    """The 10 s basketball clip as protocol messages: 5 fps, short side 240."""
+    from service.decode import decode_frames
+    from service.serve_cli import encode_frame
+
+    out, next_pts = [], 0.0
+    with decode_frames(assets / "video" / "basketball_2people.mp4", short_side=240) as video:
+        for frame in video:
+            if frame.pts_seconds + 1e-6 >= next_pts:
+                out.append(encode_frame(frame.image, frame.pts_seconds))
+                next_pts = frame.pts_seconds + 0.2
+    return out
+
+
+def _stream(client: TestClient, frames: list[bytes], stream_id: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    with client.websocket_connect(f"/v1/streams/{stream_id}", subprotocols=PROTOCOLS) as ws:
+        assert ws.accepted_subprotocol == "avaserve.v1"  # the token is never echoed
+        ws.send_text(json.dumps({"type": "start", "input": "jpeg", "fps_hint": 5}))
+        messages.append(ws.receive_json())
+        start = time.monotonic()
+        for payload in frames:
+            # Real-time pace (5 fps): what a camera would do.
+            (pts,) = support_pts(payload)
+            delay = start + pts - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            ws.send_bytes(payload)
+        ws.send_text(json.dumps({"type": "end"}))
+        while True:
+            try:
+                messages.append(ws.receive_json())
+            except WebSocketDisconnect as closed:
+                assert closed.code == 1000
+                break
+    return messages
+
+
+def support_pts(payload: bytes) -> tuple[float]:
+    import struct
+
+    return struct.unpack_from("<d", payload)  # type: ignore[return-value]
+
+
+def test_live_stream_one_annotation_per_keyframe(client: TestClient, frames: list[bytes]) -> None:
+    messages = _stream(client, frames, "cam-1")
+    assert messages[0]["type"] == "ready" and messages[0]["clip_alignment"] == "causal"
+    annotations = [m for m in messages if m["type"] == "annotation"]
+    assert [a["time"] for a in annotations] == [float(t) for t in range(10)]
+    records = [r for a in annotations for r in a["records"]]
+    assert records, "the players are detected"
+    assert set(records[0]) == {
+        "video",
+        "time",
+        "track_id",
+        "box",
+        "box_norm",
+        "score",
+        "context",
+        "actions",
+        "scores",
+    }  # fmt: skip  - the REST record schema
+    assert all(r["time"] == a["time"] for a in annotations for r in a["records"])
+    status = [m for m in messages if m["type"] == "status"][-1]
+    assert status["dropped_keyframes"] == 0 and status["keyframes_sent"] == 10
+    assert not [m for m in messages if m["type"] == "error"]
+
+    # The bank outlives the connection: a reconnect with the same id reads this context.
+    service = client.app.state.service  # type: ignore[attr-defined]
+    bank_id = f"live-{key_fingerprint(KEY_A)}-cam-1"
+    window = client.portal.call(service.engine.bank.read_window, bank_id, 9, (-60, 0), 5)  # type: ignore[union-attr]
+    assert window.num_valid > 0
+    # Another key using the same stream id gets its own, empty bank.
+    other = f"live-{key_fingerprint(KEY_B)}-cam-1"
+    empty = client.portal.call(service.engine.bank.read_window, other, 9, (-60, 0), 5)  # type: ignore[union-attr]
+    assert empty.num_valid == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "subprotocols", "path"),
+    [
+        ({}, ["avaserve.v1"], "/v1/streams/s1"),
+        ({}, ["avaserve.v1", "bearer.wrong-key-0123456789abcdef"], "/v1/streams/s1"),
+        ({"Authorization": "Bearer wrong-key-0123456789abcdef"}, [], "/v1/streams/s1"),
+        ({"Origin": "https://evil.example.net"}, PROTOCOLS, "/v1/streams/s1"),
+        ({"Origin": "null"}, PROTOCOLS, "/v1/streams/s1"),
+        ({}, ["avaserve.v1"], f"/v1/streams/s1?token={KEY_A}"),
+        ({}, PROTOCOLS, "/v1/streams/bad%20id"),
+    ],
+    ids=[
+        "no-key",
+        "bad-proto-key",
+        "bad-header-key",
+        "foreign-origin",
+        "null-origin",
+        "query-token",
+        "bad-stream-id",
+    ],  # fmt: skip
+)
+def test_refused_before_accept(
+    client: TestClient, headers: dict[str, str], subprotocols: list[str], path: str
+) -> None:
+    # TestClient raises WebSocketDisconnect from websocket_connect when the app closes the
+    # handshake instead of accepting (a real server answers HTTP 403: test_app_server).
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect(path, headers=headers, subprotocols=subprotocols),
+    ):
+        pass
+    assert refused.value.code == 1008
+
+
+def test_allowed_origins_and_header_auth(client: TestClient) -> None:
+    for headers in (
+        {"Origin": "https://app.example.com"},  # listed in allowed_origins
+        {"Origin": "http://testserver"},  # the page's own origin (TestClient Host)
+    ):
+        with client.websocket_connect("/v1/streams/ok", headers=headers, subprotocols=PROTOCOLS):
+            pass
+    auth = {"Authorization": f"Bearer {KEY_B}"}
+    with client.websocket_connect("/v1/streams/ok", headers=auth) as ws:
+        assert ws.accepted_subprotocol is None
+
+
+def test_bad_start_and_bad_frames(client: TestClient) -> None:
+    with client.websocket_connect("/v1/streams/proto", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "gif"}))
+        assert ws.receive_json()["code"] == "bad_start"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1003
+    with client.websocket_connect("/v1/streams/proto", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "jpeg", "fps_hint": 5}))
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(b"\x00" * 4)  # shorter than the pts header
+        ws.send_bytes(b"\x00" * 8 + b"not a jpeg")
+        ws.send_text("{not json")
+        codes = [ws.receive_json()["code"] for _ in range(3)]
+        assert codes == ["bad_frame", "bad_frame", "bad_message"]
+        ws.send_text(json.dumps({"type": "end"}))
+        messages = []
+        with pytest.raises(WebSocketDisconnect):
+            while True:
+                messages.append(ws.receive_json())
+        assert messages[-1]["type"] == "status" and messages[-1]["bad_frames"] == 2
+
+
+def test_same_stream_id_twice_is_refused(client: TestClient) -> None:
+    with client.websocket_connect("/v1/streams/twice", subprotocols=PROTOCOLS):
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/v1/streams/twice", subprotocols=PROTOCOLS),
+        ):
+            pass
+        assert refused.value.code == 1013
+
+
+def _as_mpegts(video: Path) -> bytes:
+    """The clip remuxed (no re-encode) into MPEG-TS bytes, as a camera or encoder would send."""
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(str(video)) as src, av.open(buffer, "w", format="mpegts") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            dst.mux(packet)
+    return buffer.getvalue()
+
+
+def test_live_mpegts_byte_stream(client: TestClient, assets: Path) -> None:
+    data = _as_mpegts(assets / "video" / "basketball_2people.mp4")
+    with client.websocket_connect("/v1/streams/ts", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "mpegts", "fps_hint": 30}))
+        assert ws.receive_json()["type"] == "ready"
+        chunk = 32 * 1024
+        for start in range(0, len(data), chunk):
+            ws.send_bytes(data[start : start + chunk])
+            time.sleep(0.1)  # about real time for this ~1 Mbit/s clip
+        ws.send_text(json.dumps({"type": "end"}))
+        messages = []
+        with pytest.raises(WebSocketDisconnect):
+            while True:
+                messages.append(ws.receive_json())
+    times = [m["time"] for m in messages if m["type"] == "annotation"]
+    assert len(times) >= 8 and times == sorted(times), times
+    assert any(m["records"] for m in messages if m["type"] == "annotation")
+    assert not [m for m in messages if m["type"] == "error"]
+
+
+def test_slow_reader_drops_oldest_then_closes_1013(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-connection policy, without a socket (TestClient never applies back-pressure)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from service.routes import streams
+
+    monkeypatch.setattr(streams, "STATUS_EVERY_S", 0.02)
+    settings = Settings(live_send_queue=2, live_max_lag_s=0.1)
+    engine = SimpleNamespace(
+        manifest=SimpleNamespace(keyframe_rate=1.0), live_session=lambda *a, **k: None
+    )
+    service = SimpleNamespace(settings=settings, engine=engine, metrics=None)
+    start = streams.StartMessage(type="start", input="jpeg")
+    conn = streams._Connection(None, service, start, "bank", "s")  # type: ignore[arg-type]
+    for t in range(5):
+        conn.post({"type": "annotation", "time": float(t), "records": []})
+    assert [m["time"] for m in conn.outbox] == [3.0, 4.0]  # the newest survive
+    assert conn.stats.keyframes_dropped == 3
+    assert conn.stats.message()["dropped_keyframes"] == 3
+    # Nobody reads: the outbox stays full, so the monitor gives up on the client.
+    asyncio.run(asyncio.wait_for(conn.monitor(), timeout=5))
+    assert conn.close_code == 1013
+    # Control messages are bounded too: a client that sends garbage and never reads.
+    for _ in range(100):
+        conn.post_error("bad_frame", "x")
+    assert len(conn.outbox) <= 2 + 8
