@@ -145,6 +145,18 @@ class RedisBank:
         self.redis_skipped = 0
         self.round_trips = 0
 
+    async def connect(self) -> bool:
+        """Open a pooled connection now, as a server does at startup, so that the first
+        keyframe does not pay the TCP connect and handshake (several ms, a few % of a keyframe
+        on a short upload). False when Redis is unreachable; nothing raises and the breaker is
+        left alone (the first keyframe then finds out and degrades as usual)."""
+        try:
+            await asyncio.wait_for(self._client.ping(), self._call_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a warm-up must never fail the caller
+            log.debug("feature bank: Redis not reachable at connect (%r)", exc)
+            return False
+        return True
+
     def key(self, stream_id: str) -> str:
         return f"{self.key_prefix}:{{{check_stream_id(stream_id)}}}:sec"
 

@@ -28,18 +28,18 @@ Defences, outermost first:
 4. **Only common video codecs** are decoded (H.264/5, VP8/9, AV1, MPEG-1/2/4, MJPEG, ...):
    FFmpeg carries hundreds of rarely used decoders, and those are where fuzzers find bugs.
 5. **A separate decoder process** (`isolated=True`, the default): a fresh interpreter running
-   `python -m service.decode` (~0.2 s to start, mostly importing PyAV and numpy), not a fork
-   of the threaded server. Before it touches the file it lowers its own limits: RLIMIT_AS
-   (memory), RLIMIT_CPU, RLIMIT_FSIZE=0 (it cannot write a file), RLIMIT_CORE=0, nice +5;
-   once the input is open, RLIMIT_NOFILE so it cannot open another file or socket. It
-   streams frames back over a pipe whose capacity (1 MiB) is the whole prefetch buffer, so a
-   slow consumer stalls the decoder instead of growing memory. The server charges only the
-   time it spends waiting for the next message to `max_wall_s` (a slow consumer is never
-   cut off), kills the child when the budget is spent, and maps a crash, an RLIMIT kill or
-   an out-of-memory to a clean `VideoInputError`. Messages are a fixed binary header plus
-   raw pixels or JSON, read straight into the frame's array: the server never unpickles
-   what the child wrote, so a decoder exploited by a crafted file cannot run code in the
-   server through the pipe.
+   `python -m service.decode` (~0.2 s to start, mostly importing PyAV and numpy; `prestart()`
+   keeps one spare started ahead of need), not a fork of the threaded server. Before it touches
+   the file it lowers its own limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE=0 (it cannot
+   write a file), RLIMIT_CORE=0, nice +5; once the input is open, RLIMIT_NOFILE so it cannot
+   open another file or socket. It streams frames back over a pipe whose capacity (1 MiB) is the
+   whole prefetch buffer, so a slow consumer stalls the decoder instead of growing memory. The
+   server charges only the time it spends waiting for the next message to `max_wall_s` (a slow
+   consumer is never cut off), kills the child when the budget is spent, and maps a crash, an
+   RLIMIT kill or an out-of-memory to a clean `VideoInputError`. Messages are a fixed binary
+   header plus raw pixels or JSON, read straight into the frame's array: the server never
+   unpickles what the child wrote, so a decoder exploited by a crafted file cannot run code in
+   the server through the pipe.
 
 Timestamps are presentation times in seconds from the stream's start. A frame without a pts
 gets the previous time + 1/fps (index / fps for the first); a pts that does not increase is
@@ -87,6 +87,8 @@ __all__ = [
     "VideoDecoder",
     "VideoInfo",
     "decode_frames",
+    "discard_spare",
+    "prestart",
     "probe",
     "sniff_format",
 ]
@@ -772,19 +774,21 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
 
 
-class _ChildLink:
-    """The server's end of one decoder process: bounded messages, a waiting budget, a kill.
+@dataclass
+class _Interpreter:
+    """A started decoder interpreter that has not been sent its request yet.
 
-    The child is a fresh interpreter (`python -m service.decode OUT_FD IN_FD`), not a fork of
-    the server: forking a threaded server is unsafe, and multiprocessing's spawn/forkserver
-    re-import the server's `__main__` in every child. The request travels as JSON on IN_FD.
-    """
+    Starting one costs ~0.3 s (interpreter start, importing PyAV and numpy), which is most of
+    the time to the first frame of a short upload. `prestart` pays it ahead of need; the child
+    touches no file and lowers no limit until its request arrives, so a spare is the same as a
+    freshly started child."""
 
-    def __init__(
-        self, request: dict[str, Any], limits: DecodeLimits, max_output_pixels: int
-    ) -> None:
-        self.limits = limits
-        self.max_message = _HEADER.size + 3 * max_output_pixels + _MAX_TEXT
+    process: subprocess.Popen[bytes]
+    out_r: int  # decoder -> server
+    in_w: int  # server -> decoder
+
+    @classmethod
+    def start(cls) -> _Interpreter:
         out_r, out_w = os.pipe()  # decoder -> server
         in_r, in_w = os.pipe()  # server -> decoder
         _grow_pipe(out_r)
@@ -795,7 +799,7 @@ class _ChildLink:
             p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         )
         try:
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-B", "-m", "service.decode", str(out_w), str(in_r)],
                 pass_fds=(out_w, in_r),
                 stdin=subprocess.DEVNULL,
@@ -811,12 +815,98 @@ class _ChildLink:
         finally:
             os.close(out_w)
             os.close(in_r)
+        return cls(process, out_r, in_w)
+
+    def discard(self, *, close_input: bool = True) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5.0)
+        os.close(self.out_r)
+        if close_input:
+            os.close(self.in_w)
+
+
+_spare_lock = threading.Lock()
+_spare: _Interpreter | None = None
+
+
+def prestart() -> None:
+    """Start a decoder interpreter now for the next `decode_frames` / `probe` / `LiveDecoder`.
+
+    One spare at most; the next decode takes it (and runs exactly as with a fresh child), later
+    ones start their own. Call it where the wait does not matter (while models load, after a
+    file is done); `discard_spare` ends it.
+    """
+    global _spare
+    with _spare_lock:
+        if _spare is not None and _spare.process.poll() is None:
+            return
+        stale, _spare = _spare, None
+    if stale is not None:
+        stale.discard()
+    fresh = _Interpreter.start()
+    with _spare_lock:
+        keep = _spare is None  # another thread may have started one meanwhile
+        if keep:
+            _spare = fresh
+    if not keep:
+        fresh.discard()
+
+
+def discard_spare() -> None:
+    """End the spare decoder interpreter, if there is one."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None:
+        spare.discard()
+
+
+def _take_spare() -> _Interpreter | None:
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None and spare.process.poll() is not None:
+        spare.discard()  # it died while waiting (killed from outside): start a fresh one
+        return None
+    return spare
+
+
+class _ChildLink:
+    """The server's end of one decoder process: bounded messages, a waiting budget, a kill.
+
+    The child is a fresh interpreter (`python -m service.decode OUT_FD IN_FD`), not a fork of
+    the server: forking a threaded server is unsafe, and multiprocessing's spawn/forkserver
+    re-import the server's `__main__` in every child. The request travels as JSON on IN_FD.
+    """
+
+    def __init__(
+        self, request: dict[str, Any], limits: DecodeLimits, max_output_pixels: int
+    ) -> None:
+        self.limits = limits
+        self.max_message = _HEADER.size + 3 * max_output_pixels + _MAX_TEXT
+        request = {**request, "limits": asdict(limits)}
+        spare = _take_spare()
+        try:
+            interpreter = spare or _Interpreter.start()
+            self.input = multiprocessing.connection.Connection(interpreter.in_w, readable=False)
+            self.input.send_bytes(json.dumps(request).encode())
+        except BrokenPipeError:
+            if spare is None:
+                raise
+            # The spare died between the check and the send: start afresh. The Connection owns
+            # in_w now, so it closes that fd; discard() closes the rest.
+            self.input.close()
+            spare.discard(close_input=False)
+            interpreter = _Interpreter.start()
+            self.input = multiprocessing.connection.Connection(interpreter.in_w, readable=False)
+            self.input.send_bytes(json.dumps(request).encode())
+        self.process = interpreter.process
+        out_r = interpreter.out_r
         self.fd = out_r
         self._poller = select.poll()
         self._poller.register(out_r, select.POLLIN)
-        self.input = multiprocessing.connection.Connection(in_w, readable=False)
-        request = {**request, "limits": asdict(limits)}
-        self.input.send_bytes(json.dumps(request).encode())
         self.max_pixels = max_output_pixels
         self.waited_s = 0.0
         self.closed = False
@@ -1255,10 +1345,22 @@ class LiveDecoder:
 # --------------------------------------------------------------------------- worker entry
 
 
+def _lowest_fd(fd: int) -> int:
+    low = os.dup(fd)  # the lowest free number
+    if low < fd:
+        os.close(fd)
+        return low
+    os.close(low)
+    return fd
+
+
 def _worker_main(argv: list[str]) -> None:
     """`python -m service.decode OUT_FD IN_FD`: one request (JSON) on IN_FD, replies on OUT_FD."""
-    out = int(argv[0])
-    inp = multiprocessing.connection.Connection(int(argv[1]), writable=False)
+    # The pipe descriptors keep the numbers they had in the server (high in a busy server, or
+    # when this interpreter was pre-started): move them to the lowest free numbers, so the
+    # descriptor table, and the RLIMIT_NOFILE that `_lock_files` derives from it, stay small.
+    out, inp_fd = (_lowest_fd(int(a)) for a in argv[:2])
+    inp = multiprocessing.connection.Connection(inp_fd, writable=False)
     request = json.loads(inp.recv_bytes(_MAX_TEXT))
     limits = DecodeLimits(**request["limits"])
     short_side = request["short_side"]

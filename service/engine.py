@@ -10,10 +10,11 @@ tracker). Per keyframe ``t`` of a stream::
         --> person (N, D), global (D) --> bank write --> [second pass] --> head batcher --> records
 
 Threads and async: everything is driven by one asyncio loop. CPU work that holds the GIL only
-briefly or releases it runs off the loop: decoding + resize + letterbox in a per-stream worker
-thread (numpy releases the GIL in its kernels), each graph in its batcher's worker thread (ONNX
-Runtime releases the GIL). So decoding stream A, the backbone on a batch, and the detector on
-the next keyframes overlap.
+briefly or releases it runs off the loop: reading decoded frames (from a separate decoder
+process, pre-started so an upload does not wait for its interpreter) + resize + letterbox in a
+per-stream worker thread (numpy releases the GIL in its kernels), each graph in its batcher's
+worker thread (ONNX Runtime releases the GIL). So decoding stream A, the backbone on a batch,
+and the detector on the next keyframes overlap.
 
 Batching across streams: each batcher cuts batches from every stream's requests. The backbone
 batch function stacks clips of the same spatial size into (B, 3, T, H', W') and concatenates
@@ -31,10 +32,11 @@ in `EngineStats`).
 Memory per stream is bounded (see `StreamSession.nbytes`); measured with the tiny preset
 (short side 128, 16 x 2 frames):
 
-* ring buffer: only frames nearest to some clip sample, float32 at the short side
-  (128 x 171 x 3 x 4 = 263 KB each): peak 10 frames / 4.0 MB on the 10 fps 768 x 576
-  pedestrian video, 16 frames / 5.9 MB on a 30 fps clip (half its frames are never sampled,
-  so never stored); plus the previous source frame for keyframe detection (1.3 MB there);
+* ring buffer: only frames nearest to some clip sample, uint8 at the short side
+  (128 x 171 x 3 = 66 KB each; normalised to float32 only when a clip is cut): peak 10 frames
+  (0.66 MB) on the 10 fps 768 x 576 pedestrian video, 16 (1.05 MB) on a 30 fps clip
+  (half its frames are never sampled, so never stored); plus the previous source frame for
+  keyframe detection (1.3 MB there);
 * in-flight keyframes: at most ``max_inflight`` clips (5.3 MB each) waiting for the
   backbone; live streams are capped instead by the batchers' per-stream pending limit;
 * file second pass: person + global features of the seconds awaiting their future context
@@ -42,8 +44,8 @@ Memory per stream is bounded (see `StreamSession.nbytes`); measured with the tin
 * bank (in-process): retention x persons/s x D x 2 B (121 x 5 x 144 x 2 = 174 KB;
   R50 D = 2304: 2.8 MB).
 
-So ~10 MB + in-flight clips per stream for the tiny preset; for R50 (256 x 455, 32 frames)
-the ring is ~45 frames x 1.4 MB and a clip 45 MB.
+So ~5 MB + in-flight clips per stream for the tiny preset; for R50 (256 x 455, 32 frames)
+the ring is ~45 frames x 350 KB and a clip 45 MB.
 """
 
 from __future__ import annotations
@@ -136,6 +138,11 @@ class EngineStats:
     )
     totals: dict[str, float] = field(default_factory=dict)  # summed seconds per stage
 
+    def count_drop(self, reason: str) -> None:
+        """A keyframe a batcher dropped (live streams that fell behind), by reason."""
+        self.counters[f"dropped_{reason}"] += 1
+        self.counters["keyframes_dropped"] += 1
+
     def observe(self, stage: str, seconds: float) -> None:
         self.samples.setdefault(stage, deque(maxlen=4096)).append(seconds)
         self.totals[stage] = self.totals.get(stage, 0.0) + seconds
@@ -153,6 +160,10 @@ class EngineStats:
                     "total_s": float(self.totals[stage]),
                 }
         return out
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 # -- batch items -----------------------------------------------------------------------------
@@ -198,6 +209,20 @@ class _Keyframe:
     clip: asyncio.Future[Clip | None]
     tracked: asyncio.Future[TrackedPersons | None]
     result: asyncio.Future[_KeyframeResult | None]
+
+    @classmethod
+    def new(
+        cls,
+        time: float,
+        det_item: _DetItem,
+        frame_hw: tuple[int, int],
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Keyframe:
+        """Detect-due now; its clip, tracking and result are still to come."""
+        return cls(
+            time, det_item, frame_hw, loop.time(),
+            loop.create_future(), loop.create_future(), loop.create_future(),
+        )  # fmt: skip
 
 
 @dataclass
@@ -295,6 +320,11 @@ class Engine:
         detector_path: StrPath | None = None,
     ) -> None:
         self.settings = s = settings or EngineSettings()
+        if s.isolated_decode:
+            # The first upload's decoder interpreter starts (~0.3 s) while the graphs load.
+            from service.decode import prestart
+
+            prestart()
         self.bundle_dir = Path(bundle_dir)
         self.manifest = m = load_manifest(self.bundle_dir)
         thr = s.score_threshold
@@ -338,26 +368,24 @@ class Engine:
         self.mask_dtype = self._mask_dtype()
         self.bank: FeatureBank = bank or InProcessBank(retention_s=s.bank_retention_s)
         self.stats = EngineStats()
-        self.det_batcher: Batcher[_DetItem, Detections] = Batcher(
-            self._run_detector,
-            name="detector",
-            max_batch_size=s.detector_batch,
-            max_wait_ms=s.max_wait_ms,
-            max_queue=s.max_queue,
-            live_max_pending=s.live_max_pending,
+        self.det_batcher: Batcher[_DetItem, Detections] = self._batcher(
+            self._run_detector, "detector", s.detector_batch
         )
-        self.bb_batcher: Batcher[_BackboneItem, _Features] = Batcher(
-            self._run_backbone,
-            name="backbone",
-            max_batch_size=s.backbone_batch,
-            max_wait_ms=s.max_wait_ms,
-            max_queue=s.max_queue,
-            live_max_pending=s.live_max_pending,
+        self.bb_batcher: Batcher[_BackboneItem, _Features] = self._batcher(
+            self._run_backbone, "backbone", s.backbone_batch
         )
-        self.head_batcher: Batcher[_HeadItem, np.ndarray] = Batcher(
-            self._run_head,
-            name="head",
-            max_batch_size=s.head_batch,
+        self.head_batcher: Batcher[_HeadItem, np.ndarray] = self._batcher(
+            self._run_head, "head", s.head_batch
+        )
+
+    def _batcher(
+        self, fn: Callable[[list[Any]], list[Any]], name: str, max_batch_size: int
+    ) -> Batcher[Any, Any]:
+        s = self.settings
+        return Batcher(
+            fn,
+            name=name,
+            max_batch_size=max_batch_size,
             max_wait_ms=s.max_wait_ms,
             max_queue=s.max_queue,
             live_max_pending=s.live_max_pending,
@@ -383,46 +411,58 @@ class Engine:
         self.stats.observe("detect_run", time.perf_counter() - t0)
         return out
 
+    @staticmethod
+    def backbone_feeds(items: list[_BackboneItem]) -> list[tuple[list[int], dict[str, np.ndarray]]]:
+        """One backbone feed per clip size in ``items`` (clips of different sizes cannot share
+        a tensor), with the positions of the items it holds. Public for bench_pipeline."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.fast.shape, []).append(i)
+        feeds = []
+        for idxs in groups.values():
+            rows = [
+                np.concatenate(
+                    [np.full((len(items[i].boxes), 1), b, np.float32), items[i].boxes], axis=1
+                )
+                for b, i in enumerate(idxs)
+            ]
+            # A batch of one is a view (no copy of the clip); larger batches must be stacked.
+            feed = {
+                "slow": _stack([items[i].slow for i in idxs]),  # (B, 3, T_s, H', W')
+                "fast": _stack([items[i].fast for i in idxs]),  # (B, 3, T_f, H', W')
+                # (K, 5) batch index, x1, y1, x2, y2 (clip pixels)
+                "boxes": np.concatenate(rows).astype(np.float32, copy=False),
+            }
+            feeds.append((idxs, feed))
+        return feeds
+
     def _run_backbone(self, items: list[_BackboneItem]) -> list[_Features]:
         t0 = time.perf_counter()
         results: list[_Features | None] = [None] * len(items)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, it in enumerate(items):  # clips of different sizes cannot share a tensor
-            groups.setdefault(it.fast.shape, []).append(i)
-        for idxs in groups.values():
-            slow = np.stack([items[i].slow for i in idxs])  # (B, 3, T_s, H', W')
-            fast = np.stack([items[i].fast for i in idxs])  # (B, 3, T_f, H', W')
-            counts = [items[i].boxes.shape[0] for i in idxs]
-            boxes = np.concatenate(
-                [
-                    np.concatenate(
-                        [np.full((items[i].boxes.shape[0], 1), b, np.float32), items[i].boxes],
-                        axis=1,
-                    )
-                    for b, i in enumerate(idxs)
-                ]
-            ).astype(np.float32)  # (K, 5) batch index, x1, y1, x2, y2 (clip pixels)
-            feed = {"slow": slow, "fast": fast, "boxes": boxes}
+        for idxs, feed in self.backbone_feeds(items):
             out = self.backbone.run(feed)
+            bank_out = self.bank_backbone.run(feed) if self.bank_backbone is not None else out
             person, glob = out["person"], out["global"]  # (K, D), (B, D)
-            bank_feats = person
-            if self.bank_backbone is not None:
-                bank_feats = self.bank_backbone.run(feed)["person"]
-            splits = np.cumsum(counts)[:-1]
+            splits = np.cumsum([len(items[i].boxes) for i in idxs])[:-1]
             for b, (i, p, q) in enumerate(
-                zip(idxs, np.split(person, splits), np.split(bank_feats, splits), strict=True)
+                zip(
+                    idxs,
+                    np.split(person, splits),
+                    np.split(bank_out["person"], splits),
+                    strict=True,
+                )
             ):
                 results[i] = _Features(p, glob[b], q)
         self.stats.observe("backbone_run", time.perf_counter() - t0)
         return [r for r in results if r is not None]
 
-    def _run_head(self, items: list[_HeadItem]) -> list[np.ndarray]:
-        t0 = time.perf_counter()
+    def head_feed(self, items: list[_HeadItem]) -> dict[str, np.ndarray]:
+        """The head's feed for ``items``: K = all their persons. Public for bench_pipeline."""
         counts = [it.person.shape[0] for it in items]
         feed: dict[str, np.ndarray] = {
-            "person": np.concatenate([it.person for it in items]).astype(np.float32),
+            "person": np.concatenate([it.person for it in items]).astype(np.float32, copy=False),
             "global_per_person": np.concatenate([it.global_per_person for it in items]).astype(
-                np.float32
+                np.float32, copy=False
             ),
         }
         if "bank" in self.head.input_names:
@@ -432,15 +472,21 @@ class Engine:
                     np.broadcast_to(it.bank, (n, *it.bank.shape))
                     for it, n in zip(items, counts, strict=True)
                 ]
-            ).astype(np.float32)
+            ).astype(np.float32, copy=False)
             feed["mask"] = np.concatenate(
                 [
                     np.broadcast_to(it.mask, (n, *it.mask.shape))
                     for it, n in zip(items, counts, strict=True)
                 ]
-            ).astype(self.mask_dtype)
+            ).astype(self.mask_dtype, copy=False)
+        return feed
+
+    def _run_head(self, items: list[_HeadItem]) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        feed = self.head_feed(items)
         probs = self.head.run(feed)["action"]  # (K, C) probabilities
         self.stats.observe("head_run", time.perf_counter() - t0)
+        counts = [it.person.shape[0] for it in items]
         return list(np.split(probs, np.cumsum(counts)[:-1]))
 
     # -- per keyframe ----------------------------------------------------------------------
@@ -461,8 +507,7 @@ class Engine:
                 kf.det_item, kind=kind, stream_id=session.stream_id
             )
         except Dropped as e:
-            self.stats.counters[f"dropped_{e.reason}"] += 1
-            self.stats.counters["keyframes_dropped"] += 1
+            self.stats.count_drop(e.reason)
             dets = None
         self.stats.observe("detect", time.perf_counter() - t0)
         if prev is not None:
@@ -500,8 +545,7 @@ class Engine:
         try:
             feats = await self.bb_batcher.submit(item, kind=kind, stream_id=session.stream_id)
         except Dropped as e:
-            self.stats.counters[f"dropped_{e.reason}"] += 1
-            self.stats.counters["keyframes_dropped"] += 1
+            self.stats.count_drop(e.reason)
             return None
         self.stats.observe("backbone", time.perf_counter() - t0)
         return _KeyframeResult(kf.time, persons, kf.frame_hw, feats)
@@ -590,7 +634,7 @@ class Engine:
         Raises `service.errors.VideoInputError` for a file the decoder refuses.
         ``keep_bank`` leaves the stream's bank entries in place (tests, benchmarks).
         """
-        from service.decode import decode_frames
+        from service.decode import decode_frames, prestart
 
         video = video_id or Path(path).stem
         sid = stream_id or f"file-{uuid.uuid4().hex[:12]}"
@@ -640,10 +684,7 @@ class Engine:
                     for t, item in dets:
                         await slots.acquire()
                         assert frame_hw is not None
-                        kf = _Keyframe(
-                            t, item, frame_hw, loop.time(), loop.create_future(),
-                            loop.create_future(), loop.create_future(),
-                        )  # fmt: skip
+                        kf = _Keyframe.new(t, item, frame_hw, loop)
                         pending_clips.append(kf)
                         task = loop.create_task(self._file_keyframe(session, kf, prev, slots))
                         tasks.add(task)
@@ -699,6 +740,9 @@ class Engine:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(producer, *tasks, return_exceptions=True)
             decoder.close()
+            if s.isolated_decode:
+                # A warm decoder for the next upload, started once this one no longer needs CPU.
+                worker.submit(prestart)
             worker.shutdown(wait=False)
             if not keep_bank and self.bank_enabled:
                 with contextlib.suppress(Exception):
@@ -751,6 +795,10 @@ class Engine:
         for b in (self.det_batcher, self.bb_batcher, self.head_batcher):
             await b.close()
         await self.bank.close()
+        if self.settings.isolated_decode:
+            from service.decode import discard_spare
+
+            discard_spare()
 
 
 class LiveSession:
@@ -796,10 +844,7 @@ class LiveSession:
         for t, item in dets:
             hw = self.session.ring.frame_hw
             assert hw is not None
-            kf = _Keyframe(
-                t, item, hw, loop.time(), loop.create_future(), loop.create_future(),
-                loop.create_future(),
-            )  # fmt: skip
+            kf = _Keyframe.new(t, item, hw, loop)
             self._pending_clips.append(kf)
             task = loop.create_task(self._keyframe(kf, self._prev))
             self._tasks.add(task)
@@ -820,8 +865,7 @@ class LiveSession:
                 res.predictions = await eng._head(self.stream_id, self.video, res, win, "live")
             kf.result.set_result(res)
         except Dropped as e:
-            eng.stats.counters[f"dropped_{e.reason}"] += 1
-            eng.stats.counters["keyframes_dropped"] += 1
+            eng.stats.count_drop(e.reason)
             kf.result.set_result(None)
         except BaseException as e:
             if not kf.tracked.done():

@@ -4,20 +4,18 @@ Data flow for one stream::
 
     decoded frame (h, w, 3) uint8 RGB, pts seconds
         -> update(): kept only if it can be the nearest frame to some clip sample time
-           -> resized ONCE so the short side is ``short_side`` and normalised with mean/std
-              -> stored as (H', W', 3) float32 with its pts
+           -> resized ONCE so the short side is ``short_side`` (models.preprocess)
+              -> stored as (H', W', 3) uint8 with its pts
         -> clip(t): models.sampling picks the frames (the same function training uses)
-           -> fast (3, T_f, H', W') and slow (3, T_f // alpha, H', W') float32
+           -> models.preprocess.preprocess_clip + pack_pathways (the same functions training
+              uses) -> fast (3, T_f, H', W') and slow (3, T_f // alpha, H', W') float32
 
-**Train/serve skew.** Training (training/clips.py) decodes uint8 frames, resizes them with a
-torch-compatible bilinear resize (half-pixel centres, no antialiasing) straight to float32
-and normalises. Storing uint8 after resizing would round every pixel (up to 0.5/255/std,
-~0.009 after normalisation); storing float16 would round too. So frames are stored as
-float32, and the resize below reproduces training's numbers exactly (a test compares the
-tensors with training's to 1e-5). The sampling rule itself is shared code
-(`models.sampling`), not a copy. The service may not import ``training``, which is why the
-~20 lines of the resize live here; moving ``resize_short_side`` into a torch-free
-``models`` module would let both sides import one copy.
+**Train/serve skew.** Training (training/clips.py, its frame cache) and this buffer call the
+same torch-free functions in ``models.preprocess`` on the same decoded frames: the resize to
+the short side (uint8 out) and the normalisation. So the served tensors are bit-identical to
+training's (tests/service/test_ringbuffer.py compares them). The resize is per frame here and
+per clip in training; it is elementwise, so both give the same bytes. The sampling rule is
+shared code too (`models.sampling`).
 
 **Which frames are kept.** Keyframes are at ``n / keyframe_rate`` and a clip's samples at
 fixed offsets from its keyframe, so the set of all sample times is known in advance. A frame
@@ -35,7 +33,8 @@ At a stream's end call `finish()` so the last frame is kept.
 with the first sample time of the oldest keyframe whose clip is not assembled yet). What stays
 is at most the frames nearest to the sample times of the keyframes in flight; ``max_frames``
 is a hard cap on top (a safety net; evictions are counted). Bytes per stored frame:
-``H' * W' * 3 * 4`` (128 x 171: 263 KB, 256 x 341: 1.05 MB).
+``H' * W' * 3`` (128 x 171: 66 KB, 256 x 341: 262 KB); frames are normalised to float32 only
+when a clip is cut (4x the bytes, for the clip's lifetime only).
 """
 
 from __future__ import annotations
@@ -48,67 +47,16 @@ import numpy as np
 import numpy.typing as npt
 
 from models.manifest import Preprocessing
-from models.sampling import Alignment, clip_offsets, nearest_frame_indices, slow_indices
+from models.preprocess import pack_pathways, preprocess_clip, resize_short_side
+from models.sampling import Alignment, clip_offsets, nearest_frame_indices
 
-__all__ = ["Clip", "ClipGeometry", "FrameRing", "normalise_frame", "resize_short_side"]
+__all__ = ["Clip", "ClipGeometry", "FrameRing"]
 
 Float32 = npt.NDArray[np.float32]
+Uint8 = npt.NDArray[np.uint8]
 # Cell edges are widened by this much (1 us, as models.sampling's tie tolerance): a frame
 # whose cell touches a sample time is kept, so float noise can only keep an extra frame.
 _EPS = 1e-6
-
-
-def resize_short_side(frames: npt.NDArray[np.uint8], short_side: int) -> Float32:
-    """(T, H, W, C) uint8 -> float32 with min(H', W') == short_side, bilinear.
-
-    Half-pixel centres, no antialiasing, source positions clamped at 0: the numbers of
-    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``, which is what
-    training (and PySlowFast's test-time scale) uses. The long side is
-    ``round(long * short_side / short)``.
-    """
-    _, h, w, _ = frames.shape
-    if h <= w:
-        new_h, new_w = short_side, max(1, int(round(w * short_side / h)))
-    else:
-        new_h, new_w = max(1, int(round(h * short_side / w))), short_side
-    if (new_h, new_w) == (h, w):
-        return frames.astype(np.float32)
-
-    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, Float32]:
-        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        pos = np.maximum(pos, 0.0)
-        lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, wy = axis(h, new_h)
-    x0, x1, wx = axis(w, new_w)
-    wy4 = wy[None, :, None, None]  # (1, H', 1, 1)
-    wx4 = wx[None, None, :, None]  # (1, 1, W', 1)
-    # Gather the needed rows while still uint8, then convert: the same numbers as converting
-    # the whole frame first, at a fraction of the memory traffic for a downscale. In-place
-    # float32 ops round exactly like the expression a * (1 - w) + b * w, minus temporaries.
-    top = frames[:, y0].astype(np.float32)
-    top *= 1 - wy4
-    lower = frames[:, y1].astype(np.float32)
-    lower *= wy4
-    top += lower  # (T, H', W, C)
-    out = top[:, :, x0]
-    out *= 1 - wx4
-    right = top[:, :, x1]
-    right *= wx4
-    out += right  # (T, H', W', C)
-    return out
-
-
-def normalise_frame(image: npt.NDArray[np.uint8], prep: Preprocessing) -> Float32:
-    """One RGB (h, w, 3) uint8 frame -> (H', W', 3) float32, resized and normalised."""
-    # A fresh float32 array (resize never returns the caller's frame), so in-place is safe.
-    x = resize_short_side(image[None], prep.short_side)[0]  # (H', W', 3), 0..255
-    scale = np.float32(prep.pixel_scale)
-    x -= np.asarray(prep.mean, dtype=np.float32) * scale
-    x /= np.asarray(prep.std, dtype=np.float32) * scale
-    return x  # == (x / scale - mean) / std
 
 
 @dataclass(frozen=True)
@@ -204,7 +152,7 @@ class FrameRing:
         windows = math.ceil((3 * span + 2 / keyframe_rate) * keyframe_rate) + 1
         self.max_frames = max_frames or 2 * windows * prep.num_frames
         self._pts: deque[float] = deque()
-        self._frames: deque[Float32] = deque()
+        self._frames: deque[Uint8] = deque()  # (H', W', 3) at the short side
         self._pending: tuple[float, npt.NDArray[np.uint8]] | None = None
         self._pending_lo = -math.inf  # lower edge of the pending frame's nearest cell
         self._last_kept: float | None = None
@@ -285,9 +233,14 @@ class FrameRing:
         times = np.fromiter(self._pts, dtype=np.float64, count=len(self._pts))
         idx = nearest_frame_indices(targets, times)
         frames = list(self._frames)
-        stacked = np.stack([frames[i] for i in idx])  # (T_f, H', W', 3)
-        fast = np.ascontiguousarray(stacked.transpose(3, 0, 1, 2))  # (3, T_f, H', W')
-        slow = np.ascontiguousarray(fast[:, slow_indices(fast.shape[1], self.geometry.alpha)])
+        stacked = np.stack([frames[i] for i in idx])  # (T_f, H', W', 3) uint8
+        p = self.prep
+        # Frames are at the short side already, so this only normalises and lays out; it is
+        # still training's function, called as training calls it.
+        x = preprocess_clip(
+            stacked, short_side=p.short_side, mean=p.mean, std=p.std, pixel_scale=p.pixel_scale
+        )  # (3, T_f, H', W')
+        slow, fast = pack_pathways(x, self.geometry.alpha)
         return Clip(float(keyframe_time), fast, slow, times[idx])
 
     @property
@@ -312,7 +265,7 @@ class FrameRing:
     def _store(self, pts: float, image: npt.NDArray[np.uint8]) -> None:
         if self._last_kept is not None and pts <= self._last_kept:
             return
-        frame = normalise_frame(image, self.prep)
+        frame = resize_short_side(image, self.prep.short_side)  # (H', W', 3) uint8, a copy
         self.size_hw = (int(frame.shape[0]), int(frame.shape[1]))
         self._pts.append(pts)
         self._frames.append(frame)

@@ -17,8 +17,8 @@ Three ways to get the same frames:
 
 All return uint8 RGB ``(T, H, W, 3)`` at the source resolution. `preprocess_clip` resizes
 the short side and normalises to float32 ``(3, T, H, W)``; `pack_pathways` splits it into
-the slow and fast pathways with `models.sampling.slow_indices`. Nothing here imports
-torch.
+the slow and fast pathways with `models.sampling.slow_indices`. Both come from
+`models.preprocess`, the implementation the service shares. Nothing here imports torch.
 
 Frame times are seconds from the start of the video stream (``pts * time_base`` minus
 the stream's start time), so frame ``k`` of a constant-rate video is at ``k / fps`` just
@@ -39,7 +39,8 @@ import numpy as np
 import numpy.typing as npt
 
 from models.ava import AvaFormatError
-from models.sampling import Alignment, clip_times, nearest_frame_indices, slow_indices
+from models.preprocess import pack_pathways, preprocess_clip, resize_short_side
+from models.sampling import Alignment, clip_times, nearest_frame_indices
 
 __all__ = [
     "ClipSpec",
@@ -324,63 +325,9 @@ class FrameFolder:
 
 # -- preprocessing (numpy only) --------------------------------------------------------------
 
-
-def resize_short_side(frames: Frames, short_side: int) -> npt.NDArray[np.float32]:
-    """Bilinear resize of (T, H, W, C) so min(H, W) == short_side; float32 out.
-
-    Half-pixel centres without antialiasing, i.e. the same numbers as
-    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` that
-    PySlowFast's scale step uses. The long side becomes ``round(long * short_side / short)``.
-    """
-    _, h, w, _ = frames.shape
-    if h <= w:
-        new_h, new_w = short_side, max(1, int(round(w * short_side / h)))
-    else:
-        new_h, new_w = max(1, int(round(h * short_side / w))), short_side
-    src = frames.astype(np.float32)
-    if (new_h, new_w) == (h, w):
-        return src
-
-    def axis(
-        n_in: int, n_out: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        pos = np.maximum(pos, 0.0)  # torch clamps negative source positions to 0
-        lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, wy = axis(h, new_h)
-    x0, x1, wx = axis(w, new_w)
-    wy = wy[None, :, None, None]  # (1, H', 1, 1)
-    wx = wx[None, None, :, None]  # (1, 1, W', 1)
-    top = src[:, y0] * (1 - wy) + src[:, y1] * wy  # (T, H', W, C)
-    return (top[:, :, x0] * (1 - wx) + top[:, :, x1] * wx).astype(np.float32)
-
-
-def preprocess_clip(
-    frames: Frames,
-    *,
-    short_side: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> npt.NDArray[np.float32]:
-    """uint8 (T, H, W, 3) RGB -> float32 (3, T, H', W'): resize, scale to [0, 1], normalise."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected (T, H, W, 3) RGB frames, got shape {frames.shape}")
-    x = resize_short_side(frames, short_side)  # (T, H', W', 3), 0..255
-    mean_255 = np.asarray(mean, dtype=np.float32) * np.float32(255.0)
-    std_255 = np.asarray(std, dtype=np.float32) * np.float32(255.0)
-    out = (x - mean_255) / std_255  # == (x / 255 - mean) / std
-    return np.ascontiguousarray(out.transpose(3, 0, 1, 2), dtype=np.float32)  # (3, T, H', W')
-
-
-def pack_pathways(
-    clip: npt.NDArray[np.float32], alpha: int
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """(3, T_f, H, W) -> (slow (3, T_f // alpha, H, W), fast (3, T_f, H, W))."""
-    slow = clip[:, slow_indices(clip.shape[1], alpha)]
-    return np.ascontiguousarray(slow), clip
+# resize_short_side, preprocess_clip and pack_pathways live in models.preprocess (imported
+# above and re-exported here): the service runs the very same functions, so training and
+# serving cannot drift apart.
 
 
 def boxes_to_pixels(

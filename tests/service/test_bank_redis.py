@@ -173,6 +173,19 @@ async def test_redis_down_from_the_start(redis_server: Any) -> None:
 
 
 @pytest.mark.asyncio
+async def test_connect_warms_up_without_tripping_the_breaker(redis_server: Any) -> None:
+    bank = fast_bank(redis_server.url)
+    assert await bank.connect()
+    assert bank.round_trips == 0 and bank.stats().redis_errors == 0
+    await bank.close()
+    redis_server.kill()
+    down = fast_bank(redis_server.url)
+    assert not await down.connect()  # reported, never raised
+    assert down.stats().redis_errors == 0 and down.stats().redis_skipped == 0
+    await down.close()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("dim", [2304, 256])
 async def test_memory_per_stream_minute(redis_server: Any, dim: int) -> None:
     """60 s of 5 persons/s, then 4 more minutes: memory tracks the payload and stays bounded."""

@@ -21,6 +21,7 @@ import av
 import numpy as np
 import pytest
 
+import service.decode as decode_module
 from service.decode import (
     _FORMAT_WHITELIST,
     DecodedFrame,
@@ -509,3 +510,21 @@ def test_live_slow_consumer_drops_oldest_frames() -> None:
         frames = live.frames()
     assert len(frames) <= 5 and live.dropped_frames == 30 - len(frames)
     assert frames[-1].index == 29
+
+
+@pytest.mark.parametrize("spare_dies", [False, True])
+def test_prestarted_decoder_is_taken_once(tmp_path: Path, spare_dies: bool) -> None:
+    """A spare interpreter decodes like a fresh one; a dead spare falls back to a fresh one."""
+    path = hostile.write_video(tmp_path / "v.mp4", container="mp4", frames=8)
+    decode_module.prestart()
+    spare = decode_module._spare
+    assert spare is not None and spare.process.poll() is None
+    if spare_dies:
+        spare.process.kill()
+        spare.process.wait()
+    with decode_frames(path) as dec:
+        assert decode_module._spare is None  # taken (or found dead and dropped)
+        assert _levels(list(dec)) == list(range(8))
+    decode_module.prestart()
+    decode_module.discard_spare()
+    assert decode_module._spare is None

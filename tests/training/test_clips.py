@@ -142,7 +142,8 @@ def test_resize_matches_torch_bilinear() -> None:
         ref = torch.nn.functional.interpolate(
             x, size=ours.shape[1:3], mode="bilinear", align_corners=False
         ).permute(0, 2, 3, 1)
-        np.testing.assert_allclose(ours, ref.numpy(), atol=1e-3)
+        # uint8 out (models.preprocess): torch's numbers rounded to the nearest level
+        np.testing.assert_allclose(ours, ref.numpy(), atol=0.5 + 1e-3)
     assert resize_short_side(frames, 16).shape == (3, 16, 23, 3)  # round(53 * 16 / 37) = 23
 
 
