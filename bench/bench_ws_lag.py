@@ -12,7 +12,7 @@ and records, per annotation::
 The bound the issue sets: p95 lag <= clip lookahead + 1.3 x median keyframe processing time,
 where lookahead is how far the clip reaches past its keyframe (0 for the causal clips live
 streams use) and processing time is the engine's keyframe-due -> predictions-ready time
-(`EngineStats` "keyframe" samples) for this very run. Not a timed test.
+(`EngineStats` "keyframe_live" samples) for this very run. Not a timed test.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
 
     expected = int(np.floor(pts[-1])) - int(np.ceil(pts[0] - 1e-6)) + 1 if pts else 0
     lags = [a["lag"] for a in annotations if a["lag"] is not None]
-    processing = list(engine.stats.samples.get("keyframe", []))
+    processing = list(engine.stats.samples.get("keyframe_live", []))
     steps = list(engine.stats.samples.get("decode", []))  # per frame: resize + letterbox
     manifest = engine.manifest
     # Live clips are causal: the last sample is the keyframe itself, nothing to wait for.

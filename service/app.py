@@ -441,5 +441,7 @@ def _bind_metrics(metrics: Metrics, service: ServiceState, backend: str) -> None
         observe(stage, seconds)
         if stage in STAGES:
             metrics.observe_stage(stage, seconds)
+        elif stage.startswith("keyframe_"):  # keyframe_file / keyframe_live
+            metrics.observe_keyframe(stage.removeprefix("keyframe_"), seconds)
 
     stats.observe = observe_and_export

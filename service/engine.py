@@ -57,7 +57,7 @@ import math
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
@@ -121,7 +121,18 @@ class EngineSettings:
     top_k: int = 5
 
 
-_STAGES = ("decode", "detect", "track", "clip", "backbone", "bank", "head", "keyframe")
+# keyframe_file / keyframe_live: end-to-end time from a keyframe being due to its result.
+_STAGES = (
+    "decode",
+    "detect",
+    "track",
+    "clip",
+    "backbone",
+    "bank",
+    "head",
+    "keyframe_file",
+    "keyframe_live",
+)
 
 
 @dataclass
@@ -764,7 +775,7 @@ class Engine:
                 if win is not None and win.degraded:
                     res.context = "degraded"
             kf.result.set_result(res)
-            self.stats.observe("keyframe", asyncio.get_running_loop().time() - kf.due_at)
+            self.stats.observe("keyframe_file", asyncio.get_running_loop().time() - kf.due_at)
         except BaseException as e:
             if not kf.result.done():
                 kf.result.set_exception(e)
@@ -799,6 +810,15 @@ class Engine:
             from service.decode import discard_spare
 
             discard_spare()
+
+
+class KeyframePredictions(list[Prediction]):
+    """One live keyframe's predictions (a plain list, so callers are unaffected) plus its
+    time: a keyframe with nobody in view still says which second it was."""
+
+    def __init__(self, time: float, predictions: Sequence[Prediction] = ()) -> None:
+        super().__init__(predictions)
+        self.time = float(time)
 
 
 class LiveSession:
@@ -874,7 +894,7 @@ class LiveSession:
                 kf.result.set_exception(e)
             raise
         finally:
-            eng.stats.observe("keyframe", asyncio.get_running_loop().time() - kf.due_at)
+            eng.stats.observe("keyframe_live", asyncio.get_running_loop().time() - kf.due_at)
 
     async def _emit(self) -> None:
         while True:
@@ -894,7 +914,7 @@ class LiveSession:
             if res is not None:
                 if len(self._out) == self._out.maxlen:
                     self.engine.stats.counters["output_dropped"] += 1
-                self._out.append(res.predictions)
+                self._out.append(KeyframePredictions(kf.time, res.predictions))
                 self._out_event.set()
 
     async def end(self) -> None:
