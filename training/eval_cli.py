@@ -1,11 +1,17 @@
-"""`avaserve eval`: AVA frame-mAP@0.5IOU of a results CSV against ground truth.
+"""`avaserve eval`: AVA frame-mAP@0.5IOU of a results CSV against ground truth, or of a
+model run over a dataset split.
 
-The command is built in two steps so that later options can be added without changing
-the existing ones: `_resolve_inputs` turns the options into (ground truth rows,
-detection rows, label map, excluded keyframes) -- today from CSV files; a later
-``--checkpoint/--data/--split/--boxes`` branch will produce detections by running a
-model and read GT from a dataset directory -- and `_report` prints the table and the
-last line ``mAP@0.5IOU: <value>``, which scripts parse.
+Two modes share the report:
+
+* CSV mode (``--gt --detections --label-map``): `_resolve_inputs` reads the files;
+* model mode (``--checkpoint CKPT [--checkpoint CKPT2 ...] --data DIR --split val
+  --boxes gt|detector|FILE [--tta] [--sweep]``): `_model_eval` runs the checkpoint(s)
+  through `training.run_eval` (multi-scale + flip test-time augmentation, score-averaging
+  ensembles, a detector-threshold sweep) and scores the results.
+
+`_report` prints the table and the last line ``mAP@0.5IOU: <value>``, which scripts
+parse; with ``--sweep`` the table of thresholds comes first and the best threshold's
+mAP line is last.
 
 Nothing heavy is imported at module level (only typer), so ``avaserve --help`` stays fast.
 """
@@ -41,8 +47,11 @@ def eval_command(
         "--detections",
         help="Results CSV in the official format video_id,timestamp,x1,y1,x2,y2,action_id,score.",
     ),
-    label_map: Path = typer.Option(
-        ..., "--label-map", help="Label map .pbtxt; only its classes are evaluated."
+    label_map: Path | None = typer.Option(
+        None,
+        "--label-map",
+        help="Label map .pbtxt; only its classes are evaluated. With --data it defaults to "
+        "DATA/annotations/label_map.pbtxt.",
     ),
     excluded: Path | None = typer.Option(
         None, "--excluded", help="Excluded timestamps CSV (video_id,timestamp)."
@@ -56,10 +65,77 @@ def eval_command(
         help="Keep the N best-scoring detections per keyframe (the official evaluator: 50; "
         "0 = no cap).",
     ),
+    checkpoint: list[Path] | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Run this model checkpoint over --data/--split instead of reading --detections. "
+        "Repeat for an ensemble (probabilities averaged).",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Dataset directory (a world or an AVA copy) for --checkpoint."
+    ),
+    split: str = typer.Option("val", "--split", help="Split to evaluate (train or val)."),
+    boxes: str = typer.Option(
+        "gt",
+        "--boxes",
+        help="Person boxes: gt, detector (needs --detector) or a proposals CSV "
+        "(video_id,timestamp,x1,y1,x2,y2,score).",
+    ),
+    detector: Path | None = typer.Option(
+        None, "--detector", help="Person-detector ONNX graph for --boxes detector."
+    ),
+    min_score: float = typer.Option(
+        0.0,
+        "--min-score",
+        help="Drop boxes scoring below this (reports: 0.8 / 0.85; pick it with --sweep).",
+    ),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Test-time augmentation: horizontal flip and three short sides (the model's "
+        "short side x 224/256, 1, 320/256 -- 224/256/320 for a 256-px model).",
+    ),
+    scales: str | None = typer.Option(
+        None,
+        "--scales",
+        help="Comma-separated short sides for multi-scale testing, e.g. 224,256,320.",
+    ),
+    sweep: bool = typer.Option(
+        False,
+        "--sweep",
+        help="Print mAP at detector-score thresholds 0.0..0.9, then the best one (last line).",
+    ),
+    bank: Path | None = typer.Option(
+        None,
+        "--bank",
+        help="Feature bank for a stage-2 model (BANKDIR from extract-bank; its SPLIT folder "
+        "is read). Default: the bank the checkpoint was trained with, same split.",
+    ),
+    results_out: Path | None = typer.Option(
+        None, "--results-out", help="With --checkpoint: also write the results CSV here."
+    ),
 ) -> None:
     """Frame-mAP at IoU 0.5 with the ActivityNet AVA protocol. Last line: mAP@0.5IOU: <value>."""
     from models.ava import AvaFormatError
 
+    if checkpoint:
+        _model_eval(
+            checkpoints=checkpoint,
+            data=data,
+            split=split,
+            boxes=boxes,
+            detector=detector,
+            min_score=min_score,
+            tta=tta,
+            scales=scales,
+            sweep=sweep,
+            bank=bank,
+            results_out=results_out,
+            json_out=json_out,
+        )
+        return
+    if label_map is None:
+        raise typer.BadParameter("give the label map with --label-map", param_hint="--label-map")
     try:
         gt_rows, det_rows, labels, excluded_keys = _resolve_inputs(
             gt=gt, detections=detections, label_map=label_map, excluded=excluded
@@ -74,6 +150,89 @@ def eval_command(
         gt_rows, det_rows, labels, excluded_keys, max_detections_per_keyframe=max_per_keyframe
     )
     _report(result, json_out)
+
+
+def _tta_scales(short_side: int) -> list[int]:
+    # Report A tests a 256-px model at 224/256/320; other presets keep those ratios.
+    return sorted({round(short_side * 224 / 256), short_side, round(short_side * 320 / 256)})
+
+
+def _model_eval(
+    *,
+    checkpoints: list[Path],
+    data: Path | None,
+    split: str,
+    boxes: str,
+    detector: Path | None,
+    min_score: float,
+    tta: bool,
+    scales: str | None,
+    sweep: bool,
+    bank: Path | None,
+    results_out: Path | None,
+    json_out: Path | None,
+) -> None:
+    """--checkpoint mode: predict with the model(s), then score like the CSV mode."""
+    if data is None:
+        raise typer.BadParameter("--checkpoint needs --data DIR", param_hint="--data")
+    for c in checkpoints:
+        if not c.is_file():
+            raise typer.BadParameter(f"{c} is not a file", param_hint="--checkpoint")
+    from rich.progress import Progress
+
+    from models.ava import AvaFormatError
+    from training.run_eval import long_term_ids, run_evaluation, sweep_thresholds
+
+    scale_list: list[int] | None = None
+    if scales:
+        try:
+            scale_list = [int(v) for v in scales.split(",") if v.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"{scales!r}: expected e.g. 224,256,320") from None
+    elif tta:
+        import torch
+
+        state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
+        from models.preset_info import preset_info
+
+        short = int(
+            state["config"].get("preset_overrides", {}).get("short_side")
+            or preset_info(state["config"]["preset"]).short_side
+        )
+        scale_list = _tta_scales(short)
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("evaluating", total=None)
+            result, predictions, class_ids = run_evaluation(
+                checkpoints,
+                data,
+                split,
+                boxes=boxes,
+                detector=detector,
+                min_score=0.0 if sweep else min_score,
+                scales=scale_list,
+                flip=tta,
+                bank_dir=bank,
+                results_csv=results_out,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except (AvaFormatError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    long_term = long_term_ids(data)
+    if not sweep:
+        _report(result, json_out, long_term=long_term)
+        return
+    table = sweep_thresholds(predictions, class_ids, data, split)
+    typer.echo("detector threshold sweep (boxes scoring below the threshold dropped)")
+    typer.echo("threshold  mAP@0.5IOU")
+    for threshold, res in table:
+        typer.echo(f"{threshold:9.1f}  {res.mean_ap:.4f}")
+    best_t, best = max(table, key=lambda tr: tr[1].mean_ap)
+    typer.echo(f"best threshold: {best_t:.1f}")
+    from training.evaluation import format_map_line
+
+    typer.echo(format_map_line(best))
 
 
 def _resolve_inputs(
@@ -97,8 +256,8 @@ def _resolve_inputs(
     return gt_rows, det_rows, labels, read_excluded_timestamps(excluded)
 
 
-def _report(result: EvalResult, json_out: Path | None) -> None:
-    """Per-class table, optional JSON, and the mAP line last."""
+def _report(result: EvalResult, json_out: Path | None, *, long_term: tuple[int, ...] = ()) -> None:
+    """Per-class table, optional JSON, the long-term classes' mean AP, and the mAP line last."""
     import json
     import math
 
@@ -131,6 +290,14 @@ def _report(result: EvalResult, json_out: Path | None) -> None:
         f"{result.num_capped_detections} detections over the per-keyframe cap",
         highlight=False,
     )
+    if long_term:
+        aps = {c.class_id: c.ap for c in result.classes}
+        parts = [f"{i}: {aps[i]:.4f}" for i in long_term if i in aps and not math.isnan(aps[i])]
+        values = [aps[i] for i in long_term if i in aps and not math.isnan(aps[i])]
+        if values:
+            typer.echo(
+                f"long-term classes AP ({', '.join(parts)}); mean {sum(values) / len(values):.4f}"
+            )
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     # Plain echo (not rich) so the line is exact and always last.

@@ -1,0 +1,178 @@
+"""The training loop: schedules, resuming, data parallelism, initialisation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from training.config import TrainConfig, ava_r50_recipe, config_from_dict, tiny_world_recipe
+from training.train import learning_rate, train
+
+TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
+
+
+def _config(**changes: object) -> TrainConfig:
+    base = TrainConfig(
+        stage="stage1",
+        preset_overrides=dict(TINY_MODEL),
+        iterations=3,
+        batch_size=4,
+        lr=0.05,
+        warmup_iters=1,
+        warmup_start_lr=0.01,
+        color_jitter=0.2,
+        box_jitter=0.05,
+        log_every=1,
+        checkpoint_every=1,
+        threads=1,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4), k
+
+
+@pytest.mark.parametrize(
+    ("it", "schedule", "steps", "want"),
+    [
+        (0, "cosine", (), 0.01),  # warm-up start
+        (10, "cosine", (), 0.05),  # 0.5 * lr0 * (cos(pi * 10 / 20) + 1) = lr0 / 2
+        (20, "cosine", (), 0.0),
+        (5, "steps", (8, 15), 0.1),
+        (16, "steps", (8, 15), 0.001),
+    ],
+)
+def test_learning_rate(it: int, schedule: str, steps: tuple[int, ...], want: float) -> None:
+    config = TrainConfig(
+        iterations=20,
+        lr=0.1,
+        schedule=schedule,  # type: ignore[arg-type]
+        lr_steps=steps,
+        warmup_iters=0 if schedule == "steps" else 2,
+        warmup_start_lr=0.01,
+    )
+    assert learning_rate(config, it) == pytest.approx(want, abs=1e-9)
+
+
+def test_config_round_trip_and_recipes() -> None:
+    for config in (ava_r50_recipe(), tiny_world_recipe("stage2"), tiny_world_recipe("classify")):
+        assert config_from_dict(config.to_dict()) == config
+    recipe = ava_r50_recipe()
+    assert (recipe.batch_size, recipe.lr, recipe.iterations) == (64, 0.016, 26_000)
+    assert recipe.lr_steps == (16_000, 21_000) and recipe.freeze_bn
+    with pytest.raises(ValueError, match="bank_dir"):
+        TrainConfig(stage="stage2")
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        config_from_dict({"stage": "stage1", "nope": 1})
+
+
+def test_resume_equals_uninterrupted(tiny_world: Path, tmp_path: Path) -> None:
+    config = _config(iterations=4, preset_overrides={**TINY_MODEL, "dropout": 0.3})
+    whole = train(config, tiny_world, tmp_path / "whole", progress=False)
+    train(config, tiny_world, tmp_path / "split", progress=False, stop_after=2)
+    resumed = train(config, tiny_world, tmp_path / "split", progress=False)
+    _assert_same(_params(whole), _params(resumed), atol=0.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ddp_worker(rank: int, world: str, out: str, port: int, config: TrainConfig) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
+    train(config, world, out, progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one(tiny_world: Path, tmp_path: Path) -> None:
+    """2 gloo processes x 2 clips == 1 process x 4 clips, for 3 SGD steps.
+
+    BatchNorm is frozen: without SyncBN each process would normalise with the statistics
+    of its own 2 clips, which is a different function from the 4-clip batch (a real
+    difference of data-parallel BN, not a bug). Dropout is 0 because the processes draw
+    their masks from their own RNG streams. Everything else -- data order, augmentation,
+    the loss normalisation over the global number of persons -- must make the runs equal.
+    """
+    config = _config(freeze_bn=True, iterations=3)
+    one = train(config, tiny_world, tmp_path / "one", progress=False)
+    mp.spawn(
+        _ddp_worker,
+        args=(str(tiny_world), str(tmp_path / "two"), _free_port(), config),
+        nprocs=2,
+        join=True,
+    )
+    _assert_same(_params(one), _params(tmp_path / "two" / "final.pt"), atol=1e-5)
+
+
+def test_pretrained_backbone_loads_without_missing_keys(tiny_world: Path, tmp_path: Path) -> None:
+    from training.pretrain import train_classifier
+    from training.train import build_action_model, load_init, load_split
+
+    cls_config = _config(stage="classify", iterations=1, batch_size=2)
+    ckpt = train_classifier(cls_config, tiny_world, tmp_path / "cls", progress=False)
+    labels = load_split(tiny_world, "train").labels
+    model = build_action_model(_config(), labels.ids)
+    report = load_init(model, ckpt)
+    assert not [k for k in report.missing if k.startswith("backbone.")]
+    assert set(report.missing) == {"classifier.weight", "classifier.bias"}
+    assert set(report.unexpected) == {"fc.weight", "fc.bias"}
+    weights = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    name = next(k for k in weights if k.startswith("backbone.") and k.endswith("weight"))
+    assert torch.equal(model.state_dict()[name], weights[name])
+
+
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_stage2_trains_from_stage1_bank(
+    tiny_world: Path, tmp_path: Path, train_backbone: bool
+) -> None:
+    from training.bank_extract import extract_bank
+    from training.boxes import gt_boxes
+    from training.train import load_checkpoint, load_split
+
+    stage1 = train(_config(iterations=1, batch_size=2), tiny_world, tmp_path / "s1", progress=False)
+    model = load_checkpoint(stage1)[0]
+    for split in ("train", "val"):
+        data = load_split(tiny_world, split)
+        extract_bank(
+            model, tiny_world, split, tmp_path / "bank", proposals=gt_boxes(data.keyframes)
+        )
+    config = _config(
+        stage="stage2",
+        iterations=2,
+        batch_size=2,
+        bank_dir=str(tmp_path / "bank"),
+        init_checkpoint=str(stage1),
+        train_backbone=train_backbone,
+        preset_overrides={**TINY_MODEL, "lfb_dim_inner": 16},
+    )
+    stage2 = train(config, tiny_world, tmp_path / "s2", progress=False)
+    model2, config2, _ = load_checkpoint(stage2)
+    assert model2.lfb is not None and model2.use_global and config2.stage == "stage2"
+    before, after = torch.load(stage1, weights_only=False)["model"], model2.state_dict()
+    key = (
+        "backbone.stem.slow.conv.weight"
+        if "backbone.stem.slow.conv.weight" in before
+        else next(k for k in before if k.startswith("backbone.") and k.endswith("conv.weight"))
+    )
+    assert torch.equal(before[key], after[key]) != train_backbone  # frozen iff head-only
