@@ -52,6 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.ava import EVALUATED_IDS, POSE_IDS, LabelMap
+from models.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
 from models.manifest import (
     BankSpec,
     BundleCheck,
@@ -916,15 +917,22 @@ def _detector(
         )
     else:
         check_detector_signature(source.path)
-        if not source.spec_path.is_file():
-            raise ExportError(
-                f"--detector onnx:{source.path}: its DetectorSpec (preprocessing, thresholds) "
-                f"must sit beside it as {source.spec_path}; the detector fine-tuning tool writes it"
-            )
         try:
-            spec = DetectorSpec.model_validate_json(source.spec_path.read_text(encoding="utf-8"))
+            if source.spec_path.is_file():
+                spec = DetectorSpec.model_validate_json(
+                    source.spec_path.read_text(encoding="utf-8")
+                )
+            else:
+                found = spec_from_onnx_metadata(source.path)
+                if found is None:
+                    raise ExportError(
+                        f"--detector onnx:{source.path}: its DetectorSpec (preprocessing, "
+                        f"thresholds) must be in the graph's metadata ({SPEC_METADATA_KEY!r}, as "
+                        f"avaserve train-detector writes it) or beside it as {source.spec_path}"
+                    )
+                spec = found
         except ValueError as e:
-            raise ExportError(f"{source.spec_path}: not a valid DetectorSpec: {e}") from None
+            raise ExportError(f"{source.path}: not a valid DetectorSpec: {e}") from None
         spec = spec.model_copy(update={"file": dst.name})
         shutil.copyfile(source.path, dst)
         _fix_ir(dst)

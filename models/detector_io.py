@@ -14,6 +14,7 @@ Everything here is numpy + PIL (service dependencies); the rules come from the b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,3 +108,20 @@ def unletterbox_boxes(
         np.clip(out[:, 0::2], 0, t.frame_w, out=out[:, 0::2])
         np.clip(out[:, 1::2], 0, t.frame_h, out=out[:, 1::2])
     return out
+
+
+# Key of the ONNX model property that carries a detector graph's own `DetectorSpec`
+# (written by the project's detector export), so the graph is self-describing.
+SPEC_METADATA_KEY = "avaserve.detector_spec"
+
+
+def spec_from_onnx_metadata(path: str | Path) -> DetectorSpec | None:
+    """The `DetectorSpec` stored in a detector graph's metadata, or None if it has none.
+
+    Read through ONNX Runtime (a service dependency), not the `onnx` package.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    text = session.get_modelmeta().custom_metadata_map.get(SPEC_METADATA_KEY)
+    return None if text is None else DetectorSpec.model_validate_json(text)

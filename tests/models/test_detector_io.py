@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,25 @@ def test_preprocess_normalises_when_asked() -> None:
 def test_preprocess_rejects_bad_frames() -> None:
     with pytest.raises(ValueError, match="uint8 RGB"):
         preprocess(np.zeros((10, 10), np.uint8), _spec())
+
+
+def test_detector_spec_round_trips_through_onnx_metadata(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from models.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, str(plain))
+    assert spec_from_onnx_metadata(plain) is None
+
+    spec = _spec(score_threshold=0.3)
+    helper.set_model_props(model, {SPEC_METADATA_KEY: spec.model_dump_json()})
+    tagged = tmp_path / "tagged.onnx"
+    onnx.save(model, str(tagged))
+    assert spec_from_onnx_metadata(tagged) == spec

@@ -46,6 +46,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from models.detector_io import SPEC_METADATA_KEY
 from models.manifest import DETECTOR_INPUT, DetectorSpec, GraphSpec, describe_graph
 from training.detector.model import PersonDetector, decode, detect, detector_spec
 
@@ -60,7 +61,6 @@ __all__ = [
 
 StrPath = str | PathLike[str]
 DEFAULT_OPSET = 17
-SPEC_METADATA_KEY = "avaserve.detector_spec"
 CANDIDATE_OUTPUTS = ("cand_boxes", "cand_scores")
 
 
