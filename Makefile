@@ -7,7 +7,7 @@ VENV_TEST := .venv
 # extras is already satisfied and pip does not fetch a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: run test lint typecheck pytest clean system-deps
+.PHONY: run test lint typecheck pytest clean system-deps demo-bundle
 
 $(VENV_TEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_TEST)
@@ -22,8 +22,20 @@ $(VENV_RUN)/.installed: pyproject.toml
 	$(VENV_RUN)/bin/pip install -q -e .
 	touch $@
 
+# The service on embedded defaults: in-process feature bank and job store, the committed
+# demo bundle, loopback only (no API key configured). Prints the web page's URL.
 run: $(VENV_RUN)/.installed
-	$(VENV_RUN)/bin/avaserve --help
+	$(VENV_RUN)/bin/avaserve serve --bundle bundles/demo
+
+# Rebuild the demo bundle from scratch on a CPU: world -> detector -> stage 1 -> bank ->
+# stage 2 -> evaluation -> export (docs/demo-bundle.md says how the committed one was made).
+DEMO_RUN ?= runs/demo
+demo-bundle: $(VENV_TEST)/.installed
+	$(VENV_TEST)/bin/avaserve demo-recipe $(DEMO_RUN)
+	$(VENV_TEST)/bin/avaserve export --checkpoint $(DEMO_RUN)/stage2/final.pt \
+		--bank-checkpoint $(DEMO_RUN)/stage1/final.pt \
+		--detector onnx:$(DEMO_RUN)/detector/detector.onnx \
+		--data $(DEMO_RUN)/world --out bundles/demo --force
 
 lint: $(VENV_TEST)/.installed
 	$(VENV_TEST)/bin/ruff check .
