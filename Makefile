@@ -14,6 +14,11 @@ $(VENV_TEST)/.installed: pyproject.toml
 	$(VENV_TEST)/bin/pip install -q --upgrade pip
 	$(VENV_TEST)/bin/pip install -q $(TORCH_CPU)
 	$(VENV_TEST)/bin/pip install -q -e '.[train,export,dev]'
+	# pytorchvideo is a reference the tests compare our SlowFast against (never imported by
+	# avaserve). --no-deps: its torchvision requirement cannot be met beside the CPU torch;
+	# the tests stand in for the one torchvision op it uses.
+	$(VENV_TEST)/bin/pip install -q --no-deps pytorchvideo==0.1.5
+	$(VENV_TEST)/bin/pip install -q fvcore iopath parameterized
 	touch $@
 
 $(VENV_RUN)/.installed: pyproject.toml
