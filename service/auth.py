@@ -343,14 +343,24 @@ class Redactor:
 
 
 def redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
-    """Format the record's message once and store it redacted (args consumed), likewise the
-    exception text, which a formatter would otherwise render later from ``exc_info``."""
-    try:
-        message = record.getMessage()
-    except Exception:  # noqa: BLE001 - a broken format string must not break logging
-        message = str(record.msg)
-    record.msg = redact(message)
-    record.args = None
+    """Redact the record's message template and each argument in place, likewise the
+    exception text, which a formatter would otherwise render later from ``exc_info``.
+
+    The args stay a tuple/mapping of the same shape: formatters such as uvicorn's access-log
+    formatter unpack them positionally, so consuming them into the message breaks logging.
+    Numbers pass through (``%d`` still works); any other object is redacted as its ``str``.
+    """
+
+    def clean(value: object) -> object:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return redact(value if isinstance(value, str) else str(value))
+
+    record.msg = clean(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(clean(a) for a in record.args)
+    elif isinstance(record.args, dict):
+        record.args = {k: clean(v) for k, v in record.args.items()}
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if record.exc_text:

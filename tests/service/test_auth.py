@@ -222,3 +222,26 @@ def test_redacting_filter_for_foreign_handlers() -> None:
     record = logging.LogRecord("n", logging.INFO, __file__, 1, "key=%s", (KEY_A,), None)
     RedactingFilter(KeyRing([ApiKey(KEY_A)])).filter(record)
     assert record.getMessage() == f"key={REDACTED}"
+
+
+def test_redaction_keeps_uvicorn_access_log_working() -> None:
+    """uvicorn's access formatter unpacks the record's args positionally: redaction must keep
+    them a tuple (consuming them into the message crashed every access-log line)."""
+    from uvicorn.logging import AccessFormatter
+
+    uninstall = install_log_redaction(KeyRing([ApiKey(KEY_A)]))
+    try:
+        record = logging.getLogger("uvicorn.access").makeRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5", "GET", f"/v1/jobs?token={KEY_A}", "1.1", 200),
+            None,
+        )
+    finally:
+        uninstall()
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s').format(record)
+    assert KEY_A not in line
+    assert line.startswith('127.0.0.1:5 - "GET /v1/jobs?token=') and line.endswith("200 OK")
