@@ -1,21 +1,19 @@
-"""The demo recipe's CI miniature: world -> stage 1 -> bank -> stage 2 -> eval, < 4 min."""
+"""The demo recipe's CI miniature: world -> stage 1 -> bank -> stage 2 -> eval.
+
+Its duration (budget: < 4 min) is printed by pytest --durations in CI, not asserted here.
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from avaserve.cli import app
 
-MINI_BUDGET_S = 240.0
-
 
 def test_demo_recipe_mini(tmp_path: Path) -> None:
-    start = time.perf_counter()
     result = CliRunner().invoke(app, ["demo-recipe", str(tmp_path / "demo"), "--mini"])
-    elapsed = time.perf_counter() - start
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("mAP@0.5IOU: ")
@@ -28,4 +26,3 @@ def test_demo_recipe_mini(tmp_path: Path) -> None:
         "results/summary.json",
     ):
         assert (tmp_path / "demo" / path).is_file(), path
-    assert elapsed < MINI_BUDGET_S, f"mini recipe took {elapsed:.0f} s"
