@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import pytest
+import source_layouts as L
 import torch
 import typer
 from typer.testing import CliRunner
 
 from export.import_cli import parse_overrides, register
 from models.checkpoints import build_model, import_state_dict, load_checkpoint
-
-
-def _load_layouts() -> types.ModuleType:
-    path = Path(__file__).resolve().parents[1] / "models" / "source_layouts.py"
-    spec = importlib.util.spec_from_file_location("avaserve_test_source_layouts", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-L = _load_layouts()
 
 
 def _app() -> typer.Typer:

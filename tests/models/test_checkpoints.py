@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import source_layouts as L
 import torch
 from torch import nn
 
@@ -34,19 +35,6 @@ from models.checkpoints import (
     save_checkpoint,
 )
 from models.roi import roi_align, roi_align_reference
-
-
-def _load_layouts() -> types.ModuleType:
-    path = Path(__file__).with_name("source_layouts.py")
-    spec = importlib.util.spec_from_file_location("avaserve_test_source_layouts", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-L = _load_layouts()
 
 
 def _assert_values_landed(source: dict[str, torch.Tensor], result: ImportResult) -> None:

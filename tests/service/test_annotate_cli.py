@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import tiny_bundle as tb
 from typer.testing import CliRunner
 
 from avaserve.cli import app
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 runner = CliRunner()
 

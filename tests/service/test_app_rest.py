@@ -8,13 +8,13 @@ key isolation (404 for another key's job), hostile uploads (415, no outbound con
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import app_support as support
+import hostile
 import httpx
 import pytest
 import pytest_asyncio
@@ -22,18 +22,6 @@ import pytest_asyncio
 from service.app import TOP_K, create_app
 from service.settings import Settings
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"avaserve_tests_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("app_support")
-hostile = _load("hostile")
 KEY_A, KEY_B = support.KEY_A, support.KEY_B
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}

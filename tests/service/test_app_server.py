@@ -10,28 +10,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import app_support as support
 import httpx
 import pytest
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"avaserve_tests_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("app_support")
 KEY_A = support.KEY_A
 A = {"Authorization": f"Bearer {KEY_A}"}
 LIMIT = 32 * 1024**2

@@ -8,14 +8,13 @@ the query string, bad stream id); protocol errors.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import app_support as support
 import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -24,17 +23,6 @@ from service.app import create_app
 from service.auth import key_fingerprint
 from service.settings import Settings
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"avaserve_tests_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("app_support")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TestClient on httpx
 KEY_A, KEY_B = support.KEY_A, support.KEY_B
 PROTOCOLS = ["avaserve.v1", f"bearer.{KEY_A}"]

@@ -8,10 +8,8 @@ scripts/install-test-deps.sh).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,21 +26,11 @@ if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
         allow_module_level=True,
     )
 selenium = pytest.importorskip("selenium", reason="pip install selenium (dev extra)")
+import app_support as support  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"avaserve_tests_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("app_support")
 KEY_A = support.KEY_A
 TRACK_COLOURS = [(255, 0, 255), (0, 229, 255)]  # PALETTE[0], PALETTE[1] in static/app.js
 

@@ -6,7 +6,6 @@ Every hostile case runs with short probe/decode budgets (`FAST`), so a hang woul
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import resource
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import hostile
 import numpy as np
 import pytest
 
@@ -33,15 +33,6 @@ from service.decode import (
 )
 from service.errors import VideoInputError
 from service.limits import DecodeLimits
-
-# pytest runs with --import-mode=importlib: load the sibling helper module by path.
-_spec = importlib.util.spec_from_file_location(
-    "avaserve_tests_hostile", Path(__file__).with_name("hostile.py")
-)
-assert _spec is not None and _spec.loader is not None
-hostile = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = hostile
-_spec.loader.exec_module(hostile)
 
 FAST = DecodeLimits(max_probe_s=15.0, max_wall_s=30.0)
 MB = 1 << 20

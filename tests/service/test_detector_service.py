@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from models.manifest import BundleError, load_manifest
 from service.decode import decode_frames
 from service.detector import PersonDetector, load_user_detector, nms_person
 from service.runtime import OnnxRuntime, RuntimeLoadError
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 
 @pytest.fixture(scope="module")

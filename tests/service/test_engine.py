@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from service.bank import BankWindow, InProcessBank
 from service.decode import decode_frames
@@ -19,14 +19,6 @@ from service.engine import Engine, EngineSettings
 from service.errors import VideoInputError
 from service.records import Prediction
 from service.runtime import RuntimeSettings
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 160, 120

@@ -10,24 +10,15 @@ heuristic does not), so the bound below is loose on purpose.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from service.engine import Engine, EngineSettings
 from service.records import Prediction
 from service.runtime import RuntimeSettings
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 
 def continuity(

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import av
 import numpy as np
+import tiny_bundle as tb
 
 from models.ava import LabelMap
 from service.records import Prediction
 from service.render import draw_predictions, render_video, track_colour
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 LABELS = LabelMap(ids=(11, 12), names=("sit", "stand"))
 

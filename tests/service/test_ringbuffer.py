@@ -9,26 +9,17 @@ Only this test imports ``training``; the service itself never does.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from models.manifest import Preprocessing
 from service.decode import decode_frames
 from service.ringbuffer import ClipGeometry, FrameRing
 from service.scheduler import KeyframeScheduler
 from training.clips import ClipSpec, iter_keyframe_clips, pack_pathways, preprocess_clip
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 
 def _prep(**kw: object) -> Preprocessing:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from models.manifest import BundleError, load_manifest
 from service.runtime import (
@@ -19,14 +18,6 @@ from service.runtime import (
     TensorRTRuntime,
     create_runtime,
 )
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_bundle", Path(__file__).with_name("tiny_bundle.py")
-)
-assert _spec is not None and _spec.loader is not None
-tb = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("tiny_bundle", tb)
-_spec.loader.exec_module(tb)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ means some input reached code that did not expect it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +15,11 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis (dev extra)")
+import app_support as support  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"avaserve_tests_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("app_support")
 KEY_A = support.KEY_A
 SEED = 20260407
 EXAMPLES_PER_OPERATION_AND_MODE = 60  # x 8 operations x 2 modes: ~700 requests in all
