@@ -480,6 +480,12 @@ class _FrameShaper:
         self.cap_length = cap_length
         self.index = 0
         self.prev_t: float | None = None
+        # One reformatter for the whole stream: PyAV's frame.to_ndarray(format=...) and
+        # frame.reformat() build a fresh SwsContext per call (measured 4.3 ms per 320x240
+        # frame, vs 0.10 ms reusing one; byte-identical output).
+        from av.video.reformatter import VideoReformatter
+
+        self.reformatter = VideoReformatter()
 
     def timestamp(self, frame: Any) -> float:
         pts = frame.pts if frame.pts is not None else frame.dts
@@ -517,11 +523,11 @@ class _FrameShaper:
         if out_w * out_h > limits.max_pixels:  # an extreme aspect ratio upscaled to short_side
             raise _too_many_pixels(out_w, out_h, limits)
         if (out_w, out_h) == (width, height):
-            rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()  # (H, W, 3)
         else:
             interp = "AREA" if out_w * out_h < width * height else "BILINEAR"
-            rgb = frame.reformat(
-                width=out_w, height=out_h, format="rgb24", interpolation=interp
+            rgb = self.reformatter.reformat(
+                frame, width=out_w, height=out_h, format="rgb24", interpolation=interp
             ).to_ndarray()  # (out_h, out_w, 3)
         rotation = frame.rotation if frame.rotation else self.fallback_rotation
         turns = _quarter_turns(rotation)
