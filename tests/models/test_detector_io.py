@@ -107,3 +107,48 @@ def test_detector_spec_round_trips_through_onnx_metadata(tmp_path: Path) -> None
     tagged = tmp_path / "tagged.onnx"
     onnx.save(model, str(tagged))
     assert spec_from_onnx_metadata(tagged) == spec
+
+
+def _reference_preprocess(frame: np.ndarray, spec: DetectorSpec) -> np.ndarray:
+    """The spec applied literally on a float canvas: resize, pad, order, scale, normalise."""
+    from PIL import Image
+
+    t = letterbox_transform(frame.shape[:2], spec)
+    resized = np.asarray(
+        Image.fromarray(frame).resize((t.resized_w, t.resized_h), Image.Resampling.BILINEAR)
+    )
+    canvas = np.full((t.canvas_h, t.canvas_w, 3), spec.pad_value, np.float32)
+    canvas[t.pad_y : t.pad_y + t.resized_h, t.pad_x : t.pad_x + t.resized_w] = resized
+    if spec.channel_order == "BGR":
+        canvas = canvas[:, :, ::-1]
+    canvas = canvas / np.float32(spec.pixel_scale)
+    if spec.mean is not None and spec.std is not None:
+        canvas = (canvas - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return canvas.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize("normalise", [False, True])
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+@pytest.mark.parametrize("size", [(240, 320), (577, 769), (100, 50)])
+def test_preprocess_table_equals_literal_float_canvas(
+    order: str, normalise: bool, resize: str, size: tuple[int, int]
+) -> None:
+    """The per-channel lookup table gives bit-identical inputs to the literal recipe."""
+    kw: dict[str, object] = {"pixel_scale": 1.0, "pad_value": 114.0}
+    if normalise:
+        kw = {"pixel_scale": 255.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    spec = DetectorSpec(
+        format="yolox",
+        input_height=320,
+        input_width=416,
+        resize=resize,
+        channel_order=order,
+        **kw,  # type: ignore[arg-type]
+    )
+    frame = np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8)
+    images, _ = preprocess(frame, spec)
+    expected = _reference_preprocess(frame, spec)
+    assert images.shape == expected.shape == (1, 3, 320, 416)
+    assert images.flags.c_contiguous and images.dtype == np.float32
+    assert np.array_equal(images, expected)
