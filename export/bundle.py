@@ -1076,6 +1076,7 @@ def build_bundle(
     max_w = loaded.bank_window_seconds * loaded.bank_persons_per_second
     head_dims = {
         "K": (1, limits.opt_head_persons, limits.max_head_persons),
+        "KB": (1, limits.opt_head_persons, limits.max_head_persons),
         "W": (1, max_w, max_w),
     }
     feat_samples = _features_samples(clips)

@@ -8,7 +8,9 @@ Layout written::
 Batching choice. Triton's own batching (``max_batch_size > 0``) assumes every input and
 output has the same leading batch axis that it can concatenate requests along and split
 responses by. That holds only for a graph whose inputs and outputs all start with the same
-dynamic axis: e.g. a head whose tensors all start with the person axis ``K``. It does not
+dynamic axis: e.g. a head whose tensors all start with the person axis ``K`` (not
+avaserve's own exports, whose bank has its own axis ``KB`` so that one window can serve
+all persons of a keyframe). It does not
 hold for the backbone (clips are ``(B, ...)`` but boxes and person features are ``(K, ...)``,
 global features ``(B, ...)``) nor for the detector (``images (B, ...)`` -> ``boxes (N, 4)``):
 concatenating two requests' boxes would need their batch-index column rewritten, which

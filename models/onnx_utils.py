@@ -144,11 +144,15 @@ FEATURES_DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "global": {0: "B"},
 }
 HEAD_INPUTS = ("person", "global_per_person", "bank", "mask")
+# The bank's batch axis has its own symbol: every person of a keyframe reads the same window,
+# so the service may pass it once (KB = 1) for K persons when the head broadcasts (the LFB
+# head does; the engine checks at load). A shared "K" would tell ONNX Runtime's memory
+# planner that the two are equal.
 HEAD_DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "person": {0: "K"},
     "global_per_person": {0: "K"},
-    "bank": {0: "K", 1: "W"},
-    "mask": {0: "K", 1: "W"},
+    "bank": {0: "KB", 1: "W"},
+    "mask": {0: "KB", 1: "W"},
     "action": {0: "K"},
     "scene": {0: "K"},
 }

@@ -121,6 +121,9 @@ class EngineSettings:
     top_k: int = 5
 
 
+# Uploads: decoded frames handed from the decode worker thread to the loop per hop.
+_FRAMES_PER_HOP = 16
+
 # keyframe_file / keyframe_live: end-to-end time from a keyframe being due to its result.
 _STAGES = (
     "decode",
@@ -228,10 +231,13 @@ class _Keyframe:
         det_item: _DetItem,
         frame_hw: tuple[int, int],
         loop: asyncio.AbstractEventLoop,
+        due_at: float | None = None,
     ) -> _Keyframe:
-        """Detect-due now; its clip, tracking and result are still to come."""
+        """Detect-due at ``due_at`` (loop time; default now): the moment the frame that made
+        it due entered the engine, so its preparation (resize, detector letterbox, clip
+        assembly) counts as the keyframe's processing. Clip, tracking, result still to come."""
         return cls(
-            time, det_item, frame_hw, loop.time(),
+            time, det_item, frame_hw, loop.time() if due_at is None else due_at,
             loop.create_future(), loop.create_future(), loop.create_future(),
         )  # fmt: skip
 
@@ -377,6 +383,7 @@ class Engine:
         self.bank_capacity = m.bank.max_entries if m.bank.enabled else 1
         self.bank_dim = self._bank_dim()
         self.mask_dtype = self._mask_dtype()
+        self.head_shares_window = self._probe_shared_window()
         self.bank: FeatureBank = bank or InProcessBank(retention_s=s.bank_retention_s)
         self.stats = EngineStats()
         self.det_batcher: Batcher[_DetItem, Detections] = self._batcher(
@@ -415,6 +422,38 @@ class Engine:
     def _mask_dtype(self) -> Any:
         spec = next((t for t in self.manifest.graphs["head"].inputs if t.name == "mask"), None)
         return np.bool_ if spec is None or spec.dtype == "bool" else np.dtype(spec.dtype)
+
+    def _probe_shared_window(self) -> bool:
+        """Can the head take one keyframe's window once, ``bank (1, W, D)`` for K persons?
+
+        Every person of a keyframe reads the same window, yet the head's inputs are per person
+        (K, W, D): K copies, and K times the bank projections (the bulk of the head's work).
+        A head whose ops broadcast over the batch axis (the project's LFB head does) gives the
+        same output for a single copy. Tried once at load on random inputs against the K-copy
+        feed; any error or difference beyond float reassociation -> per-person copies.
+        """
+        names = self.head.input_names
+        if "bank" not in names or "mask" not in names:
+            return False
+        rng = np.random.default_rng(0)
+        d = next(t for t in self.manifest.graphs["head"].inputs if t.name == "person").shape[-1]
+        if not isinstance(d, int):
+            return False
+        k, w = 3, 7
+        base = {
+            "person": rng.standard_normal((k, d)).astype(np.float32),
+            "global_per_person": rng.standard_normal((k, d)).astype(np.float32),
+        }
+        bank = rng.standard_normal((1, w, self.bank_dim)).astype(np.float32)
+        mask = np.array([[1, 1, 0, 1, 0, 1, 1]], dtype=self.mask_dtype)
+        try:
+            full = self.head.run(
+                {**base, "bank": np.repeat(bank, k, 0), "mask": np.repeat(mask, k, 0)}
+            )["action"]
+            shared = self.head.run({**base, "bank": bank, "mask": mask})["action"]
+        except Exception:  # noqa: BLE001 - a graph that cannot broadcast: the K-copy feed
+            return False
+        return bool(shared.shape == full.shape and np.allclose(shared, full, rtol=1e-4, atol=1e-5))
 
     def _run_detector(self, items: list[_DetItem]) -> list[Detections]:
         t0 = time.perf_counter()
@@ -467,8 +506,26 @@ class Engine:
         self.stats.observe("backbone_run", time.perf_counter() - t0)
         return [r for r in results if r is not None]
 
+    def head_feeds(self, items: list[_HeadItem]) -> list[dict[str, np.ndarray]]:
+        """The head runs for ``items``, in order. Public for bench_pipeline.
+
+        With a window-sharing head (`_probe_shared_window`) one run per keyframe, its window
+        passed once; otherwise one run for all their persons with per-person copies.
+        """
+        if self.head_shares_window:
+            return [
+                {
+                    "person": it.person.astype(np.float32, copy=False),
+                    "global_per_person": it.global_per_person.astype(np.float32, copy=False),
+                    "bank": it.bank[None].astype(np.float32, copy=False),
+                    "mask": it.mask[None].astype(self.mask_dtype, copy=False),
+                }
+                for it in items
+            ]
+        return [self.head_feed(items)]
+
     def head_feed(self, items: list[_HeadItem]) -> dict[str, np.ndarray]:
-        """The head's feed for ``items``: K = all their persons. Public for bench_pipeline."""
+        """The head's feed for ``items``: K = all their persons, each with its window."""
         counts = [it.person.shape[0] for it in items]
         feed: dict[str, np.ndarray] = {
             "person": np.concatenate([it.person for it in items]).astype(np.float32, copy=False),
@@ -494,8 +551,8 @@ class Engine:
 
     def _run_head(self, items: list[_HeadItem]) -> list[np.ndarray]:
         t0 = time.perf_counter()
-        feed = self.head_feed(items)
-        probs = self.head.run(feed)["action"]  # (K, C) probabilities
+        runs = [self.head.run(feed)["action"] for feed in self.head_feeds(items)]
+        probs = runs[0] if len(runs) == 1 else np.concatenate(runs)  # (K, C) probabilities
         self.stats.observe("head_run", time.perf_counter() - t0)
         counts = [it.person.shape[0] for it in items]
         return list(np.split(probs, np.cumsum(counts)[:-1]))
@@ -664,15 +721,29 @@ class Engine:
         pending_clips: deque[_Keyframe] = deque()
         tasks: set[asyncio.Task[Any]] = set()
 
-        def next_step() -> tuple[float, list[tuple[float, _DetItem]], list[Clip]] | None:
-            t0 = time.perf_counter()
-            try:
-                frame = next(decoder)
-            except StopIteration:
-                return None
-            dets, clips = session.step(frame.pts_seconds, frame.image)
-            self.stats.observe("decode", time.perf_counter() - t0)
-            return frame.pts_seconds, dets, clips
+        def next_step() -> (
+            tuple[float, int, list[tuple[float, _DetItem]], list[Clip], float] | None
+        ):
+            """Frames up to the first one that makes a keyframe or clip due (at most
+            `_FRAMES_PER_HOP`): one executor hop per few frames, not per frame, keeps the
+            loop's wake-ups off the CPU the graphs need. Order is unchanged: only the last
+            frame of a hop can carry detections or clips."""
+            n = 0
+            pts = 0.0
+            while n < _FRAMES_PER_HOP:
+                t0 = time.perf_counter()
+                try:
+                    frame = next(decoder)
+                except StopIteration:
+                    break
+                n += 1
+                pts = frame.pts_seconds
+                entered = loop.time()  # monotonic: safe to read from this worker thread
+                dets, clips = session.step(pts, frame.image)
+                self.stats.observe("decode", time.perf_counter() - t0)
+                if dets or clips:
+                    return pts, n, dets, clips, entered
+            return (pts, n, [], [], 0.0) if n else None
 
         async def produce() -> None:
             prev: _Keyframe | None = None
@@ -682,8 +753,8 @@ class Engine:
                     step = await loop.run_in_executor(worker, next_step)
                     if step is None:
                         break
-                    pts, dets, clips = step
-                    self.stats.counters["frames"] += 1
+                    pts, n_frames, dets, clips, entered = step
+                    self.stats.counters["frames"] += n_frames
                     if progress is not None:
                         progress(pts)
                     frame_hw = session.ring.frame_hw
@@ -695,7 +766,7 @@ class Engine:
                     for t, item in dets:
                         await slots.acquire()
                         assert frame_hw is not None
-                        kf = _Keyframe.new(t, item, frame_hw, loop)
+                        kf = _Keyframe.new(t, item, frame_hw, loop, entered)
                         pending_clips.append(kf)
                         task = loop.create_task(self._file_keyframe(session, kf, prev, slots))
                         tasks.add(task)
@@ -858,13 +929,14 @@ class LiveSession:
         if self._emitter is None:
             self._emitter = loop.create_task(self._emit())
         t0 = time.perf_counter()
+        entered = loop.time()
         dets, clips = await loop.run_in_executor(self._worker, self.session.step, pts, image)
         self.engine.stats.observe("decode", time.perf_counter() - t0)
         self.engine.stats.counters["frames"] += 1
         for t, item in dets:
             hw = self.session.ring.frame_hw
             assert hw is not None
-            kf = _Keyframe.new(t, item, hw, loop)
+            kf = _Keyframe.new(t, item, hw, loop, entered)
             self._pending_clips.append(kf)
             task = loop.create_task(self._keyframe(kf, self._prev))
             self._tasks.add(task)

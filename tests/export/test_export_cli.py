@@ -98,7 +98,10 @@ def test_triton_configs_parse(exported: tuple[Path, Path, str]) -> None:
         assert (path.parent / "1" / "model.onnx").is_file()
     head = pb2.ModelConfig()
     text_format.Parse((triton / "head" / "config.pbtxt").read_text(), head)
-    assert head.max_batch_size == 128  # persons axis K batches in Triton
+    # The bank has its own leading axis (KB: one window may serve K persons), so the
+    # head's tensors do not share one batch axis and avaserve batches it client-side.
+    assert head.max_batch_size == 0
+    assert [list(i.dims)[0] for i in head.input] == [-1, -1, -1, -1]
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -116,6 +116,45 @@ def test_bank_context_changes_predictions(bundle: Path, video: Path) -> None:
     )
 
 
+def test_shared_window_head_equals_per_person_copies(bundle: Path, video: Path) -> None:
+    """One window per keyframe (bank (1, W, D)) gives the K-copy feed's probabilities."""
+
+    async def run(shared: bool) -> list[Prediction]:
+        engine = Engine(bundle, settings=_settings())
+        assert engine.head_shares_window  # the tiny head broadcasts over the batch axis
+        engine.head_shares_window = shared
+        try:
+            return await _annotate(engine, video)
+        finally:
+            await engine.close()
+
+    once, copies = asyncio.run(run(True)), asyncio.run(run(False))
+    assert len(once) == len(copies) > 0
+    assert [(p.time, p.track_id) for p in once] == [(p.time, p.track_id) for p in copies]
+    diff = max(float(np.abs(a.probs - b.probs).max()) for a, b in zip(once, copies, strict=True))
+    assert diff < 1e-5
+
+
+def test_head_that_cannot_share_a_window_gets_copies(
+    tmp_path: Path, bundle: Path, video: Path
+) -> None:
+    concat = tb.make_bundle(tmp_path / "concat", concat_head=True)
+
+    async def run(path: Path) -> tuple[bool, list[Prediction]]:
+        engine = Engine(path, settings=_settings())
+        try:
+            return engine.head_shares_window, await _annotate(engine, video)
+        finally:
+            await engine.close()
+
+    shares, preds = asyncio.run(run(concat))
+    assert not shares
+    reference = asyncio.run(run(bundle))[1]
+    # Same detector/backbone, so the same persons; only the head differs.
+    assert [(p.time, p.track_id) for p in preds] == [(p.time, p.track_id) for p in reference]
+    assert all(np.isfinite(p.probs).all() for p in preds)
+
+
 def test_live_session_causal(bundle: Path, video: Path) -> None:
     frames = [(f.pts_seconds, f.image) for f in decode_frames(video, isolated=False)]
 

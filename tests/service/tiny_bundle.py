@@ -162,6 +162,47 @@ def head_graph(path: Path) -> None:
         [
             helper.make_tensor_value_info("person", TensorProto.FLOAT, ["K", D]),
             helper.make_tensor_value_info("global_per_person", TensorProto.FLOAT, ["K", D]),
+            # The bank's batch axis is its own symbol, as the export names it (KB).
+            helper.make_tensor_value_info("bank", TensorProto.FLOAT, ["KB", "W", D]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["KB", "W"]),
+        ],
+        [
+            helper.make_tensor_value_info("action", TensorProto.FLOAT, ["K", c]),
+            helper.make_tensor_value_info("scene", TensorProto.FLOAT, ["K", c]),
+        ],
+        inits,
+    )
+    _save(graph, path)
+
+
+def concat_head_graph(path: Path) -> None:
+    """A head that cannot take one shared window: it concatenates each person with its own
+    bank rows (Concat needs equal batch sizes), like a head written per person would."""
+    rng = np.random.default_rng(3)
+    c = len(CLASS_IDS)
+    nodes = [
+        helper.make_node("Unsqueeze", ["person", "one1"], ["pu"]),  # (K, 1, D)
+        helper.make_node("Unsqueeze", ["mask", "two1"], ["m3"]),  # (K, W, 1)
+        helper.make_node("Mul", ["bank", "m3"], ["bm"]),
+        helper.make_node("Concat", ["pu", "bm"], ["cat"], axis=1),  # (K, W + 1, D)
+        helper.make_node("ReduceMean", ["cat"], ["x0"], axes=[1], keepdims=0),  # (K, D)
+        helper.make_node("Add", ["x0", "global_per_person"], ["x"]),
+        helper.make_node("MatMul", ["x", "wh"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["action"]),
+        helper.make_node("MatMul", ["global_per_person", "wh"], ["sl"]),
+        helper.make_node("Sigmoid", ["sl"], ["scene"]),
+    ]
+    inits = [
+        _const("one1", np.array([1], np.int64)),
+        _const("two1", np.array([2], np.int64)),
+        _const("wh", rng.normal(size=(D, c)).astype(np.float32)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [
+            helper.make_tensor_value_info("person", TensorProto.FLOAT, ["K", D]),
+            helper.make_tensor_value_info("global_per_person", TensorProto.FLOAT, ["K", D]),
             helper.make_tensor_value_info("bank", TensorProto.FLOAT, ["K", "W", D]),
             helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["K", "W"]),
         ],
@@ -183,11 +224,12 @@ def make_bundle(
     sampling_rate: int = 2,
     bank: bool = True,
     window_seconds: int = 61,
+    concat_head: bool = False,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     detector_graph(out / "detector.onnx")
     backbone_graph(out / "backbone.onnx", num_frames // alpha, num_frames)
-    head_graph(out / "head.onnx")
+    (concat_head_graph if concat_head else head_graph)(out / "head.onnx")
     names = tuple(AVA_NAMES[i - 1] for i in CLASS_IDS)
     manifest = BundleManifest(
         model=ModelInfo(
