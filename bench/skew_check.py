@@ -159,6 +159,7 @@ def main() -> None:
             f"{args.data} --split {args.split} --boxes {proposals_csv} " + " ".join(common)
         )
     path = REPO / "bench" / "results" / "skew.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"-> {path.relative_to(REPO)}")
 

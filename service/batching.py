@@ -76,8 +76,9 @@ class Batcher(Generic[Req, Resp]):
         keeps serving); an ``async def`` is awaited on the loop.
     max_batch_size: larger -> better accelerator throughput, more latency per item and more
         memory per run. Use the graph's exported maximum batch.
-    max_wait_ms: how long the oldest item may wait for company. Larger -> fuller batches under
-        light load, but that wait is added latency; 0 runs whatever is queued at once.
+    max_wait_ms: how long the oldest upload item may wait for company. Larger -> fuller
+        batches under light load, but that wait is added latency; 0 runs whatever is queued at
+        once. Live items never wait: a batch with one runs at once with whatever is queued.
     max_queue: pending items before backpressure/dropping. Larger absorbs bursts but lets a
         live stream fall further behind before anything is dropped.
     live_max_pending: optional per-live-stream cap on pending items (None = only the shared
@@ -227,8 +228,15 @@ class Batcher(Generic[Req, Resp]):
             self._arrived.clear()
             await self._arrived.wait()
         # The wait budget counts from the oldest item's arrival, not from when this task got
-        # to it: items that queued behind a running batch have already waited.
-        while len(self._queue) < self.max_batch_size and self._queue and not self._closed:
+        # to it: items that queued behind a running batch have already waited. A live item
+        # never waits for company: the graph is idle, and every millisecond here is lag (under
+        # load live batches still form, from the items that queue while a batch runs).
+        while (
+            len(self._queue) < self.max_batch_size
+            and self._queue
+            and not self._closed
+            and not any(p.kind == "live" for p in self._queue)
+        ):
             remaining = self._queue[0].enqueued_at + self.max_wait_ms / 1000 - loop.time()
             if remaining <= 0:
                 break

@@ -49,11 +49,25 @@ async def test_cut_by_size() -> None:
 async def test_cut_by_wait() -> None:
     rec = Recorder()
     async with Batcher(rec, max_batch_size=8, max_wait_ms=60) as b:
-        await asyncio.gather(*(b.submit(i, stream_id="s") for i in range(3)))
-    # Three items never fill a batch of 8: only the wait limit can have cut this batch (without
-    # it the gather would never finish), and all three waited for it together.
+        await asyncio.gather(*(b.submit(i, kind="upload", stream_id="s") for i in range(3)))
+    # Three uploads never fill a batch of 8: only the wait limit can have cut this batch
+    # (without it the gather would never finish), and all three waited for it together.
     assert rec.batches == [[0, 1, 2]]
     assert b.batch_size_counts == {3: 1}
+
+
+@pytest.mark.asyncio
+async def test_live_items_do_not_wait_for_company() -> None:
+    rec = Recorder()
+    async with Batcher(rec, max_batch_size=8, max_wait_ms=60_000) as b:
+        # An upload alone would wait a minute for company; a live item runs at once and
+        # takes the queued upload along.
+        upload = asyncio.ensure_future(b.submit("u", kind="upload", stream_id="file"))
+        await settle()
+        assert rec.batches == []
+        live = await asyncio.wait_for(b.submit("l", kind="live", stream_id="cam"), timeout=5)
+        assert live == ("done", "l") and (await upload) == ("done", "u")
+    assert rec.batches == [["u", "l"]]
 
 
 @pytest.mark.asyncio
