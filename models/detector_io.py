@@ -13,6 +13,7 @@ Everything here is numpy + PIL (service dependencies); the rules come from the b
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def letterbox_transform(frame_hw: tuple[int, int], spec: DetectorSpec) -> Letter
     return LetterboxTransform(h, w, ch, cw, r, r, px, py, rw, rh)
 
 
+@functools.lru_cache(maxsize=8)  # specs are frozen (hashable); one table per detector
 def _normalise_table(spec: DetectorSpec) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """(3, 256) value -> graph input per channel (graph channel order) and the pad's (3,)."""
     v = np.arange(256, dtype=np.float32)[None, :].repeat(3, 0)  # (3, 256)
@@ -75,6 +77,7 @@ def _normalise_table(spec: DetectorSpec) -> tuple[NDArray[np.float32], NDArray[n
             mean = np.asarray(spec.mean, np.float32)[:, None]
             std = np.asarray(spec.std, np.float32)[:, None]  # graph channel order, as before
             x = ((x - mean) / std).astype(np.float32)
+        x.flags.writeable = False  # cached and shared between calls
         out.append(x)
     return out[0], out[1][:, 0]
 

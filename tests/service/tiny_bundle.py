@@ -156,15 +156,22 @@ def head_graph(path: Path) -> None:
         _const("onef", np.array(1.0, np.float32)),
         _const("wh", rng.normal(size=(D, c)).astype(np.float32)),
     ]
+    # The bank's batch axis is its own symbol, as the export names it (KB).
+    _save_head(nodes, inits, path, bank_axis="KB")
+
+
+def _save_head(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], path: Path, *, bank_axis: str
+) -> None:
+    c = len(CLASS_IDS)
     graph = helper.make_graph(
         nodes,
         "head",
         [
             helper.make_tensor_value_info("person", TensorProto.FLOAT, ["K", D]),
             helper.make_tensor_value_info("global_per_person", TensorProto.FLOAT, ["K", D]),
-            # The bank's batch axis is its own symbol, as the export names it (KB).
-            helper.make_tensor_value_info("bank", TensorProto.FLOAT, ["KB", "W", D]),
-            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["KB", "W"]),
+            helper.make_tensor_value_info("bank", TensorProto.FLOAT, [bank_axis, "W", D]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [bank_axis, "W"]),
         ],
         [
             helper.make_tensor_value_info("action", TensorProto.FLOAT, ["K", c]),
@@ -197,22 +204,7 @@ def concat_head_graph(path: Path) -> None:
         _const("two1", np.array([2], np.int64)),
         _const("wh", rng.normal(size=(D, c)).astype(np.float32)),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "head",
-        [
-            helper.make_tensor_value_info("person", TensorProto.FLOAT, ["K", D]),
-            helper.make_tensor_value_info("global_per_person", TensorProto.FLOAT, ["K", D]),
-            helper.make_tensor_value_info("bank", TensorProto.FLOAT, ["K", "W", D]),
-            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["K", "W"]),
-        ],
-        [
-            helper.make_tensor_value_info("action", TensorProto.FLOAT, ["K", c]),
-            helper.make_tensor_value_info("scene", TensorProto.FLOAT, ["K", c]),
-        ],
-        inits,
-    )
-    _save(graph, path)
+    _save_head(nodes, inits, path, bank_axis="K")
 
 
 def make_bundle(
