@@ -52,6 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.ava import EVALUATED_IDS, POSE_IDS, LabelMap
+from models.bank_layout import slot_offsets
 from models.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
 from models.manifest import (
     BankSpec,
@@ -220,6 +221,21 @@ def _state_dict(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     )
 
 
+def _bank_layout(model: Any, window_seconds: int, persons: int) -> dict[str, Any]:
+    """Manifest layout fields: a time-aware LFB needs its windows slot-aligned."""
+    lfb = model.lfb
+    if lfb is None or lfb.num_slots is None:
+        return {}
+    offsets = [float(x) for x in lfb.slot_offsets.tolist()]
+    origin = int(offsets[0])
+    if offsets != slot_offsets(origin, window_seconds, persons):
+        raise ExportError(
+            f"the LFB's {len(offsets)} slots (from {origin} s) are not the layout of a "
+            f"{window_seconds} s x {persons}/s window; export with the training window"
+        )
+    return {"layout": "slots", "slot_origin_s": origin}
+
+
 def _inferred_head_overrides(state: Mapping[str, Any]) -> dict[str, Any]:
     """Head options read off the state dict's keys and shapes (used where not given)."""
     out: dict[str, Any] = {"use_lfb": "lfb.reduce_bank.weight" in state}
@@ -230,6 +246,8 @@ def _inferred_head_overrides(state: Mapping[str, Any]) -> dict[str, Any]:
         out["lfb_dim_inner"] = int(w.shape[0])
         blocks = {k.split(".")[2] for k in state if k.startswith("lfb.blocks.")}
         out["lfb_num_blocks"] = len(blocks)
+        if "lfb.slot_offsets" in state:  # time-aware LFB: its slot layout travels with it
+            out["lfb_slot_offsets"] = [float(x) for x in state["lfb.slot_offsets"].tolist()]
     return out
 
 
@@ -775,17 +793,24 @@ def _features_samples(clips: Sequence[ParityClip]) -> list[dict[str, Array]]:
 
 
 def _head_samples(
-    person_feats: Sequence[tuple[Array, Array, Array]], bank_pool: Array, dim_bank: int
+    person_feats: Sequence[tuple[Array, Array, Array]],
+    bank_pool: Array,
+    dim_bank: int,
+    slots: int | None = None,
 ) -> list[dict[str, Array]]:
     """Head inputs from real features: (person (K,D), global (B,D), boxes (K,5)) per clip.
 
     The bank window is the pooled person features of all parity clips (what neighbouring
     seconds would hold), with the tail masked off for every other person so that partial
-    windows are covered; plus one sample with an empty (fully masked) window.
+    windows are covered; plus one sample with an empty (fully masked) window. ``slots``: a
+    time-aware head's fixed W; the pool is repeated or cut to fill it.
     """
     samples = []
     w = max(1, len(bank_pool))
     pool = bank_pool if len(bank_pool) else np.zeros((1, dim_bank), np.float32)
+    if slots is not None:
+        pool = np.resize(pool, (slots, pool.shape[1]))
+        w = slots
     for person, glob, boxes in person_feats:
         k = len(person)
         gpp = glob[boxes[:, 0].astype(np.int64)] if k else np.zeros_like(person)
@@ -806,8 +831,8 @@ def _head_samples(
         {
             "person": person,
             "global_per_person": glob[boxes[:, 0].astype(np.int64)].astype(np.float32),
-            "bank": np.zeros((k, 1, pool.shape[1]), np.float32),
-            "mask": np.zeros((k, 1), np.float32),
+            "bank": np.zeros((k, slots or 1, pool.shape[1]), np.float32),
+            "mask": np.zeros((k, slots or 1), np.float32),
         }
     )
     return samples
@@ -1079,6 +1104,9 @@ def build_bundle(
         "KB": (1, limits.opt_head_persons, limits.max_head_persons),
         "W": (1, max_w, max_w),
     }
+    slots = model.lfb.num_slots if model.lfb is not None else None
+    if slots is not None:  # a time-aware LFB reads exactly its W slots
+        head_dims["W"] = (slots, slots, slots)
     feat_samples = _features_samples(clips)
     c0 = feat_samples[0]
     example = tuple(torch.from_numpy(c0[n]) for n in FEATURES_INPUTS)
@@ -1133,7 +1161,7 @@ def build_bundle(
             per_clip.append((f["person"], f["global"], smp["boxes"]))
         pool = np.concatenate([bank_ref(smp)["person"] for smp in feat_samples[: len(clips)]])
         dim_bank = model.lfb.dim_bank if model.lfb is not None else model.feature_dim
-        head_samples = _head_samples(per_clip, pool, dim_bank)
+        head_samples = _head_samples(per_clip, pool, dim_bank, slots)
         head = HeadGraph(model, probabilities=True)
         h0 = head_samples[0]
         head_example = tuple(torch.from_numpy(h0[n]) for n in HEAD_INPUTS)
@@ -1203,6 +1231,7 @@ def build_bundle(
                 persons_per_second=loaded.bank_persons_per_second,
                 feature_dim=model.lfb.dim_bank if model.lfb is not None else 0,
                 source="bank_backbone" if bank_model is not None else "backbone",
+                **_bank_layout(model, loaded.bank_window_seconds, loaded.bank_persons_per_second),
             ),
             graphs={role: g.spec for role, g in graphs.items()},
             runtime=RuntimeHints(

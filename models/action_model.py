@@ -157,8 +157,9 @@ class ActionModel(nn.Module):
         global_per_person = glob.index_select(0, boxes[:, 0].to(torch.int64))  # (K, D)
         if bank is None:
             dim_bank = self.lfb.dim_bank if self.lfb is not None else 1
-            bank = person.new_zeros(person.shape[0], 1, dim_bank)  # (K, 1, D_bank)
-            mask = person.new_zeros(person.shape[0], 1)  # (K, 1): nothing valid
+            w = (self.lfb.num_slots if self.lfb is not None else None) or 1
+            bank = person.new_zeros(person.shape[0], w, dim_bank)  # (K, W, D_bank)
+            mask = person.new_zeros(person.shape[0], w)  # (K, W): nothing valid
         elif mask is None:
             mask = bank.new_ones(bank.shape[:2])
         action_logits, _ = self.head(person, global_per_person, bank, mask)

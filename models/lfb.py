@@ -25,20 +25,42 @@ The mask says which window slots hold a real feature (1 = valid). Masked slots g
 attention weight and their values are replaced by 0 before any arithmetic, so they cannot
 influence the output, whatever they contain (even NaN). A row whose window is entirely
 masked gets a zero attention term, so the block reduces to its residual.
+
+Slot times (an addition to Wu et al.). Attention is permutation-invariant: the paper's
+operator sees the window as an unordered set, so it cannot tell an event 20 s ago from one
+20 s ahead. Classes whose meaning is "this happened 10-30 s ago" need that order. With
+``slot_offsets`` (seconds relative to the keyframe of each of the W slots, fixed by the
+slot-aligned layout of `models.bank_layout`), the reduced bank gets a learned projection of
+a sin/cos encoding of its slot's time::
+
+    l = Linear(dropout(bank)) + Linear_t(enc(slot_offsets))        (1, W, d) broadcast
+
+and the window must then arrive slot-aligned with exactly W slots (training's bank reader
+and the service both lay it out with `models.bank_layout`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from models.bank_layout import TIME_ENCODING_DIM, TIME_ENCODING_PERIODS_S
 
 # Logit given to masked slots before the softmax. Finite on purpose: with -inf a fully
 # masked row would be softmax(-inf, ..., -inf) = NaN. exp(-1e4 - max) underflows to exactly
 # 0 in float32 for any realistic logit, and the weights are multiplied by the mask after
 # the softmax as well, so masked slots get weight 0 exactly in both cases.
 _MASKED_LOGIT = -1.0e4
+
+
+def time_encoding(offsets: Tensor) -> Tensor:
+    """(W,) seconds relative to the keyframe -> (W, TIME_ENCODING_DIM) sin/cos features."""
+    periods = torch.tensor(TIME_ENCODING_PERIODS_S, dtype=offsets.dtype, device=offsets.device)
+    phase = offsets[:, None] * (2.0 * math.pi / periods)[None, :]  # (W, P)
+    return torch.cat([torch.sin(phase), torch.cos(phase)], dim=1)
 
 
 class LFBBlock(nn.Module):
@@ -92,6 +114,7 @@ class LFB(nn.Module):
         dim_inner: int = 512,
         num_blocks: int = 2,
         dropout: float = 0.2,
+        slot_offsets: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if num_blocks < 1:
@@ -103,6 +126,20 @@ class LFB(nn.Module):
         self.reduce_person = nn.Linear(dim_in, dim_inner)
         self.reduce_bank = nn.Linear(dim_bank, dim_inner)
         self.blocks = nn.ModuleList(LFBBlock(dim_inner, dropout=dropout) for _ in range(num_blocks))
+        # Time-aware variant (see "Slot times" in the module docstring): a persistent buffer
+        # so that a checkpoint says which layout its head was trained on.
+        self.time_proj: nn.Linear | None = None
+        if slot_offsets is not None:
+            offsets = torch.as_tensor(list(slot_offsets), dtype=torch.float32)
+            if offsets.dim() != 1 or offsets.numel() == 0:
+                raise ValueError("slot_offsets must be a non-empty sequence of seconds")
+            self.register_buffer("slot_offsets", offsets)
+            self.time_proj = nn.Linear(TIME_ENCODING_DIM, dim_inner)
+
+    @property
+    def num_slots(self) -> int | None:
+        """W the time-aware head needs (None: any W, slots are an unordered set)."""
+        return int(self.slot_offsets.numel()) if self.time_proj is not None else None
 
     def forward(self, person: Tensor, bank: Tensor, mask: Tensor) -> Tensor:
         if bank.dim() != 3 or mask.dim() != 2:
@@ -117,6 +154,13 @@ class LFB(nn.Module):
 
         s = self.reduce_person(self.input_dropout(person))  # (K, d)
         lt = self.reduce_bank(self.input_dropout(bank))  # (K, W, d)
+        if self.time_proj is not None:
+            if bank.shape[1] != self.slot_offsets.numel():
+                raise ValueError(
+                    f"this time-aware LFB reads slot-aligned windows of "
+                    f"{self.slot_offsets.numel()} slots; got W = {bank.shape[1]}"
+                )
+            lt = lt + self.time_proj(time_encoding(self.slot_offsets))[None]  # + (1, W, d)
         for block in self.blocks:
             s = block(s, lt, valid_f)
         return s

@@ -369,6 +369,18 @@ class BankSpec(_Strict):
         description="Which graph's person features fill the bank: the main backbone, or a "
         "separate stage-1 model (report A) shipped as bank_backbone.onnx.",
     )
+    layout: Literal["unordered", "slots"] = Field(
+        default="unordered",
+        description="unordered: the window's rows in any order, padded (Wu et al.'s LFB sees a "
+        "set). slots: the time-aware LFB's slot-aligned layout (models.bank_layout): slot "
+        "(s, j) is the j-th person of second t + slot_origin_s + s.",
+    )
+    slot_origin_s: int = Field(
+        default=-30,
+        le=0,
+        description="slots layout: the first slot's second relative to the keyframe (-30 for "
+        "training's [t-30, t+30]). Rows outside the trained seconds are left out.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BankSpec:
@@ -376,6 +388,11 @@ class BankSpec(_Strict):
             raise ValueError(
                 f"bank.feature_dim={self.feature_dim} but bank.enabled is true; set it to the "
                 f"bank features' width (D')"
+            )
+        if self.layout == "slots" and self.slot_origin_s < -(self.window_seconds - 1):
+            raise ValueError(
+                f"bank.slot_origin_s={self.slot_origin_s} lies before a "
+                f"{self.window_seconds} s window's first second"
             )
         return self
 

@@ -31,6 +31,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from models.bank_layout import layout_window
+
 LIVE_WINDOW = (-60, 0)  # causal [t-60, t]
 FILE_WINDOW = (-30, 30)  # second pass [t-30, t+30], as in training
 
@@ -54,6 +56,15 @@ class BankWindow:
     @property
     def num_valid(self) -> int:
         return int(self.times.shape[0])
+
+    def slotted(
+        self, t: int, origin_s: int, seconds: int, persons: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The time-aware head's input: (seconds * persons, D) slot-aligned, and its mask.
+
+        The same layout function as training's bank reader (models.bank_layout).
+        """
+        return layout_window(self.times, self.features, t, origin_s, seconds, persons)
 
     def padded(self, capacity: int) -> tuple[np.ndarray, np.ndarray]:
         """Fixed-size head input: (capacity, D) float32 zero-padded and (capacity,) bool mask.

@@ -647,9 +647,19 @@ class Engine:
         if res.features is None or len(res.persons) == 0:
             return []
         n = len(res.persons)
-        if window is not None:
+        spec = self.manifest.bank
+        context: Context
+        if window is not None and spec.layout == "slots":
+            bank, mask = window.slotted(
+                int(round(res.time)),
+                spec.slot_origin_s,
+                spec.window_seconds,
+                spec.persons_per_second,
+            )
+            context = "degraded" if window.degraded else res.context
+        elif window is not None:
             bank, mask = window.padded(self.bank_capacity)
-            context: Context = "degraded" if window.degraded else res.context
+            context = "degraded" if window.degraded else res.context
         else:
             bank = np.zeros((self.bank_capacity, self.bank_dim), np.float32)
             mask = np.zeros(self.bank_capacity, bool)

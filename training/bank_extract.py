@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from models.bank_layout import layout_window
 from training.ava_data import KeyframeProposals
 
 __all__ = ["FeatureBank", "VideoBank", "extract_bank", "load_bank"]
@@ -86,20 +87,18 @@ class FeatureBank:
         second ``t - half + s``. The current second is included, as in Wu et al.
         """
         slots = 2 * half_width + 1
-        feats = np.zeros((slots, persons, self.dim), np.float32)
-        mask = np.zeros((slots, persons), np.float32)
         vb = self.video(video_id)
-        if vb is not None and vb.times.size:
-            sel = np.flatnonzero(np.abs(vb.times - timestamp) <= half_width)
-            seconds = vb.times[sel] - (timestamp - half_width)
-            # Rows are stored grouped by time, so a row's rank within its second is its
-            # distance from the first row of that second.
-            _, first, inverse = np.unique(seconds, return_index=True, return_inverse=True)
-            rank = np.arange(sel.size) - first[inverse]
-            keep = rank < persons
-            feats[seconds[keep], rank[keep]] = vb.features[sel[keep]].astype(np.float32)
-            mask[seconds[keep], rank[keep]] = 1.0
-        return feats.reshape(slots * persons, self.dim), mask.reshape(-1)
+        if vb is None or not vb.times.size:
+            return (
+                np.zeros((slots * persons, self.dim), np.float32),
+                np.zeros(slots * persons, np.float32),
+            )
+        sel = np.flatnonzero(np.abs(vb.times - timestamp) <= half_width)
+        # The service lays its windows out with the same function (models.bank_layout).
+        feats, mask = layout_window(
+            vb.times[sel], vb.features[sel], timestamp, -half_width, slots, persons
+        )
+        return feats, mask.astype(np.float32)
 
     def match_rows(
         self, video_id: str, timestamp: int, boxes: npt.NDArray[np.float32]

@@ -83,6 +83,9 @@ class TrainConfig:
     bank_dir: str | None = None
     bank_window: int = 30  # seconds each side: [t - 30, t + 30], 61 s (report A)
     bank_persons_per_second: int = 5
+    # Time-aware LFB (models.lfb "Slot times"): the bank's slots carry their time offset,
+    # so the head can tell "20 s ago" from "20 s ahead". Off = Wu et al.'s unordered set.
+    bank_time: bool = False
     use_global: bool = True
 
     # -- initialisation ----------------------------------------------------------------

@@ -250,6 +250,11 @@ def build_action_model(
     head: dict[str, Any] = {"class_ids": class_ids, "pose_ids": POSE_IDS}
     if config.stage == "stage2":
         head.update(use_lfb=True, lfb_dim_bank=bank_dim, use_global=config.use_global)
+        if config.bank_time:
+            from models.bank_layout import slot_offsets
+
+            w = config.bank_window
+            head["lfb_slot_offsets"] = slot_offsets(-w, 2 * w + 1, config.bank_persons_per_second)
     return PRESETS[config.preset](**{**config.preset_overrides, **head})
 
 

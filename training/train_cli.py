@@ -72,6 +72,12 @@ def train_command(
         help="Stage 2: also train the backbone (report A), or learn the head only from the "
         "bank's features (fast on a CPU; the tiny recipe's default).",
     ),
+    bank_time: bool | None = typer.Option(
+        None,
+        "--bank-time/--no-bank-time",
+        help="Stage 2: time-aware LFB (each bank slot carries its offset from the keyframe, "
+        "so 'done 20 s ago' differs from 'done 20 s ahead'); the tiny recipe's default.",
+    ),
     init: Path | None = typer.Option(
         None,
         "--init",
@@ -107,6 +113,7 @@ def train_command(
         ("freeze_bn", freeze_bn),
         ("balance", balance),
         ("train_backbone", train_backbone),
+        ("bank_time", bank_time),
         ("seed", seed),
         ("threads", threads),
         ("preset", preset),

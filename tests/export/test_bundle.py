@@ -303,3 +303,44 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
     torch.save({"preset": "slowfast_tiny", "model": {}, "obj": ExportLimits()}, path)
     with pytest.raises(CheckpointError, match="not plain data"):
         load_checkpoint_models(path)
+
+
+def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> None:
+    """A stage-2 model with slot times: the manifest tells the service to lay windows out
+    slot-aligned from the training window's first second, and the head runs with W slots."""
+    from models.bank_layout import slot_offsets
+
+    torch.manual_seed(2)
+    classes = (1, 11, 12, 17, 80)
+    model = slowfast_tiny(
+        use_lfb=True,
+        use_global=True,
+        class_ids=classes,
+        lfb_dim_inner=16,
+        lfb_slot_offsets=slot_offsets(-4, 9, 2),
+        **SMALL,
+    )
+    ckpt = tmp_path / "timed.pt"
+    config = {
+        "preset": "slowfast_tiny",
+        "preset_overrides": SMALL,
+        "bank_window": 4,
+        "bank_persons_per_second": 2,
+    }
+    torch.save({"model": model.state_dict(), "config": config, "class_ids": list(classes)}, ckpt)
+    loaded = load_checkpoint_models(ckpt)
+    assert loaded.model.lfb is not None and loaded.model.lfb.num_slots == 18
+    out = tmp_path / "b"
+    build_bundle(loaded, out, parity_video=video, parity_keyframes=1, slim=False)
+    m = load_manifest(out)
+    assert m.bank.layout == "slots" and m.bank.slot_origin_s == -4
+    assert m.bank.window_seconds == 9 and m.bank.max_entries == 18
+
+    # A window of another layout is refused at export.
+    bad = tmp_path / "bad.pt"
+    wrong = {**config, "bank_window": 5}
+    torch.save({"model": model.state_dict(), "config": wrong, "class_ids": list(classes)}, bad)
+    with pytest.raises(ExportError, match="not the layout"):
+        build_bundle(
+            load_checkpoint_models(bad), tmp_path / "b2", parity_video=video, parity_keyframes=1
+        )

@@ -88,3 +88,29 @@ def test_dropout_active_in_train_mode(lfb: LFB) -> None:
     b = lfb(person, bank, mask)
     assert not torch.equal(a, b)
     assert len(lfb.blocks) == 2
+
+
+def test_wu_lfb_sees_a_set_but_the_time_aware_one_sees_when() -> None:
+    """Reordering the window's slots leaves Wu et al.'s operator unchanged; with slot times
+    the same features at other seconds give another output."""
+    from models.bank_layout import slot_offsets
+
+    torch.manual_seed(0)
+    offsets = slot_offsets(-3, 7, 2)  # W = 14
+    plain = LFB(dim_in=8, dim_bank=6, dim_inner=4).eval()
+    timed = LFB(dim_in=8, dim_bank=6, dim_inner=4, slot_offsets=offsets).eval()
+    person = torch.randn(3, 8)
+    bank = torch.randn(3, 14, 6)
+    mask = torch.zeros(3, 14)
+    mask[:, :4] = 1  # rows at t-3 and t-2
+    perm = torch.flip(torch.arange(14), [0])  # the same rows now at t+2 and t+3
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain(person, bank, mask), plain(person, bank[:, perm], mask[:, perm])
+        )
+        diff = (timed(person, bank, mask) - timed(person, bank[:, perm], mask[:, perm])).abs()
+    assert diff.max() > 1e-3
+    assert timed.num_slots == 14 and plain.num_slots is None
+    assert "slot_offsets" in dict(timed.named_buffers())
+    with pytest.raises(ValueError, match="14 slots"):
+        timed(person, bank[:, :5], mask[:, :5])

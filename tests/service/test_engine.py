@@ -155,6 +155,42 @@ def test_head_that_cannot_share_a_window_gets_copies(
     assert all(np.isfinite(p.probs).all() for p in preds)
 
 
+@pytest.mark.parametrize("layout", ["unordered", "slots"])
+def test_bank_window_layout_follows_the_manifest(tmp_path: Path, video: Path, layout: str) -> None:
+    """slots: row of second s goes to slot (s - t + 30) * 5 + j, as training lays it out;
+    unordered: the rows are packed from slot 0."""
+    path = tb.make_bundle(tmp_path / layout, layout=layout)
+    fed: list[tuple[np.ndarray, np.ndarray]] = []
+
+    async def run() -> list[Prediction]:
+        engine = Engine(path, settings=_settings())
+        submit = engine.head_batcher.submit
+
+        async def spy(item: Any, **kw: Any) -> Any:
+            fed.append((np.asarray(item.bank), np.asarray(item.mask)))
+            return await submit(item, **kw)
+
+        engine.head_batcher.submit = spy  # type: ignore[method-assign]
+        try:
+            return await _annotate(engine, video)
+        finally:
+            await engine.close()
+
+    preds = asyncio.run(run())
+    times = sorted({int(round(p.time)) for p in preds})
+    assert len(fed) == len(times) >= 5
+    for t, (bank, mask) in zip(times, fed, strict=True):
+        mask = mask.reshape(-1)
+        assert bank.reshape(-1, tb.D).shape[0] == mask.size == 61 * 5
+        valid = np.flatnonzero(mask)
+        if layout == "slots":
+            seconds = sorted({int(i) // 5 - 30 for i in valid})
+            assert seconds == [s - t for s in times]  # every keyframe second, at its offset
+            assert all(int(i) % 5 < 2 for i in valid)  # two persons a second: ranks 0, 1
+        else:
+            assert valid.tolist() == list(range(len(valid)))
+
+
 def test_live_session_causal(bundle: Path, video: Path) -> None:
     frames = [(f.pts_seconds, f.image) for f in decode_frames(video, isolated=False)]
 

@@ -217,6 +217,7 @@ def make_bundle(
     bank: bool = True,
     window_seconds: int = 61,
     concat_head: bool = False,
+    layout: str = "unordered",
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     detector_graph(out / "detector.onnx")
@@ -255,6 +256,8 @@ def make_bundle(
             window_seconds=window_seconds,
             persons_per_second=5,
             feature_dim=D if bank else 0,
+            layout=layout,
+            slot_origin_s=-((window_seconds - 1) // 2),
         ),
         graphs={
             "detector": describe_graph(out / "detector.onnx"),

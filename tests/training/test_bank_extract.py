@@ -70,3 +70,26 @@ def test_match_rows_finds_each_gt_box(tiny_world: Path, bank: Path) -> None:
     assert rows is not None
     vb = fb.video(kf.video_id)
     assert vb is not None and np.allclose(vb.boxes[rows[0]], kf.boxes[0])
+
+
+def test_service_lays_out_the_same_window_as_training(bank: Path) -> None:
+    """No train/serve skew in the slot layout: the service's BankWindow.slotted, given the
+    rows of the same seconds, returns exactly training's FeatureBank.window."""
+    from service.bank import BankWindow
+
+    fb = FeatureBank(bank / "val")
+    vid = sorted(p.stem for p in (bank / "val").glob("*.npz"))[0]
+    vb = fb.video(vid)
+    assert vb is not None
+    for t in (int(vb.times.min()), int(np.median(vb.times)), int(vb.times.max())):
+        want, want_mask = fb.window(vid, t, half_width=3, persons=2)
+        near = np.abs(vb.times - t) <= 10  # the service's read may return more seconds
+        win = BankWindow(
+            features=vb.features[near].astype(np.float32),
+            times=vb.times[near],
+            track_ids=vb.person_ids[near],
+        )
+        got, got_mask = win.slotted(t, -3, 7, 2)
+        np.testing.assert_array_equal(got_mask, want_mask > 0)
+        np.testing.assert_array_equal(got, want)
+        assert want_mask.sum() > 0

@@ -118,6 +118,7 @@ def test_cli_train_eval_export_on_a_world(tiny_world: Path, tmp_path: Path) -> N
     )
     assert r.exit_code == 0, r.output
     assert "person AP@0.5 (val):" in r.output
+    assert f"onnx: {out / 'detector.onnx'}" in r.output and (out / "detector.onnx").is_file()
     ckpt = out / "detector.pt"
     props = tmp_path / "proposals.csv"
     r = runner.invoke(
@@ -140,6 +141,7 @@ def test_cli_train_eval_export_on_a_world(tiny_world: Path, tmp_path: Path) -> N
 
     onnx_path = tmp_path / "detector.onnx"
     export_detector_onnx(ckpt, onnx_path)
+    assert onnx_path.read_bytes() == (out / "detector.onnx").read_bytes()  # what the CLI wrote
     r = runner.invoke(
         _app(), ["eval-detector", "--onnx", str(onnx_path), "--data", str(tiny_world), "--sweep"]
     )

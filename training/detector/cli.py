@@ -35,6 +35,12 @@ def train_detector_command(
         help="Torch CPU threads (0 = one per core). On a machine shared with other jobs, 1 "
         "is often faster: idle threads of a busy pool spin.",
     ),
+    onnx: bool = typer.Option(
+        True,
+        "--onnx/--no-onnx",
+        help="Also write OUT/detector.onnx (NMS in the graph, parity-checked against PyTorch) "
+        "for `avaserve export --detector onnx:OUT/detector.onnx` and `eval --boxes detector`.",
+    ),
 ) -> None:
     """Train the person detector on a dataset's keyframe boxes; prints val person AP@0.5."""
     from models.ava import AvaFormatError
@@ -55,6 +61,16 @@ def train_detector_command(
         typer.echo(f"best-F1 score threshold (val): {result.score_threshold:.2f}")
     if result.val_ap is not None:
         typer.echo(f"person AP@0.5 (val): {result.val_ap:.4f}")
+    if onnx:
+        from training.detector.export import export_detector_onnx
+
+        onnx_path = Path(out) / "detector.onnx"
+        exported = export_detector_onnx(result.checkpoint, onnx_path)
+        worst = max(exported.parity.values(), default=0.0)
+        typer.echo(
+            f"onnx: {onnx_path} (score threshold {exported.spec.score_threshold:.2f}; parity "
+            f"max abs diff {worst:.2e} over {exported.num_frames} frames)"
+        )
 
 
 def eval_detector_command(

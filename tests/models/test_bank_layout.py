@@ -1,0 +1,74 @@
+"""models/bank_layout.py: the slot-aligned bank window shared by training and the service."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.bank_layout import (
+    TIME_ENCODING_DIM,
+    TIME_ENCODING_PERIODS_S,
+    layout_window,
+    slot_indices,
+    slot_offsets,
+)
+
+
+def _reference(times, feats, t, origin, seconds, persons):
+    """Plain loops: rows of each second in the given order, first `persons` kept."""
+    out = np.zeros((seconds * persons, feats.shape[1]), np.float32)
+    mask = np.zeros(seconds * persons, bool)
+    seen: dict[int, int] = {}
+    for time, f in zip(times, feats, strict=True):
+        s = int(time) - t - origin
+        if not 0 <= s < seconds:
+            continue
+        j = seen.get(s, 0)
+        seen[s] = j + 1
+        if j < persons:
+            out[s * persons + j] = f
+            mask[s * persons + j] = True
+    return out, mask
+
+
+def test_slot_offsets_name_each_slots_second() -> None:
+    offs = slot_offsets(-2, 3, 2)
+    assert offs == [-2.0, -2.0, -1.0, -1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="seconds >= 1"):
+        slot_offsets(0, 0, 5)
+
+
+@pytest.mark.parametrize("origin,seconds", [(-30, 61), (-60, 61), (-5, 6)])
+def test_layout_matches_a_loop_reference_on_unsorted_crowded_rows(
+    origin: int, seconds: int
+) -> None:
+    rng = np.random.default_rng(0)
+    t = 100
+    times = rng.integers(t - 70, t + 40, size=400)  # some outside, many > persons per second
+    feats = rng.normal(size=(400, 6)).astype(np.float32)
+    got, got_mask = layout_window(times, feats, t, origin, seconds, 5)
+    want, want_mask = _reference(times, feats, t, origin, seconds, 5)
+    np.testing.assert_array_equal(got_mask, want_mask)
+    np.testing.assert_array_equal(got, want)
+    assert got_mask.sum() < 400  # the cap and the window both dropped rows
+
+
+def test_slot_of_a_row_encodes_its_time_offset() -> None:
+    # Three rows at t-30, t, t+30 in a [t-30, t+30] x 2 layout: slots 0, 60, 120.
+    slot, keep = slot_indices([70, 100, 130, 131], 100, -30, 61, 2)
+    assert keep.tolist() == [True, True, True, False]
+    assert slot[keep].tolist() == [0, 60, 120]
+    offsets = slot_offsets(-30, 61, 2)
+    assert [offsets[i] for i in slot[keep]] == [-30.0, 0.0, 30.0]
+
+
+def test_time_encoding_tells_every_second_of_a_long_window_apart() -> None:
+    import torch
+
+    from models.lfb import time_encoding
+
+    offsets = torch.arange(-60.0, 31.0)
+    enc = time_encoding(offsets)
+    assert enc.shape == (91, TIME_ENCODING_DIM) == (91, 2 * len(TIME_ENCODING_PERIODS_S))
+    dist = torch.cdist(enc, enc) + torch.eye(91) * 1e9
+    assert float(dist.min()) > 0.5  # no two seconds share (or nearly share) a code
