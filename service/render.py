@@ -113,7 +113,11 @@ def render_video(
         with av.open(str(Path(out)), "w", format="mp4") as container:
             stream = cast(av.video.stream.VideoStream, container.add_stream(codec, rate=rate))
             stream.pix_fmt = "yuv420p"
-            stream.time_base = Fraction(1, 1000)  # ms pts: variable-rate input stays in sync
+            # ms pts: variable-rate input stays in sync. The encoder reads a frame's pts in
+            # its codec time base, so that must be ms as well (else a 1/fps codec base turns
+            # 67 ms into 67 frames and the video plays 67x slow).
+            stream.time_base = Fraction(1, 1000)
+            stream.codec_context.time_base = Fraction(1, 1000)
             if codec == "libx264":
                 stream.options = {"crf": "20", "preset": "veryfast"}
             else:
@@ -136,6 +140,7 @@ def render_video(
                     np.ascontiguousarray(img[: size[1], : size[0]]), format="rgb24"
                 )
                 vf.pts = int(round(frame.pts_seconds * 1000))
+                vf.time_base = Fraction(1, 1000)
                 for packet in stream.encode(vf):
                     container.mux(packet)
                 written += 1

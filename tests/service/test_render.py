@@ -46,8 +46,13 @@ def test_render_video_is_decodable_with_boxes(tmp_path: Path) -> None:
     n = render_video(src, preds, out, isolated=False)
     assert n == 22
     with av.open(str(out)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        decoded = list(c.decode(video=0))
+        frames = [f.to_ndarray(format="rgb24") for f in decoded]
+        times = [float(f.pts * f.time_base) for f in decoded]
     assert len(frames) == 22 and frames[0].shape == (120, 160, 3)
+    # Plays at the source's pace: frame i at i / 10 s (a wrong encoder time base once made
+    # each 0.1 s step 100 frames of a 1/10 s base, i.e. 10 s).
+    np.testing.assert_allclose(times, np.arange(22) / 10.0, atol=0.002)
     green = np.array(track_colour(2))
     blue = np.array(track_colour(1))
 
