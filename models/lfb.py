@@ -129,6 +129,7 @@ class LFB(nn.Module):
         # Time-aware variant (see "Slot times" in the module docstring): a persistent buffer
         # so that a checkpoint says which layout its head was trained on.
         self.time_proj: nn.Linear | None = None
+        self.slot_offsets: Tensor  # a buffer, registered only when time-aware
         if slot_offsets is not None:
             offsets = torch.as_tensor(list(slot_offsets), dtype=torch.float32)
             if offsets.dim() != 1 or offsets.numel() == 0:
