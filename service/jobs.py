@@ -868,6 +868,14 @@ class DrainReport:
     requeued: list[str] = field(default_factory=list)  # interrupted and put back in the queue
 
 
+def _reraise_if_cancelling() -> None:
+    """Inside an ``except Exception`` of a retry loop: re-raise CancelledError when this task
+    is being cancelled, whatever the exception the cancellation surfaced as."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class JobRunner:
     """A bounded pool of asyncio workers that run jobs from a ``JobStore``.
 
@@ -975,7 +983,11 @@ class JobRunner:
             await asyncio.wait(pending, timeout=5.0)
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a task that swallowed its cancellation must not hold the shutdown.
+            _, stuck = await asyncio.wait(self._tasks, timeout=5.0)
+            for t in stuck:
+                log.warning("job runner task %s did not stop within 5 s", t.get_name())
         self._tasks = []
         # Whatever is still listed under this worker (e.g. a job claimed as the drain began).
         leftover = await self.store.release_worker(self.worker_id)
@@ -1021,6 +1033,7 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a store outage must not kill the pool
+                _reraise_if_cancelling()
                 log.exception("job store unavailable while claiming; retrying in 1 s")
                 await asyncio.sleep(1.0)
                 continue
@@ -1118,6 +1131,9 @@ class JobRunner:
             log.info("job %s cancelled", job.id)
 
     async def _housekeeping(self) -> None:
+        # Loops until cancelled. A client library may turn a cancellation that lands inside
+        # a Redis call into an ordinary error (seen as a drain that never returned in CI),
+        # so the error branches ask the task itself before retrying.
         interval = self.heartbeat_ttl_s / 3
         while True:
             await asyncio.sleep(interval)
@@ -1131,6 +1147,7 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - retried next interval
+                _reraise_if_cancelling()
                 log.warning("job housekeeping failed; retrying", exc_info=True)
 
     def _remove_files(self, job: Job) -> None:

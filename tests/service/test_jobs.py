@@ -412,3 +412,35 @@ async def test_missing_input_fails_with_a_message(tmp_path: Path) -> None:
     got = await store.get(job.id)
     assert got is not None and got.state == "failed" and "shared storage" in (got.error or "")
     await runner.drain(0.1)
+
+
+# ------------------------------------------------------------------ cancellation
+
+
+class _CancelToErrorStore(InMemoryJobStore):
+    """A store whose heartbeat turns a cancellation into an ordinary error, as a client
+    library may when the cancel lands inside a network call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_call = asyncio.Event()
+
+    async def expired(self, finished_before: float, *, limit: int = 100) -> list[Job]:
+        self.in_call.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection reset while reading the reply") from None
+
+
+async def test_drain_returns_when_a_store_call_swallows_the_cancellation(tmp_path: Path) -> None:
+    """Once seen in CI: housekeeping caught the converted cancel as a store error, retried
+    forever, and drain() never returned. The loops now re-raise when their task is
+    cancelling, and drain's wait for its tasks is bounded."""
+    store = _CancelToErrorStore()
+    runner = runner_for(store, quick, tmp_path, heartbeat_ttl_s=0.03)
+    await runner.start()
+    await asyncio.wait_for(store.in_call.wait(), 5.0)
+    report = await asyncio.wait_for(runner.drain(0.1), 10.0)
+    assert report.requeued == [] and report.finished == []
+    assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("job-"))
