@@ -649,16 +649,16 @@ class Engine:
         n = len(res.persons)
         spec = self.manifest.bank
         context: Context
-        if window is not None and spec.layout == "slots":
-            bank, mask = window.slotted(
-                int(round(res.time)),
-                spec.slot_origin_s,
-                spec.window_seconds,
-                spec.persons_per_second,
-            )
-            context = "degraded" if window.degraded else res.context
-        elif window is not None:
-            bank, mask = window.padded(self.bank_capacity)
+        if window is not None:
+            if spec.layout == "slots":  # a time-aware head: training's slot layout
+                bank, mask = window.slotted(
+                    int(round(res.time)),
+                    spec.slot_origin_s,
+                    spec.window_seconds,
+                    spec.persons_per_second,
+                )
+            else:
+                bank, mask = window.padded(self.bank_capacity)
             context = "degraded" if window.degraded else res.context
         else:
             bank = np.zeros((self.bank_capacity, self.bank_dim), np.float32)
