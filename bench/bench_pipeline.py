@@ -256,14 +256,7 @@ async def _naive(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
             "global_per_person": np.repeat(glob, len(persons), 0),
         }
         if "bank" in engine.head.input_names:
-            bank_rows, mask = (
-                window.padded(engine.bank_capacity)
-                if window is not None
-                else (
-                    np.zeros((engine.bank_capacity, engine.bank_dim), np.float32),
-                    np.zeros(engine.bank_capacity, bool),
-                )
-            )
+            bank_rows, mask = engine.bank_input(window, t)  # the engine's own layout
             feed["bank"] = np.repeat(bank_rows[None], len(persons), 0)
             feed["mask"] = np.repeat(mask[None], len(persons), 0).astype(engine.mask_dtype)
         for i in range(len(persons)):  # batch 1, as the demos run the head per box

@@ -63,12 +63,12 @@ def build_action_model(
 ) -> ActionModel:
     """Wrap a SlowFast backbone (``out_channels``, ``spatial_stride``) into an ActionModel.
 
-        ``dropout`` is the RoI head's (0.5, PySlowFast AVA); ``lfb_*`` follow Wu et al. (512-d,
-        2 blocks, dropout 0.2); ``lfb_dim_bank`` None means the bank holds this model's own
-        person features (D); ``lfb_slot_offsets`` makes the LFB time-aware (`models.lfb`, slot
-    times). ``roi_aligned=False`` is the legacy unaligned RoIAlign that
-        pytorchvideo's detection head (torchvision's default) and PySlowFast's Caffe2 AVA models
-        (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set it.
+    ``dropout`` is the RoI head's (0.5, PySlowFast AVA); ``lfb_*`` follow Wu et al. (512-d,
+    2 blocks, dropout 0.2); ``lfb_dim_bank`` None means the bank holds this model's own
+    person features (D); ``lfb_slot_offsets`` makes the LFB time-aware (`models.lfb`, slot
+    times). ``roi_aligned=False`` is the legacy unaligned RoIAlign that pytorchvideo's
+    detection head (torchvision's default) and PySlowFast's Caffe2 AVA models
+    (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set it.
     """
     channels: tuple[int, int] = backbone.out_channels  # type: ignore[assignment]
     stride: int = backbone.spatial_stride  # type: ignore[assignment]

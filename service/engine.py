@@ -636,6 +636,22 @@ class Engine:
         self.stats.observe("bank", time.perf_counter() - t0)
         return win
 
+    def bank_input(self, window: BankWindow | None, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The head's (W, D') bank input and (W,) mask for keyframe ``t``: slot-aligned for a
+        time-aware head (manifest ``bank.layout: slots``), packed rows otherwise; empty
+        (all masked) without a window."""
+        spec = self.manifest.bank
+        if window is None:
+            return (
+                np.zeros((self.bank_capacity, self.bank_dim), np.float32),
+                np.zeros(self.bank_capacity, bool),
+            )
+        if spec.layout == "slots":
+            return window.slotted(
+                int(round(t)), spec.slot_origin_s, spec.window_seconds, spec.persons_per_second
+            )
+        return window.padded(self.bank_capacity)
+
     async def _head(
         self,
         stream_id: str,
@@ -647,23 +663,10 @@ class Engine:
         if res.features is None or len(res.persons) == 0:
             return []
         n = len(res.persons)
-        spec = self.manifest.bank
-        context: Context
-        if window is not None:
-            if spec.layout == "slots":  # a time-aware head: training's slot layout
-                bank, mask = window.slotted(
-                    int(round(res.time)),
-                    spec.slot_origin_s,
-                    spec.window_seconds,
-                    spec.persons_per_second,
-                )
-            else:
-                bank, mask = window.padded(self.bank_capacity)
-            context = "degraded" if window.degraded else res.context
-        else:
-            bank = np.zeros((self.bank_capacity, self.bank_dim), np.float32)
-            mask = np.zeros(self.bank_capacity, bool)
-            context = "none"
+        bank, mask = self.bank_input(window, res.time)
+        context: Context = (
+            "none" if window is None else "degraded" if window.degraded else res.context
+        )
         item = _HeadItem(
             res.features.person,
             np.broadcast_to(res.features.global_, (n, res.features.global_.shape[0])),
