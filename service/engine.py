@@ -436,16 +436,19 @@ class Engine:
         if "bank" not in names or "mask" not in names:
             return False
         rng = np.random.default_rng(0)
-        d = next(t for t in self.manifest.graphs["head"].inputs if t.name == "person").shape[-1]
-        if not isinstance(d, int):
+        inputs = {t.name: t.shape for t in self.manifest.graphs["head"].inputs}
+        d, dg = inputs["person"][-1], inputs["global_per_person"][-1]
+        if not isinstance(d, int) or not isinstance(dg, int):
             return False
-        k, w = 3, 7
+        # A time-aware head reads a fixed number of slots (its W is static in the graph).
+        w = inputs["bank"][1] if isinstance(inputs["bank"][1], int) else 7
+        k = 3
         base = {
             "person": rng.standard_normal((k, d)).astype(np.float32),
-            "global_per_person": rng.standard_normal((k, d)).astype(np.float32),
+            "global_per_person": rng.standard_normal((k, dg)).astype(np.float32),
         }
         bank = rng.standard_normal((1, w, self.bank_dim)).astype(np.float32)
-        mask = np.array([[1, 1, 0, 1, 0, 1, 1]], dtype=self.mask_dtype)
+        mask = (np.arange(w) % 3 != 2)[None].astype(self.mask_dtype)  # some slots masked
         try:
             full = self.head.run(
                 {**base, "bank": np.repeat(bank, k, 0), "mask": np.repeat(mask, k, 0)}

@@ -164,6 +164,8 @@ def test_bank_window_layout_follows_the_manifest(tmp_path: Path, video: Path, la
 
     async def run() -> list[Prediction]:
         engine = Engine(path, settings=_settings())
+        # A slot-layout head has a fixed W: the one-window-per-keyframe probe must use it.
+        assert engine.head_shares_window
         submit = engine.head_batcher.submit
 
         async def spy(item: Any, **kw: Any) -> Any:

@@ -133,7 +133,8 @@ def backbone_graph(path: Path, t_slow: int, t_fast: int) -> None:
     _save(graph, path)
 
 
-def head_graph(path: Path) -> None:
+def head_graph(path: Path, slots: int | None = None) -> None:
+    """``slots``: a fixed window size W, as a time-aware (slot-layout) head is exported."""
     rng = np.random.default_rng(2)
     c = len(CLASS_IDS)
     nodes = [
@@ -157,21 +158,27 @@ def head_graph(path: Path) -> None:
         _const("wh", rng.normal(size=(D, c)).astype(np.float32)),
     ]
     # The bank's batch axis is its own symbol, as the export names it (KB).
-    _save_head(nodes, inits, path, bank_axis="KB")
+    _save_head(nodes, inits, path, bank_axis="KB", slots=slots)
 
 
 def _save_head(
-    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], path: Path, *, bank_axis: str
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    path: Path,
+    *,
+    bank_axis: str,
+    slots: int | None = None,
 ) -> None:
     c = len(CLASS_IDS)
+    w: str | int = "W" if slots is None else slots
     graph = helper.make_graph(
         nodes,
         "head",
         [
             helper.make_tensor_value_info("person", TensorProto.FLOAT, ["K", D]),
             helper.make_tensor_value_info("global_per_person", TensorProto.FLOAT, ["K", D]),
-            helper.make_tensor_value_info("bank", TensorProto.FLOAT, [bank_axis, "W", D]),
-            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [bank_axis, "W"]),
+            helper.make_tensor_value_info("bank", TensorProto.FLOAT, [bank_axis, w, D]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [bank_axis, w]),
         ],
         [
             helper.make_tensor_value_info("action", TensorProto.FLOAT, ["K", c]),
@@ -222,7 +229,10 @@ def make_bundle(
     out.mkdir(parents=True, exist_ok=True)
     detector_graph(out / "detector.onnx")
     backbone_graph(out / "backbone.onnx", num_frames // alpha, num_frames)
-    (concat_head_graph if concat_head else head_graph)(out / "head.onnx")
+    if concat_head:
+        concat_head_graph(out / "head.onnx")
+    else:
+        head_graph(out / "head.onnx", window_seconds * 5 if layout == "slots" else None)
     names = tuple(AVA_NAMES[i - 1] for i in CLASS_IDS)
     manifest = BundleManifest(
         model=ModelInfo(
