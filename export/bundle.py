@@ -248,6 +248,8 @@ def _inferred_head_overrides(state: Mapping[str, Any]) -> dict[str, Any]:
         out["lfb_num_blocks"] = len(blocks)
         if "lfb.slot_offsets" in state:  # time-aware LFB: its slot layout travels with it
             out["lfb_slot_offsets"] = [float(x) for x in state["lfb.slot_offsets"].tolist()]
+    if "appearance_grid" in state:  # person features carry the box colour descriptor
+        out["appearance_grid"] = tuple(int(x) for x in state["appearance_grid"].tolist())
     return out
 
 
@@ -375,18 +377,18 @@ def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = N
             bank_raw.get("pose_ids") or pose_ids,
             where,
         )
-        if model.lfb is not None and bank_model.feature_dim != model.lfb.dim_bank:
+        if model.lfb is not None and bank_model.person_dim != model.lfb.dim_bank:
             raise CheckpointError(
-                f"{where}: the stage-1 model's features are {bank_model.feature_dim}-d but the "
+                f"{where}: the stage-1 model's features are {bank_model.person_dim}-d but the "
                 f"LFB reads {model.lfb.dim_bank}-d bank features"
             )
     if bank_checkpoint is not None:
         bank_model = load_checkpoint_models(bank_checkpoint).model
         if model.lfb is None:
             raise CheckpointError(f"--bank-checkpoint given but {p} has no feature bank (LFB)")
-        if bank_model.feature_dim != model.lfb.dim_bank:
+        if bank_model.person_dim != model.lfb.dim_bank:
             raise CheckpointError(
-                f"{bank_checkpoint}: its person features are {bank_model.feature_dim}-d but the "
+                f"{bank_checkpoint}: its person features are {bank_model.person_dim}-d but the "
                 f"LFB of {p} reads {model.lfb.dim_bank}-d bank features"
             )
     if model.lfb is not None and bank_model is None and config.get("train_backbone", False):
@@ -1160,7 +1162,7 @@ def build_bundle(
             f = feat_ref(smp)
             per_clip.append((f["person"], f["global"], smp["boxes"]))
         pool = np.concatenate([bank_ref(smp)["person"] for smp in feat_samples[: len(clips)]])
-        dim_bank = model.lfb.dim_bank if model.lfb is not None else model.feature_dim
+        dim_bank = model.lfb.dim_bank if model.lfb is not None else model.person_dim
         head_samples = _head_samples(per_clip, pool, dim_bank, slots)
         head = HeadGraph(model, probabilities=True)
         h0 = head_samples[0]

@@ -18,6 +18,15 @@ from a feature bank (Wu et al., "Long-Term Feature Banks", CVPR 2019) and a clip
 head.onnx; the service keeps the feature bank between them.
 
 Boxes are (K, 5) = (batch_index, x1, y1, x2, y2) in input-pixel coordinates of the clip.
+
+Appearance (an addition for the time-aware LFB, ``appearance_grid``): the bank cannot say
+*whose* event a row was, and a class such as "this person picked something up 10-30 s ago"
+needs exactly that; the tracker cannot supply it (the person has usually left the frame in
+between). With ``appearance_grid`` set, ``features`` appends to each person feature a
+parameter-free colour descriptor of its box on the clip's middle fast frame
+(`models.roi.appearance_descriptor`), so person features -- and therefore the bank rows the
+service writes from backbone.onnx -- are (K, D + A); the classifier and the global branch
+read the first D columns, the LFB compares the last A of the query and of each bank row.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from models.ava import POSE_IDS
 from models.lfb import LFB
 from models.preset_info import PresetInfo
 from models.probs import pose_columns
-from models.roi import RoIHead
+from models.roi import RoIHead, appearance_descriptor
 
 AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
 
@@ -66,9 +75,12 @@ class ActionModel(nn.Module):
         class_ids: the action ids of the output columns, in order (default AVA 1..80).
         pose_ids: which ids are mutually exclusive pose classes (AVA 1..14).
         preset_info: preprocessing facts of the preset that built the model, if any.
+        appearance_grid: append the box colour descriptor on this (rows, cols) grid to the
+            person features (see the module docstring); None = plain RoI features.
     """
 
     pose_mask: Tensor  # (C,) bool buffer: True at the pose columns
+    appearance_grid: Tensor  # (2,) int64 buffer, registered only with appearance
 
     def __init__(
         self,
@@ -80,6 +92,7 @@ class ActionModel(nn.Module):
         class_ids: Sequence[int] = AVA_CLASS_IDS,
         pose_ids: Sequence[int] = POSE_IDS,
         preset_info: PresetInfo | None = None,
+        appearance_grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if len(set(class_ids)) != len(class_ids) or not class_ids:
@@ -95,6 +108,14 @@ class ActionModel(nn.Module):
         dim = roi_head.out_dim
         if lfb is not None and lfb.dim_in != dim:
             raise ValueError(f"LFB dim_in {lfb.dim_in} != RoI feature size {dim}")
+        self._grid: tuple[int, int] | None = None
+        if appearance_grid is not None:
+            self.enable_appearance(appearance_grid)
+        if lfb is not None and lfb.appearance_dim not in (0, self.appearance_dim):
+            raise ValueError(
+                f"LFB compares {lfb.appearance_dim}-d appearance but the model writes "
+                f"{self.appearance_dim}-d (appearance_grid {appearance_grid})"
+            )
         cls_in = dim + (lfb.dim_inner if lfb is not None else 0) + (dim if use_global else 0)
         self.classifier = nn.Linear(cls_in, self.num_classes)
         self.scene_classifier = nn.Linear(dim, self.num_classes) if use_global else None
@@ -108,14 +129,56 @@ class ActionModel(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        """D, the person and global feature size."""
+        """D, the RoI (and global) feature size."""
         return self.roi_head.out_dim
+
+    @property
+    def appearance(self) -> tuple[int, int] | None:
+        """The appearance grid (rows, cols) appended to person features, or None."""
+        return self._grid
+
+    @property
+    def appearance_dim(self) -> int:
+        """A, the appearance columns appended to person features (0 without)."""
+        return 0 if self._grid is None else 3 * self._grid[0] * self._grid[1]
+
+    @property
+    def person_dim(self) -> int:
+        """D + A, the width of ``features``' person output (what a bank made from it holds)."""
+        return self.feature_dim + self.appearance_dim
+
+    def enable_appearance(self, grid: tuple[int, int]) -> None:
+        """Append the box colour descriptor on ``grid`` to person features from now on (a
+        stage-1 model writing the bank for an appearance-aware LFB). Saved as a buffer, so
+        a checkpoint says it."""
+        rows, cols = (int(v) for v in grid)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"appearance_grid must be two positive ints, got {grid}")
+        self._grid = (rows, cols)
+        self.register_buffer("appearance_grid", torch.tensor([rows, cols], dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # A checkpoint's appearance grid must match the model's (the buffer is data, but the
+        # descriptor's size is structure).
+        key = prefix + "appearance_grid"
+        if key in state_dict and self._grid is not None:
+            saved = tuple(int(v) for v in state_dict[key].tolist())
+            if saved != self._grid:
+                raise ValueError(f"checkpoint appearance_grid {saved} != model's {self._grid}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, slow: Tensor, fast: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """(slow, fast, boxes (K,5)) -> (person (K, D), global (B, D)). backbone.onnx."""
         feats = self.backbone(slow, fast)  # [(B, C_s, T_s, h, w), (B, C_f, T_f, h, w)]
         person = self.roi_head(feats, boxes)  # (K, D)
         glob = torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1)  # (B, D)
+        if self._grid is not None:
+            # Fast frame T_f // 2 is the keyframe of a centred clip (training, files); a causal
+            # live clip's keyframe is its last frame, half a clip later (same person, the box
+            # drawn at the keyframe: a small shift for a walking person).
+            frame = fast[:, :, fast.shape[2] // 2]  # (B, 3, H, W)
+            app = appearance_descriptor(frame, boxes, self._grid)  # (K, A)
+            person = torch.cat([person, app], dim=1)  # (K, D + A)
         return person, glob
 
     def head(
@@ -124,7 +187,7 @@ class ActionModel(nn.Module):
         """Classify persons. head.onnx.
 
         Args:
-            person: (K, D) person features.
+            person: (K, D + A) person features (A = `appearance_dim`, 0 without).
             global_per_person: (K, D) each person's clip feature (``global[boxes[:, 0]]``);
                 ignored without the global branch.
             bank: (K, W, D_bank) long-term window; ignored without an LFB.
@@ -133,7 +196,7 @@ class ActionModel(nn.Module):
         Returns:
             action_logits (K, C), scene_logits (K, C) or None without the global branch.
         """
-        parts = [person]
+        parts = [person[:, : self.feature_dim]]
         if self.lfb is not None:
             parts.append(self.lfb(person, bank, mask))  # (K, d)
         if self.use_global:

@@ -37,6 +37,19 @@ a sin/cos encoding of its slot's time::
 
 and the window must then arrive slot-aligned with exactly W slots (training's bank reader
 and the service both lay it out with `models.bank_layout`).
+
+Same-person cue (another addition, ``appearance_dim`` A > 0). Attention over features
+trained to recognise actions cannot tell *whose* event a bank row was. The action model can
+append a parameter-free colour descriptor of each box to the person features
+(`models.action_model`, ``appearance_grid``): then the query is (K, D + A), each bank row
+ends in its own A columns, and every block gets a learned same-person affinity::
+
+    aff = exp(-|M a_q - M a_w|^2)               (K, W), M a learned (16, A) metric
+    logits += alpha * aff;  v = g(l) + aff u     alpha (scalar), u (d) learned per block
+
+so attention can pick the rows of the person being classified (alpha) and its output can
+say how well the attended rows matched (u) -- "nobody matched" then differs from "this
+person, 20 s ago, picking something up".
 """
 
 from __future__ import annotations
@@ -54,6 +67,8 @@ from models.bank_layout import TIME_ENCODING_DIM, TIME_ENCODING_PERIODS_S
 # 0 in float32 for any realistic logit, and the weights are multiplied by the mask after
 # the softmax as well, so masked slots get weight 0 exactly in both cases.
 _MASKED_LOGIT = -1.0e4
+# Rows of the learned appearance metric M (same-person cue).
+APPEARANCE_METRIC_DIM = 16
 
 
 def time_encoding(offsets: Tensor) -> Tensor:
@@ -66,10 +81,13 @@ def time_encoding(offsets: Tensor) -> Tensor:
 class LFBBlock(nn.Module):
     """One modified non-local block NL'(S, L) of Wu et al. (see the module docstring).
 
-    ``forward(s (K, d), lt (K, W, d), valid (K, W) float 0/1) -> (K, d)``.
+    ``forward(s (K, d), lt (K, W, d), valid (K, W) float 0/1[, aff (K, W)]) -> (K, d)``;
+    ``aff`` (same-person affinity in [0, 1]) needs ``affinity=True``.
     """
 
-    def __init__(self, dim: int, *, dropout: float = 0.2, scale: bool = True) -> None:
+    def __init__(
+        self, dim: int, *, dropout: float = 0.2, scale: bool = True, affinity: bool = False
+    ) -> None:
         super().__init__()
         self.theta = nn.Linear(dim, dim)
         self.phi = nn.Linear(dim, dim)
@@ -78,15 +96,31 @@ class LFBBlock(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
         self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
+        self.aff_logit: nn.Parameter | None = None
+        self.aff_value: nn.Parameter | None = None
+        if affinity:
+            # Start by favouring well-matched rows a little (exp(4) ~ 55x the weight).
+            self.aff_logit = nn.Parameter(torch.tensor(4.0))
+            self.aff_value = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, s: Tensor, lt: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, s: Tensor, lt: Tensor, valid: Tensor, aff: Tensor | None = None) -> Tensor:
         q = self.theta(s)  # (K, d)
         k = self.phi(lt)  # (K, W, d)
         v = self.g(lt)  # (K, W, d)
         logits = torch.matmul(k, q[:, :, None])[:, :, 0] * self.scale  # (K, W)
+        gains = None
+        if aff is not None:  # same-person affinity (K, W), see the module docstring
+            if self.aff_logit is None or self.aff_value is None:
+                raise ValueError("this block was built without affinity=True")
+            gains = (self.aff_logit, self.aff_value)
+            logits = logits + gains[0] * aff
         logits = torch.where(valid > 0, logits, torch.full_like(logits, _MASKED_LOGIT))
         attn = torch.softmax(logits, dim=1) * valid  # (K, W); fully masked row -> all 0
         y = torch.matmul(attn[:, None, :], v)[:, 0, :]  # (K, d)
+        if aff is not None and gains is not None:
+            # sum_w attn_w (v_w + aff_w u) = attn v + (attn . aff) u: no (K, W, d) tensor, so a
+            # window shared by the K persons (bank batch 1) broadcasts as in the matmuls.
+            y = y + (attn * aff).sum(dim=1, keepdim=True) * gains[1]
         y = self.out(torch.relu(self.norm(y)))
         return s + self.dropout(y)
 
@@ -101,8 +135,11 @@ class LFB(nn.Module):
         dim_inner: d, the reduced size and the output size (512 in Wu et al.).
         num_blocks: stacked NL' blocks (2 in Wu et al.; more did not help there).
         dropout: rate on both inputs and inside each block (0.2 in Wu et al.'s AVA setup).
+        slot_offsets: seconds of each of the W slots (time-aware variant), or None.
+        appearance_dim: A > 0: the person input is (K, dim_in + A) and every bank row ends
+            in its A appearance columns (same-person cue, module docstring); 0 = off.
 
-    ``forward(person (K, D), bank (K, W, D_bank), mask (K, W) bool or float, 1 = valid)
+    ``forward(person (K, D + A), bank (K, W, D_bank), mask (K, W) bool or float, 1 = valid)
     -> (K, dim_inner)``. K and W may be 0-sized / fully masked; the output stays finite.
     """
 
@@ -115,17 +152,27 @@ class LFB(nn.Module):
         num_blocks: int = 2,
         dropout: float = 0.2,
         slot_offsets: Sequence[float] | None = None,
+        appearance_dim: int = 0,
     ) -> None:
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if appearance_dim < 0 or appearance_dim >= dim_bank:
+            raise ValueError(f"appearance_dim must be in [0, dim_bank), got {appearance_dim}")
+        self.appearance_dim = int(appearance_dim)
         self.dim_in = dim_in
         self.dim_bank = dim_bank
         self.dim_inner = dim_inner
         self.input_dropout = nn.Dropout(dropout)
         self.reduce_person = nn.Linear(dim_in, dim_inner)
         self.reduce_bank = nn.Linear(dim_bank, dim_inner)
-        self.blocks = nn.ModuleList(LFBBlock(dim_inner, dropout=dropout) for _ in range(num_blocks))
+        aff = appearance_dim > 0
+        self.blocks = nn.ModuleList(
+            LFBBlock(dim_inner, dropout=dropout, affinity=aff) for _ in range(num_blocks)
+        )
+        self.app_metric = (
+            nn.Linear(appearance_dim, APPEARANCE_METRIC_DIM, bias=False) if aff else None
+        )
         # Time-aware variant (see "Slot times" in the module docstring): a persistent buffer
         # so that a checkpoint says which layout its head was trained on.
         self.time_proj: nn.Linear | None = None
@@ -153,6 +200,18 @@ class LFB(nn.Module):
         bank = torch.where(valid[:, :, None], bank, torch.zeros_like(bank))
         valid_f = valid.to(person.dtype)
 
+        aff = None
+        if self.app_metric is not None:
+            a = self.appearance_dim
+            mq = self.app_metric(person[:, -a:])  # (K, m)
+            mw = self.app_metric(bank[:, :, -a:])  # (K, W, m)
+            # |q - w|^2 = |q|^2 + |w|^2 - 2 q.w, with the dot product as a batched matmul like
+            # the attention logits: the bank's batch axis may be 1 (a window shared by the K
+            # persons of a keyframe) and must broadcast the same way here.
+            dot = torch.matmul(mw, mq[:, :, None])[:, :, 0]  # (K, W)
+            d2 = (mq * mq).sum(dim=1, keepdim=True) + (mw * mw).sum(dim=2) - 2.0 * dot
+            aff = torch.exp(-torch.clamp(d2, min=0.0))  # (K, W) in (0, 1]
+        person = person[:, : self.dim_in]
         s = self.reduce_person(self.input_dropout(person))  # (K, d)
         lt = self.reduce_bank(self.input_dropout(bank))  # (K, W, d)
         if self.time_proj is not None:
@@ -163,5 +222,5 @@ class LFB(nn.Module):
                 )
             lt = lt + self.time_proj(time_encoding(self.slot_offsets))[None]  # + (1, W, d)
         for block in self.blocks:
-            s = block(s, lt, valid_f)
+            s = block(s, lt, valid_f, aff)
         return s

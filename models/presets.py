@@ -59,6 +59,7 @@ def build_action_model(
     lfb_dropout: float = 0.2,
     lfb_slot_offsets: Sequence[float] | None = None,
     use_global: bool = False,
+    appearance_grid: Sequence[int] | None = None,
     preset_info: PresetInfo | None = None,
 ) -> ActionModel:
     """Wrap a SlowFast backbone (``out_channels``, ``spatial_stride``) into an ActionModel.
@@ -66,9 +67,11 @@ def build_action_model(
     ``dropout`` is the RoI head's (0.5, PySlowFast AVA); ``lfb_*`` follow Wu et al. (512-d,
     2 blocks, dropout 0.2); ``lfb_dim_bank`` None means the bank holds this model's own
     person features (D); ``lfb_slot_offsets`` makes the LFB time-aware (`models.lfb`, slot
-    times). ``roi_aligned=False`` is the legacy unaligned RoIAlign that pytorchvideo's
-    detection head (torchvision's default) and PySlowFast's Caffe2 AVA models
-    (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set it.
+    times); ``appearance_grid`` appends box colour cells to person features and gives the LFB
+    a same-person cue (`models.action_model`). ``roi_aligned=False`` is the legacy unaligned
+    RoIAlign that pytorchvideo's detection head (torchvision's default) and PySlowFast's
+    Caffe2 AVA models (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set
+    it.
     """
     channels: tuple[int, int] = backbone.out_channels  # type: ignore[assignment]
     stride: int = backbone.spatial_stride  # type: ignore[assignment]
@@ -80,14 +83,17 @@ def build_action_model(
         dropout=dropout,
         aligned=roi_aligned,
     )
+    grid = None if appearance_grid is None else (int(appearance_grid[0]), int(appearance_grid[1]))
+    app_dim = 0 if grid is None else 3 * grid[0] * grid[1]
     lfb = (
         LFB(
             dim_in=roi_head.out_dim,
-            dim_bank=lfb_dim_bank if lfb_dim_bank is not None else roi_head.out_dim,
+            dim_bank=lfb_dim_bank if lfb_dim_bank is not None else roi_head.out_dim + app_dim,
             dim_inner=lfb_dim_inner,
             num_blocks=lfb_num_blocks,
             dropout=lfb_dropout,
             slot_offsets=lfb_slot_offsets,
+            appearance_dim=app_dim,
         )
         if use_lfb
         else None
@@ -100,6 +106,7 @@ def build_action_model(
         class_ids=class_ids,
         pose_ids=pose_ids,
         preset_info=preset_info,
+        appearance_grid=grid,
     )
 
 

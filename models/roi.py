@@ -283,3 +283,30 @@ class RoIHead(nn.Module):
         )  # (K, D, oh, ow)
         x = x.amax(dim=(2, 3))  # (K, D): spatial max pool over the bins
         return self.dropout(x)
+
+
+# Appearance descriptor grid (rows, columns) of the time-aware LFB's same-person cue: 6 x 3
+# colour cells per box. Measured on the world (a nearest-event ranking of long-term-positive
+# boxes against the others, full-resolution frames): whole-box mean colour AUC 0.79, 4 x 1
+# 0.83, the centre column of 6 x 3 0.89 -- person boxes are mostly background at the sides.
+# The LFB learns its own metric over the cells (`models.lfb`), so it can find that column.
+DEFAULT_APPEARANCE_GRID = (6, 3)
+
+
+def appearance_descriptor(frame: Tensor, rois: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Mean colour of each person box on a ``grid`` of cells: who someone is, not what they do.
+
+    Args:
+        frame: (B, 3, H, W) the keyframe's normalised pixels (the model's input frame).
+        rois: (K, 5) = (batch_index, x1, y1, x2, y2) in input pixels (as for `roi_align`).
+        grid: (rows, columns) cells per box.
+
+    Returns:
+        (K, 3 * rows * columns), channel-major (all cells of R, then G, then B). No learned
+        parameters: the same pixels give the same descriptor in any model, so a feature bank
+        row written seconds ago can be compared with a person now.
+    """
+    cells = roi_align(
+        frame, rois, output_size=grid, spatial_scale=1.0, sampling_ratio=4, aligned=True
+    )  # (K, 3, rows, cols)
+    return cells.flatten(1)

@@ -68,6 +68,11 @@ class FeatureBank:
             )
         self.meta: dict[str, object] = json.loads(meta_path.read_text(encoding="utf-8"))
         self.dim = int(str(self.meta["dim"]))
+        grid = self.meta.get("appearance_grid")
+        # Rows end in box colour cells on this grid (`extract-bank --appearance`), or None.
+        self.appearance_grid: tuple[int, int] | None = (
+            None if not isinstance(grid, list) else (int(grid[0]), int(grid[1]))
+        )
         self._videos: dict[str, VideoBank] = {}
 
     def video(self, video_id: str) -> VideoBank | None:
@@ -183,7 +188,7 @@ def extract_bank(
         by_video.setdefault(p.video_id, []).append(p)
     total = sum(len(v) for v in by_video.values())
     done = 0
-    dim = int(action_model.feature_dim)  # type: ignore[attr-defined]
+    dim = int(action_model.person_dim)  # type: ignore[attr-defined]
     for video_id, props in sorted(by_video.items()):
         props = sorted(props, key=lambda p: p.timestamp)
         video = cache.get(video_id)
@@ -242,7 +247,15 @@ def extract_bank(
             global_features=np.stack(g_feats).astype(np.float16),
         ).save(folder / f"{video_id}.npz")
     (folder / "meta.json").write_text(
-        json.dumps({"dim": dim, "persons_per_second": persons_per_second, **(meta or {})}, indent=2)
+        json.dumps(
+            {
+                "dim": dim,
+                "persons_per_second": persons_per_second,
+                "appearance_grid": action_model.appearance,  # type: ignore[attr-defined]
+                **(meta or {}),
+            },
+            indent=2,
+        )
         + "\n",
         encoding="utf-8",
     )

@@ -76,6 +76,7 @@ def demo_recipe(
     """Run every step (skipping steps whose outputs exist) and return the measurements."""
     from rich.console import Console
 
+    from models.roi import DEFAULT_APPEARANCE_GRID
     from training.bank_extract import extract_bank
     from training.boxes import gt_boxes
     from training.config import tiny_world_recipe
@@ -130,6 +131,8 @@ def demo_recipe(
     # 4. bank from stage 1, ground-truth boxes, both splits
     finish = step("bank")
     model, _, _ = load_checkpoint(stage1)
+    # The bank rows carry each box's colour cells: the stage-2 LFB's same-person cue.
+    model.enable_appearance(DEFAULT_APPEARANCE_GRID)
     for split in ("train", "val"):
         if not (out / "bank" / split / "meta.json").is_file():
             data = load_split(world, split)

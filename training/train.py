@@ -162,12 +162,16 @@ def _entries(config: TrainConfig, data: SplitData, epoch: int) -> list[Entry]:
     return plain_entries(data.keyframes, data.labels)
 
 
-def _bank_dim(config: TrainConfig) -> int | None:
+def _bank_info(config: TrainConfig) -> tuple[int | None, tuple[int, int] | None]:
+    """Stage 2: the bank's feature size and appearance grid (None, None otherwise). The
+    model follows the bank: a bank written with ``extract-bank --appearance`` holds box
+    colour cells, and the stage-2 model then computes and compares the same ones."""
     if config.stage != "stage2" or config.bank_dir is None:
-        return None
+        return None, None
     from training.bank_extract import load_bank
 
-    return load_bank(config.bank_dir, "train").dim
+    bank = load_bank(config.bank_dir, "train")
+    return bank.dim, bank.appearance_grid
 
 
 def _dataset(
@@ -240,9 +244,13 @@ def _epoch_batches(
 
 
 def build_action_model(
-    config: TrainConfig, class_ids: tuple[int, ...], bank_dim: int | None = None
+    config: TrainConfig,
+    class_ids: tuple[int, ...],
+    bank_dim: int | None = None,
+    appearance_grid: tuple[int, int] | None = None,
 ) -> ActionModel:
-    """The preset with the dataset's classes; LFB + global for stage 2."""
+    """The preset with the dataset's classes; LFB + global for stage 2 (with the bank's
+    appearance grid, if it has one)."""
     from models.presets import PRESETS
 
     if config.preset not in PRESETS:
@@ -255,6 +263,8 @@ def build_action_model(
 
             w = config.bank_window
             head["lfb_slot_offsets"] = slot_offsets(-w, 2 * w + 1, config.bank_persons_per_second)
+        if appearance_grid is not None:
+            head["appearance_grid"] = appearance_grid
     return PRESETS[config.preset](**{**config.preset_overrides, **head})
 
 
@@ -386,7 +396,13 @@ def load_checkpoint(path: str | Path) -> tuple[ActionModel, TrainConfig, dict[st
     if "config" not in state or "class_ids" not in state:
         raise ValueError(f"{path}: not an avaserve action-model checkpoint (no config/class_ids)")
     config = config_from_dict(state["config"])
-    model = build_action_model(config, tuple(state["class_ids"]), state.get("bank_dim"))
+    grid = state["model"].get("appearance_grid")
+    model = build_action_model(
+        config,
+        tuple(state["class_ids"]),
+        state.get("bank_dim"),
+        None if grid is None else (int(grid[0]), int(grid[1])),
+    )
     model.load_state_dict(state["model"])
     model.eval()
     return model, config, state
@@ -439,8 +455,8 @@ def train(
         )
 
     # -- model (same init on every rank: seeded above; DDP also broadcasts rank 0's)
-    bank_dim = _bank_dim(config)
-    model = build_action_model(config, class_ids, bank_dim)
+    bank_dim, appearance_grid = _bank_info(config)
+    model = build_action_model(config, class_ids, bank_dim, appearance_grid)
     if config.init_checkpoint:
         report = load_init(model, config.init_checkpoint)
         if dist_info.is_main:

@@ -200,6 +200,13 @@ def extract_bank_command(
     detector: Path | None = typer.Option(None, "--detector", help="Person-detector ONNX."),
     min_score: float = typer.Option(0.0, "--min-score", help="Drop boxes scoring below this."),
     persons: int = typer.Option(5, "--persons", min=1, help="Persons kept per second (5)."),
+    appearance: bool = typer.Option(
+        False,
+        "--appearance/--no-appearance",
+        help="Append each box's colour cells to its features (same-person cue for the LFB: "
+        "a stage-2 model trained on this bank learns who a row was). The tiny recipe's "
+        "default; Wu et al.'s bank has none.",
+    ),
 ) -> None:
     """Write per-video, per-second, per-person features of a stage-1 model (the LFB)."""
     if not checkpoint.is_file():
@@ -214,6 +221,10 @@ def extract_bank_command(
 
     try:
         model, config, _ = load_checkpoint(checkpoint)
+        if appearance and model.appearance is None:
+            from models.roi import DEFAULT_APPEARANCE_GRID
+
+            model.enable_appearance(DEFAULT_APPEARANCE_GRID)
         split_data = load_split(data, split)
         proposals = resolve_boxes(
             boxes,

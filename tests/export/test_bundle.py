@@ -344,3 +344,76 @@ def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> No
         build_bundle(
             load_checkpoint_models(bad), tmp_path / "b2", parity_video=video, parity_keyframes=1
         )
+
+
+def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path: Path) -> None:
+    """A stage-2 model with the same-person cue: backbone.onnx's person output carries the
+    colour cells (D + A), the manifest's bank is D + A wide, and the service's engine runs
+    the bundle end to end with the head reading its window once per keyframe."""
+    import asyncio
+
+    import onnxruntime as ort
+
+    from models.bank_layout import slot_offsets
+    from service.engine import Engine, EngineSettings
+    from service.runtime import RuntimeSettings
+
+    torch.manual_seed(3)
+    classes = (1, 11, 12, 17, 80)
+    model = slowfast_tiny(
+        use_lfb=True,
+        use_global=True,
+        class_ids=classes,
+        lfb_dim_inner=16,
+        lfb_slot_offsets=slot_offsets(-4, 9, 2),
+        appearance_grid=(6, 3),
+        **SMALL,
+    )
+    ckpt = tmp_path / "app.pt"
+    config = {
+        "preset": "slowfast_tiny",
+        "preset_overrides": SMALL,
+        "bank_window": 4,
+        "bank_persons_per_second": 2,
+    }
+    torch.save({"model": model.state_dict(), "config": config, "class_ids": list(classes)}, ckpt)
+    loaded = load_checkpoint_models(ckpt)
+    assert loaded.model.appearance == (6, 3)
+    out = tmp_path / "b"
+    build_bundle(
+        loaded,
+        out,
+        detector=parse_detector(f"yolox:{assets / 'detector' / 'yolox_nano.onnx'}"),
+        parity_video=video,
+        parity_keyframes=1,
+    )
+    m = load_manifest(out)
+    d = model.feature_dim
+    assert m.bank.feature_dim == d + 54
+    sess = ort.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    h = 64
+    feed = {
+        "slow": np.zeros((1, 3, m.preprocessing.num_frames // m.preprocessing.alpha, h, 96), "f4"),
+        "fast": np.zeros((1, 3, m.preprocessing.num_frames, h, 96), "f4"),
+        "boxes": np.array([[0, 10, 5, 40, 60]], "f4"),
+    }
+    feed["fast"][:, 0] = 0.7  # red channel of every frame: the cells must say so
+    person = sess.run(["person"], feed)[0]
+    assert person.shape == (1, d + 54)
+    np.testing.assert_allclose(person[0, d : d + 18], 0.7, atol=1e-5)
+    np.testing.assert_allclose(person[0, d + 18 :], 0.0, atol=1e-5)
+
+    async def serve() -> int:
+        engine = Engine(
+            out,
+            settings=EngineSettings(
+                runtime=RuntimeSettings(intra_op_threads=1), isolated_decode=False
+            ),
+        )
+        try:
+            assert engine.bank_dim == d + 54 and engine.head_shares_window
+            return len([p async for p in engine.annotate_file(video)])
+        finally:
+            await engine.close()
+
+    assert asyncio.run(serve()) > 0  # persons found and classified

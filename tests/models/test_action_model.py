@@ -158,3 +158,54 @@ def test_bad_class_ids_and_lfb_size() -> None:
             roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16),
             lfb=LFB(dim_in=9, dim_bank=8),
         )
+
+
+def test_appearance_descriptor_reads_box_colours() -> None:
+    """Cells of a box over a frame whose top half is one colour and bottom half another."""
+    from models.roi import appearance_descriptor
+
+    frame = torch.zeros(1, 3, 40, 40)
+    frame[0, :, :20] = torch.tensor([1.0, -1.0, 0.5])[:, None, None]
+    frame[0, :, 20:] = torch.tensor([-0.5, 0.25, 2.0])[:, None, None]
+    d = appearance_descriptor(frame, torch.tensor([[0.0, 10, 0, 30, 40]]), (2, 1))
+    assert d.shape == (1, 6)  # channel-major: R top, R bottom, G top, ...
+    torch.testing.assert_close(d[0], torch.tensor([1.0, -0.5, -1.0, 0.25, 0.5, 2.0]))
+
+
+def test_appearance_columns_feed_the_lfb_only() -> None:
+    """With an appearance grid the person features grow by the colour cells of the clip's
+    middle fast frame; the classifier reads only the first D columns, so only an LFB sees
+    them (a model without LFB gives the same logits whatever the cells hold)."""
+    from models.presets import slowfast_tiny
+    from models.roi import appearance_descriptor
+
+    torch.manual_seed(0)
+    small = {"short_side": 32, "num_frames": 4, "alpha": 2}
+    plain = slowfast_tiny(class_ids=(1, 12, 80), appearance_grid=(3, 2), **small).eval()
+    assert plain.person_dim == plain.feature_dim + 18 and plain.appearance == (3, 2)
+    slow, fast = torch.randn(1, 3, 2, 32, 48), torch.randn(1, 3, 4, 32, 48)
+    boxes = torch.tensor([[0.0, 4, 2, 20, 30]])
+    person, glob = plain.features(slow, fast, boxes)
+    assert person.shape == (1, plain.person_dim)
+    torch.testing.assert_close(person[:, -18:], appearance_descriptor(fast[:, :, 2], boxes, (3, 2)))
+    other = person.clone()
+    other[:, -18:] += 5.0
+    bank, mask = torch.zeros(1, 1, 1), torch.zeros(1, 1)
+    torch.testing.assert_close(
+        plain.head(person, glob, bank, mask)[0], plain.head(other, glob, bank, mask)[0]
+    )
+    # With an LFB the cells matter, and the bank rows carry them too (dim_bank = D + A).
+    lfb_model = slowfast_tiny(
+        class_ids=(1, 12, 80), use_lfb=True, lfb_dim_inner=8, appearance_grid=(3, 2), **small
+    ).eval()
+    assert lfb_model.lfb is not None and lfb_model.lfb.dim_bank == lfb_model.person_dim
+    window = torch.randn(1, 4, lfb_model.person_dim)
+    ones = torch.ones(1, 4)
+    a = lfb_model.head(person, glob, window, ones)[0]
+    b = lfb_model.head(other, glob, window, ones)[0]
+    assert not torch.allclose(a, b)
+    # A checkpoint's grid must match the model's.
+    state = lfb_model.state_dict()
+    state["appearance_grid"] = torch.tensor([2, 2])
+    with pytest.raises(ValueError, match="appearance_grid"):
+        lfb_model.load_state_dict(state)

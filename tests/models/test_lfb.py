@@ -114,3 +114,41 @@ def test_wu_lfb_sees_a_set_but_the_time_aware_one_sees_when() -> None:
     assert "slot_offsets" in dict(timed.named_buffers())
     with pytest.raises(ValueError, match="14 slots"):
         timed(person, bank[:, :5], mask[:, :5])
+
+
+def test_same_person_affinity_attends_to_the_matching_row() -> None:
+    """With the appearance cue the attention goes to the bank row that looks like the
+    query: with the content logits zeroed and a large affinity weight, the output equals
+    that of a window holding only the matching row -- whichever slot it sits in."""
+    torch.manual_seed(0)
+    a = 6
+    lfb = LFB(dim_in=8, dim_bank=10 + a, dim_inner=4, num_blocks=1, appearance_dim=a).eval()
+    block = lfb.blocks[0]
+    with torch.no_grad():
+        block.theta.weight.zero_()
+        block.theta.bias.zero_()  # content logits all 0: only the affinity decides
+        assert block.aff_logit is not None
+        block.aff_logit.fill_(60.0)
+        lfb.app_metric.weight.copy_(torch.eye(16, a) * 3.0)
+    gen = torch.Generator().manual_seed(1)
+    look = torch.randn(1, a, generator=gen)
+    person = torch.cat([torch.randn(1, 8, generator=gen), look], 1)  # (1, D + A)
+    bank = torch.randn(1, 5, 10 + a, generator=gen)
+    bank[:, :, -a:] = torch.randn(1, 5, a, generator=gen) + 3.0  # nobody looks like it ...
+    for slot in (0, 3):
+        b = bank.clone()
+        b[0, slot, -a:] = look[0]  # ... except this row
+        full = lfb(person, b, torch.ones(1, 5))
+        only = torch.zeros(1, 5)
+        only[0, slot] = 1
+        alone = lfb(person, b, only)
+        torch.testing.assert_close(full, alone, atol=1e-4, rtol=1e-4)
+    # Without a match, the output differs from attending to any single row.
+    none = lfb(person, bank, torch.ones(1, 5))
+    alone0 = lfb(person, bank, torch.tensor([[1.0, 0, 0, 0, 0]]))
+    assert not torch.allclose(none, alone0, atol=1e-3)
+
+
+def test_appearance_dim_is_checked() -> None:
+    with pytest.raises(ValueError, match="appearance_dim"):
+        LFB(dim_in=8, dim_bank=6, appearance_dim=6)
