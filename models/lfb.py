@@ -44,7 +44,7 @@ append a parameter-free colour descriptor of each box to the person features
 (`models.action_model`, ``appearance_grid``): then the query is (K, D + A), each bank row
 ends in its own A columns, and every block gets a learned same-person affinity::
 
-    aff = exp(-|M a_q - M a_w|^2)               (K, W), M a learned (16, A) metric
+    aff = exp(-sum_i s_i (a_q,i - a_w,i)^2)     (K, W), s = softplus(rho) > 0 learned per cell
     logits += alpha * aff;  v = g(l) + aff u     alpha (scalar), u (d) learned per block
 
 so attention can pick the rows of the person being classified (alpha) and its output can
@@ -67,8 +67,8 @@ from models.bank_layout import TIME_ENCODING_DIM, TIME_ENCODING_PERIODS_S
 # 0 in float32 for any realistic logit, and the weights are multiplied by the mask after
 # the softmax as well, so masked slots get weight 0 exactly in both cases.
 _MASKED_LOGIT = -1.0e4
-# Rows of the learned appearance metric M (same-person cue).
-APPEARANCE_METRIC_DIM = 16
+# softplus(-0.4328) = 0.5: initial weight of each appearance cell in the affinity.
+APPEARANCE_WEIGHT_INIT = -0.4328
 
 
 def time_encoding(offsets: Tensor) -> Tensor:
@@ -170,8 +170,11 @@ class LFB(nn.Module):
         self.blocks = nn.ModuleList(
             LFBBlock(dim_inner, dropout=dropout, affinity=aff) for _ in range(num_blocks)
         )
-        self.app_metric = (
-            nn.Linear(appearance_dim, APPEARANCE_METRIC_DIM, bias=False) if aff else None
+        # Per-cell weights of the appearance distance (softplus keeps them positive); start at
+        # 0.5 each: a cell of the same person differs by ~0.2 in normalised pixel units, of
+        # someone else by ~1-2, so the affinity starts near 1 vs near 0.
+        self.app_weight = (
+            nn.Parameter(torch.full((appearance_dim,), APPEARANCE_WEIGHT_INIT)) if aff else None
         )
         # Time-aware variant (see "Slot times" in the module docstring): a persistent buffer
         # so that a checkpoint says which layout its head was trained on.
@@ -201,10 +204,11 @@ class LFB(nn.Module):
         valid_f = valid.to(person.dtype)
 
         aff = None
-        if self.app_metric is not None:
+        if self.app_weight is not None:
             a = self.appearance_dim
-            mq = self.app_metric(person[:, -a:])  # (K, m)
-            mw = self.app_metric(bank[:, :, -a:])  # (K, W, m)
+            scale = torch.sqrt(nn.functional.softplus(self.app_weight))  # (A,)
+            mq = person[:, -a:] * scale  # (K, A)
+            mw = bank[:, :, -a:] * scale  # (K, W, A)
             # |q - w|^2 = |q|^2 + |w|^2 - 2 q.w, with the dot product as a batched matmul like
             # the attention logits: the bank's batch axis may be 1 (a window shared by the K
             # persons of a keyframe) and must broadcast the same way here.

@@ -366,7 +366,7 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
         class_ids=classes,
         lfb_dim_inner=16,
         lfb_slot_offsets=slot_offsets(-4, 9, 2),
-        appearance_grid=(6, 3),
+        appearance_grid=(6, 1),
         **SMALL,
     )
     ckpt = tmp_path / "app.pt"
@@ -378,7 +378,7 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
     }
     torch.save({"model": model.state_dict(), "config": config, "class_ids": list(classes)}, ckpt)
     loaded = load_checkpoint_models(ckpt)
-    assert loaded.model.appearance == (6, 3)
+    assert loaded.model.appearance == (6, 1)
     out = tmp_path / "b"
     build_bundle(
         loaded,
@@ -389,7 +389,7 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
     )
     m = load_manifest(out)
     d = model.feature_dim
-    assert m.bank.feature_dim == d + 54
+    assert m.bank.feature_dim == d + 18
     sess = ort.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
     h = 64
     feed = {
@@ -399,9 +399,9 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
     }
     feed["fast"][:, 0] = 0.7  # red channel of every frame: the cells must say so
     person = sess.run(["person"], feed)[0]
-    assert person.shape == (1, d + 54)
-    np.testing.assert_allclose(person[0, d : d + 18], 0.7, atol=1e-5)
-    np.testing.assert_allclose(person[0, d + 18 :], 0.0, atol=1e-5)
+    assert person.shape == (1, d + 18)
+    np.testing.assert_allclose(person[0, d : d + 6], 0.7, atol=1e-5)
+    np.testing.assert_allclose(person[0, d + 6 :], 0.0, atol=1e-5)
 
     async def serve() -> int:
         engine = Engine(
@@ -411,7 +411,7 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
             ),
         )
         try:
-            assert engine.bank_dim == d + 54 and engine.head_shares_window
+            assert engine.bank_dim == d + 18 and engine.head_shares_window
             return len([p async for p in engine.annotate_file(video)])
         finally:
             await engine.close()

@@ -170,6 +170,11 @@ def test_appearance_descriptor_reads_box_colours() -> None:
     d = appearance_descriptor(frame, torch.tensor([[0.0, 10, 0, 30, 40]]), (2, 1))
     assert d.shape == (1, 6)  # channel-major: R top, R bottom, G top, ...
     torch.testing.assert_close(d[0], torch.tensor([1.0, -0.5, -1.0, 0.25, 0.5, 2.0]))
+    # Only the box's middle third counts (x 16.7 .. 23.3 here): the sides are background.
+    frame[0, :, :, 10:16] = 9.0
+    frame[0, :, :, 25:30] = -9.0
+    again = appearance_descriptor(frame, torch.tensor([[0.0, 10, 0, 30, 40]]), (2, 1))
+    torch.testing.assert_close(again, d)
 
 
 def test_appearance_columns_feed_the_lfb_only() -> None:

@@ -129,7 +129,8 @@ def test_same_person_affinity_attends_to_the_matching_row() -> None:
         block.theta.bias.zero_()  # content logits all 0: only the affinity decides
         assert block.aff_logit is not None
         block.aff_logit.fill_(60.0)
-        lfb.app_metric.weight.copy_(torch.eye(16, a) * 3.0)
+        assert lfb.app_weight is not None
+        lfb.app_weight.fill_(3.0)
     gen = torch.Generator().manual_seed(1)
     look = torch.randn(1, a, generator=gen)
     person = torch.cat([torch.randn(1, 8, generator=gen), look], 1)  # (1, D + A)

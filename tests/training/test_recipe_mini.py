@@ -30,7 +30,7 @@ def test_demo_recipe_mini(tmp_path: Path) -> None:
         assert (tmp_path / "demo" / path).is_file(), path
     # The recipe's bank carries the same-person cue, and stage 2 picked it up from the bank.
     meta = json.loads((tmp_path / "demo" / "bank" / "train" / "meta.json").read_text())
-    assert meta["appearance_grid"] == [6, 3]
+    assert meta["appearance_grid"] == [6, 1]
     state = torch.load(tmp_path / "demo" / "stage2" / "final.pt", weights_only=False)["model"]
-    assert state["appearance_grid"].tolist() == [6, 3]
+    assert state["appearance_grid"].tolist() == [6, 1]
     assert state["lfb.reduce_bank.weight"].shape[1] == meta["dim"]
