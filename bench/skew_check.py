@@ -9,6 +9,9 @@
 3. With ``--checkpoint``, evaluates the same model offline (``avaserve eval --checkpoint ...
    --boxes <served proposals>``): the same box source, so any mAP difference comes from the
    clip sampling, preprocessing, bank windows or the export itself. Acceptance: |diff| <= 0.01.
+   A stage-2 checkpoint reads its window from a bank extracted by the same checkpoint from
+   the served boxes (``avaserve extract-bank --boxes <served proposals>``), as the service
+   fills its bank from the boxes it serves -- not the ground-truth-box bank it trained on.
 
 Writes bench/results/skew.json. Needs a world (``avaserve make-world``) or an AVA-format copy.
 """
@@ -86,6 +89,29 @@ def _eval(args: list[str]) -> tuple[float, str]:
     return float(found[-1]), text
 
 
+def _served_bank(args: argparse.Namespace, proposals_csv: Path) -> list[str]:
+    """``--bank DIR`` of a bank the checkpoint extracts from the served boxes (stage 2), or []."""
+    import torch
+
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if not any(k.startswith("lfb.") for k in state.get("model", {})):
+        return []
+    bank = args.out / "served_bank"
+    res = subprocess.run(
+        [
+            sys.executable, "-m", "avaserve.cli", "extract-bank", "--checkpoint",
+            str(args.checkpoint), "--data", str(args.data), "--split", args.split,
+            "--out", str(bank), "--boxes", str(proposals_csv),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if res.returncode != 0:
+        sys.exit(f"avaserve extract-bank failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+    return ["--bank", str(bank)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
@@ -141,10 +167,11 @@ def main() -> None:
     }
     print(f"served frame-mAP@0.5: {served_map:.4f}")
     if args.checkpoint is not None:
+        bank_args = _served_bank(args, proposals_csv)
         offline_map, _ = _eval(
             [
                 "--checkpoint", str(args.checkpoint), "--data", str(args.data),
-                "--split", args.split, "--boxes", str(proposals_csv), *common,
+                "--split", args.split, "--boxes", str(proposals_csv), *bank_args, *common,
             ]
         )  # fmt: skip
         diff = served_map - offline_map
