@@ -11,8 +11,15 @@ and records, per annotation::
 
 The bound the issue sets: p95 lag <= clip lookahead + 1.3 x median keyframe processing time,
 where lookahead is how far the clip reaches past its keyframe (0 for the causal clips live
-streams use) and processing time is the engine's keyframe-due -> predictions-ready time
-(`EngineStats` "keyframe_live" samples) for this very run. Not a timed test.
+streams use). Processing time is measured two ways in this very run, and both verdicts are
+printed:
+
+* server (the headline): the server's whole time for the keyframe, its frame received ->
+  its annotation queued for sending (JPEG decode, ingest, graphs, bank, hand-offs; the
+  "live_server" samples the WebSocket route records);
+* engine: the engine's part only, keyframe due -> predictions ready ("keyframe_live").
+
+The lag adds the client's send and the network to the server's time. Not a timed test.
 """
 
 from __future__ import annotations
@@ -175,13 +182,16 @@ def main() -> None:
 
     expected = int(np.floor(pts[-1])) - int(np.ceil(pts[0] - 1e-6)) + 1 if pts else 0
     lags = [a["lag"] for a in annotations if a["lag"] is not None]
-    processing = list(engine.stats.samples.get("keyframe_live", []))
+    processing = list(engine.stats.samples.get("live_server", []))
+    engine_only = list(engine.stats.samples.get("keyframe_live", []))
     steps = list(engine.stats.samples.get("decode", []))  # per frame: resize + letterbox
     manifest = engine.manifest
     # Live clips are causal: the last sample is the keyframe itself, nothing to wait for.
     lookahead_s = 0.0
     median_proc = statistics.median(processing) if processing else float("nan")
     bound = lookahead_s + 1.3 * median_proc
+    median_engine = statistics.median(engine_only) if engine_only else float("nan")
+    bound_engine = lookahead_s + 1.3 * median_engine
     p50 = float(np.percentile(lags, 50)) if lags else float("nan")
     p95 = float(np.percentile(lags, 95)) if lags else float("nan")
     last = statuses[-1] if statuses else {}
@@ -209,6 +219,9 @@ def main() -> None:
         else None,
         "frame_step_median_s": round(statistics.median(steps), 4) if steps else None,
         "bound_s": round(bound, 4),
+        "engine_processing_median_s": round(median_engine, 4),
+        "bound_engine_only_s": round(bound_engine, 4),
+        "within_bound_engine_only": bool(p95 <= bound_engine),
         "idle_jitter_floor_backbone": floor,
         # Where a keyframe's time goes (engine stage timers, this run): p50 / p95 seconds.
         "stages": {
@@ -224,9 +237,11 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k != "annotation_times"}, indent=2))
     print(
-        f"\nlag p50 {p50:.3f} s, p95 {p95:.3f} s; bound = lookahead {lookahead_s:.2f} + 1.3 x "
-        f"median keyframe {median_proc:.3f} s = {bound:.3f} s -> "
-        f"{'OK' if p95 <= bound else 'OVER'}; {len(annotations)}/{expected} keyframes annotated"
+        f"\nlag p50 {p50:.4f} s, p95 {p95:.4f} s; bound = lookahead {lookahead_s:.2f} + 1.3 x "
+        f"median keyframe (server) {median_proc:.4f} s = {bound:.4f} s -> "
+        f"{'OK' if p95 <= bound else 'OVER'}; engine-only bound 1.3 x {median_engine:.4f} s = "
+        f"{bound_engine:.4f} s -> {'OK' if p95 <= bound_engine else 'OVER'}; "
+        f"{len(annotations)}/{expected} keyframes annotated"
     )
     print(
         f"keyframe processing p95/p50 {float(np.percentile(processing, 95)) / median_proc:.2f}; "

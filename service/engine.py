@@ -964,6 +964,19 @@ class LiveSession:
         for clip in clips:
             self._pending_clips.popleft().clip.set_result(clip)
 
+    async def keyframes_idle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until this stream has no keyframe in flight.
+
+        Only waits when every in-flight keyframe already has its clip (causal clips get theirs
+        in the step that detects them): a keyframe still waiting for later frames would
+        otherwise wait for the very frame held back here.
+        """
+        if timeout <= 0 or self._pending_clips:
+            return
+        busy = [kf.result for kf in self._order if not kf.result.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout)
+
     async def _keyframe(self, kf: _Keyframe, prev: _Keyframe | None) -> None:
         eng = self.engine
         try:

@@ -8,6 +8,7 @@ key isolation (404 for another key's job), hostile uploads (415, no outbound con
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -229,6 +230,8 @@ async def test_health_and_ready(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    # Start-up objects were frozen out of the cyclic GC once ready (service/app.py).
+    assert gc.get_freeze_count() > 0
     client.app.state.service.begin_drain()  # type: ignore[attr-defined]
     assert (await client.get("/readyz")).status_code == 503
     refused = await client.post("/v1/jobs", content=b"x", headers=A)

@@ -181,7 +181,8 @@ def test_bad_start_and_bad_frames(client: TestClient) -> None:
         ws.send_bytes(b"\x00" * 8 + b"not a jpeg")
         ws.send_text("{not json")
         codes = [ws.receive_json()["code"] for _ in range(3)]
-        assert codes == ["bad_frame", "bad_frame", "bad_message"]
+        # The header error comes at once; the JPEG one when the pusher decodes that frame.
+        assert codes[0] == "bad_frame" and sorted(codes[1:]) == ["bad_frame", "bad_message"]
         ws.send_text(json.dumps({"type": "end"}))
         messages = []
         with pytest.raises(WebSocketDisconnect):

@@ -230,6 +230,45 @@ def test_live_session_causal(bundle: Path, video: Path) -> None:
     assert bank.log and all(kind == "w" and w == (-60, 0) for kind, _, w in bank.log)
 
 
+def test_keyframes_idle_waits_for_in_flight_keyframes(bundle: Path, video: Path) -> None:
+    """The live ingest yields to keyframes: after the frame that makes keyframe 1 due,
+    ``keyframes_idle`` returns only once that keyframe's predictions are ready (its graphs
+    are slowed to 0.3 s here), and at once when nothing is in flight."""
+    frames = [(f.pts_seconds, f.image) for f in decode_frames(video, isolated=False)]
+
+    async def main() -> tuple[float, float, int]:
+        engine = Engine(bundle, settings=_settings(live_max_pending=16))
+        engine.backbone = SlowRuntime(engine.backbone, 0.3)  # type: ignore[assignment]
+        live = engine.live_session("idle")
+        t0 = time.monotonic()
+        await live.keyframes_idle(5.0)
+        idle_s = time.monotonic() - t0
+        for pts, img in frames:
+            await live.push_frame(img, pts)
+            if pts >= 1.0 - 1e-9:
+                break
+        t0 = time.monotonic()
+        await live.keyframes_idle(5.0)
+        waited_s = time.monotonic() - t0
+        done = sum(kf.result.done() for kf in [*live._order])  # none left in flight
+        pending = len(live._order) - done
+        ready = len(live.drain())
+        deadline = time.monotonic() + 5
+        while ready < 2 and time.monotonic() < deadline:  # the emitter hands them on
+            await asyncio.sleep(0.01)
+            ready += len(live.drain())
+        assert pending == 0
+        await live.end()
+        await live.close()
+        await engine.close()
+        return idle_s, waited_s, ready
+
+    idle_s, waited_s, ready = asyncio.run(main())
+    assert idle_s < 0.05  # nothing in flight: no wait
+    assert waited_s >= 0.2  # keyframe 1's slowed backbone was still running
+    assert ready == 2  # keyframes 0 and 1 were both done when it returned
+
+
 class SlowRuntime:
     """Wraps a runtime so each run takes at least ``delay`` seconds (a saturated detector)."""
 
