@@ -38,7 +38,6 @@ DEMO_RUN ?= runs/demo
 demo-bundle: $(VENV_TEST)/.installed
 	$(VENV_TEST)/bin/avaserve demo-recipe $(DEMO_RUN)
 	$(VENV_TEST)/bin/avaserve export --checkpoint $(DEMO_RUN)/stage2/final.pt \
-		--bank-checkpoint $(DEMO_RUN)/stage1/final.pt \
 		--detector onnx:$(DEMO_RUN)/detector/detector.onnx \
 		--data $(DEMO_RUN)/world --out bundles/demo --force
 
