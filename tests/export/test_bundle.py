@@ -305,29 +305,42 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
         load_checkpoint_models(path)
 
 
-def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> None:
-    """A stage-2 model with slot times: the manifest tells the service to lay windows out
-    slot-aligned from the training window's first second, and the head runs with W slots."""
+TIMED_CLASSES = (1, 11, 12, 17, 80)
+# A 4 s-each-side window of 2 persons a second (W = 18 slots), as a stage-2 config says it.
+TIMED_CONFIG = {
+    "preset": "slowfast_tiny",
+    "preset_overrides": SMALL,
+    "bank_window": 4,
+    "bank_persons_per_second": 2,
+}
+
+
+def _timed_checkpoint(path: Path, seed: int, **head: object) -> tuple[torch.nn.Module, Path]:
+    """A time-aware stage-2 tiny model (LFB + global, TIMED_CONFIG's slots) saved as a
+    training checkpoint; ``head`` adds preset options (e.g. ``appearance_grid``)."""
     from models.bank_layout import slot_offsets
 
-    torch.manual_seed(2)
-    classes = (1, 11, 12, 17, 80)
+    torch.manual_seed(seed)
     model = slowfast_tiny(
         use_lfb=True,
         use_global=True,
-        class_ids=classes,
+        class_ids=TIMED_CLASSES,
         lfb_dim_inner=16,
         lfb_slot_offsets=slot_offsets(-4, 9, 2),
+        **head,
         **SMALL,
     )
-    ckpt = tmp_path / "timed.pt"
-    config = {
-        "preset": "slowfast_tiny",
-        "preset_overrides": SMALL,
-        "bank_window": 4,
-        "bank_persons_per_second": 2,
-    }
-    torch.save({"model": model.state_dict(), "config": config, "class_ids": list(classes)}, ckpt)
+    torch.save(
+        {"model": model.state_dict(), "config": TIMED_CONFIG, "class_ids": list(TIMED_CLASSES)},
+        path,
+    )
+    return model, path
+
+
+def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> None:
+    """A stage-2 model with slot times: the manifest tells the service to lay windows out
+    slot-aligned from the training window's first second, and the head runs with W slots."""
+    model, ckpt = _timed_checkpoint(tmp_path / "timed.pt", seed=2)
     loaded = load_checkpoint_models(ckpt)
     assert loaded.model.lfb is not None and loaded.model.lfb.num_slots == 18
     out = tmp_path / "b"
@@ -338,8 +351,10 @@ def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> No
 
     # A window of another layout is refused at export.
     bad = tmp_path / "bad.pt"
-    wrong = {**config, "bank_window": 5}
-    torch.save({"model": model.state_dict(), "config": wrong, "class_ids": list(classes)}, bad)
+    wrong = {**TIMED_CONFIG, "bank_window": 5}
+    torch.save(
+        {"model": model.state_dict(), "config": wrong, "class_ids": list(TIMED_CLASSES)}, bad
+    )
     with pytest.raises(ExportError, match="not the layout"):
         build_bundle(
             load_checkpoint_models(bad), tmp_path / "b2", parity_video=video, parity_keyframes=1
@@ -354,29 +369,10 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
 
     import onnxruntime as ort
 
-    from models.bank_layout import slot_offsets
     from service.engine import Engine, EngineSettings
     from service.runtime import RuntimeSettings
 
-    torch.manual_seed(3)
-    classes = (1, 11, 12, 17, 80)
-    model = slowfast_tiny(
-        use_lfb=True,
-        use_global=True,
-        class_ids=classes,
-        lfb_dim_inner=16,
-        lfb_slot_offsets=slot_offsets(-4, 9, 2),
-        appearance_grid=(6, 1),
-        **SMALL,
-    )
-    ckpt = tmp_path / "app.pt"
-    config = {
-        "preset": "slowfast_tiny",
-        "preset_overrides": SMALL,
-        "bank_window": 4,
-        "bank_persons_per_second": 2,
-    }
-    torch.save({"model": model.state_dict(), "config": config, "class_ids": list(classes)}, ckpt)
+    model, ckpt = _timed_checkpoint(tmp_path / "app.pt", seed=3, appearance_grid=(6, 1))
     loaded = load_checkpoint_models(ckpt)
     assert loaded.model.appearance == (6, 1)
     out = tmp_path / "b"
