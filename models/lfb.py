@@ -108,19 +108,18 @@ class LFBBlock(nn.Module):
         k = self.phi(lt)  # (K, W, d)
         v = self.g(lt)  # (K, W, d)
         logits = torch.matmul(k, q[:, :, None])[:, :, 0] * self.scale  # (K, W)
-        gains = None
+        aff_logit, aff_value = self.aff_logit, self.aff_value
         if aff is not None:  # same-person affinity (K, W), see the module docstring
-            if self.aff_logit is None or self.aff_value is None:
+            if aff_logit is None or aff_value is None:
                 raise ValueError("this block was built without affinity=True")
-            gains = (self.aff_logit, self.aff_value)
-            logits = logits + gains[0] * aff
+            logits = logits + aff_logit * aff
         logits = torch.where(valid > 0, logits, torch.full_like(logits, _MASKED_LOGIT))
         attn = torch.softmax(logits, dim=1) * valid  # (K, W); fully masked row -> all 0
         y = torch.matmul(attn[:, None, :], v)[:, 0, :]  # (K, d)
-        if aff is not None and gains is not None:
+        if aff is not None and aff_value is not None:
             # sum_w attn_w (v_w + aff_w u) = attn v + (attn . aff) u: no (K, W, d) tensor, so a
             # window shared by the K persons (bank batch 1) broadcasts as in the matmuls.
-            y = y + (attn * aff).sum(dim=1, keepdim=True) * gains[1]
+            y = y + (attn * aff).sum(dim=1, keepdim=True) * aff_value
         y = self.out(torch.relu(self.norm(y)))
         return s + self.dropout(y)
 
