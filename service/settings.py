@@ -203,8 +203,9 @@ class Settings(BaseSettings):
         "per core). Default 1: the detector, backbone and head run concurrently in their own "
         "batcher threads beside the decoder, so one thread each keeps the cores busy without "
         "oversubscribing them; on the 2-core CI machine ORT's default made live keyframe "
-        "processing jittery (p95/p50 1.21-1.32 vs 1.06-1.07, bench/bench_ws_lag.py). Raise it "
-        "on a many-core CPU serving few streams.",
+        "processing jittery (p95/p50 1.21-1.26 over 2 runs, vs 1.06-1.28 over 4 runs with one "
+        "thread, 3 of them <= 1.07; bench/bench_ws_lag.py). Raise it on a many-core CPU "
+        "serving few streams.",
     )
     ort_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],

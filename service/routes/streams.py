@@ -15,9 +15,9 @@ Then, per connection, four tasks joined by bounded buffers::
 Keyframes first: the reader queues JPEG frames still encoded (pts checked at once), and the
 pusher decodes and ingests the next frame only once the stream's in-flight keyframes are done
 (`LiveSession.keyframes_idle`, at most ``_INGEST_YIELD_S``). Frames after a keyframe feed the
-*next* keyframe's clip, a second later, so they can wait a few tens of milliseconds; decoding
-them while a keyframe's graphs run steals the same cores (measured on the 2-core CI machine:
-keyframe processing p95/p50 1.21-1.23 without this).
+*next* keyframe's clip, a second later, so they can wait a few tens of milliseconds, while
+decoding them during a keyframe's graph runs would compete for the same cores. (On the
+2-core machine its effect alone was within run-to-run noise; bench/bench_ws_lag.py.)
 
 Causal throughout: clips end at their keyframe, the bank window is ``[t - 60, t]``. The bank is
 keyed by (API key, stream id) and outlives the connection, so a client that reconnects with the
