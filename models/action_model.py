@@ -41,7 +41,7 @@ from models.ava import POSE_IDS
 from models.lfb import LFB
 from models.preset_info import PresetInfo
 from models.probs import pose_columns
-from models.roi import RoIHead, appearance_descriptor
+from models.roi import RoIHead, appearance_descriptor, appearance_size
 
 AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
 
@@ -140,7 +140,7 @@ class ActionModel(nn.Module):
     @property
     def appearance_dim(self) -> int:
         """A, the appearance columns appended to person features (0 without)."""
-        return 0 if self._grid is None else 3 * self._grid[0] * self._grid[1]
+        return 0 if self._grid is None else appearance_size(self._grid)
 
     @property
     def person_dim(self) -> int:
@@ -168,7 +168,9 @@ class ActionModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, slow: Tensor, fast: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """(slow, fast, boxes (K,5)) -> (person (K, D), global (B, D)). backbone.onnx."""
+        """(slow, fast, boxes (K,5)) -> (person (K, D + A), global (B, D)). backbone.onnx.
+
+        A = `appearance_dim` (0 without an appearance grid)."""
         feats = self.backbone(slow, fast)  # [(B, C_s, T_s, h, w), (B, C_f, T_f, h, w)]
         person = self.roi_head(feats, boxes)  # (K, D)
         glob = torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1)  # (B, D)

@@ -31,7 +31,7 @@ from models.ava import POSE_IDS
 from models.backbone import create_slowfast
 from models.lfb import LFB
 from models.preset_info import SLOWFAST_R50_AVA, SLOWFAST_R101_AVA, SLOWFAST_TINY, PresetInfo
-from models.roi import DEFAULT_SAMPLING_RATIO, RoIHead
+from models.roi import DEFAULT_SAMPLING_RATIO, RoIHead, appearance_size
 
 __all__ = [
     "PRESETS",
@@ -84,7 +84,7 @@ def build_action_model(
         aligned=roi_aligned,
     )
     grid = None if appearance_grid is None else (int(appearance_grid[0]), int(appearance_grid[1]))
-    app_dim = 0 if grid is None else 3 * grid[0] * grid[1]
+    app_dim = 0 if grid is None else appearance_size(grid)
     lfb = (
         LFB(
             dim_in=roi_head.out_dim,

@@ -295,6 +295,11 @@ DEFAULT_APPEARANCE_GRID = (6, 1)
 APPEARANCE_STRIP = 1.0 / 3.0
 
 
+def appearance_size(grid: tuple[int, int]) -> int:
+    """A, the columns `appearance_descriptor` writes for ``grid``: 3 colours per cell."""
+    return 3 * int(grid[0]) * int(grid[1])
+
+
 def appearance_descriptor(frame: Tensor, rois: Tensor, grid: tuple[int, int]) -> Tensor:
     """Mean colour of cells down the middle of each person box: who someone is, not what they do.
 

@@ -17,7 +17,9 @@ pusher decodes and ingests the next frame only once the stream's in-flight keyfr
 (`LiveSession.keyframes_idle`, at most ``_INGEST_YIELD_S``). Frames after a keyframe feed the
 *next* keyframe's clip, a second later, so they can wait a few tens of milliseconds, while
 decoding them during a keyframe's graph runs would compete for the same cores. (On the
-2-core machine its effect alone was within run-to-run noise; bench/bench_ws_lag.py.)
+2-core machine its effect on lag alone was within run-to-run noise; bench/bench_ws_lag.py.)
+The frame buffer holds encoded JPEGs, so its ``live_queue_frames`` bound costs ~15x less
+memory than decoded frames would at 320x240.
 
 Causal throughout: clips end at their keyframe, the bank window is ``[t - 60, t]``. The bank is
 keyed by (API key, stream id) and outlives the connection, so a client that reconnects with the
