@@ -19,7 +19,8 @@ pusher decodes and ingests the next frame only once the stream's in-flight keyfr
 decoding them during a keyframe's graph runs would compete for the same cores. (On the
 2-core machine its effect on lag alone was within run-to-run noise; bench/bench_ws_lag.py.)
 The frame buffer holds encoded JPEGs, so its ``live_queue_frames`` bound costs ~15x less
-memory than decoded frames would at 320x240.
+memory than decoded frames (measured 15.5x: 14.9 KB vs 230 KB per 320x240 world frame as
+`avaserve watch` encodes it).
 
 Causal throughout: clips end at their keyframe, the bank window is ``[t - 60, t]``. The bank is
 keyed by (API key, stream id) and outlives the connection, so a client that reconnects with the
