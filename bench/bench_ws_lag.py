@@ -147,6 +147,35 @@ def _idle_jitter_floor(engine: Any, runs: int = 60, gap_s: float = 0.02) -> dict
     return {"p50_s": round(p50, 4), "p95_s": round(p95, 4), "p95_over_p50": round(p95 / p50, 3)}
 
 
+def _verdict(
+    lags: list[float], processing: list[float], engine_only: list[float]
+) -> dict[str, Any]:
+    """The issue's check on one set of samples: p95 lag against lookahead + 1.3 x median
+    processing (server-side headline and engine-only)."""
+    # Live clips are causal: the last sample is the keyframe itself, nothing to wait for.
+    lookahead_s = 0.0
+    nan = float("nan")
+    median_proc = statistics.median(processing) if processing else nan
+    median_engine = statistics.median(engine_only) if engine_only else nan
+    p95 = float(np.percentile(lags, 95)) if lags else nan
+    return {
+        "keyframes": len(lags),
+        "lag_p50_s": round(float(np.percentile(lags, 50)), 4) if lags else nan,
+        "lag_p95_s": round(p95, 4),
+        "lag_max_s": round(max(lags), 4) if lags else nan,
+        "clip_lookahead_s": lookahead_s,
+        "keyframe_processing_median_s": round(median_proc, 4),
+        "keyframe_processing_p95_s": round(float(np.percentile(processing, 95)), 4)
+        if processing
+        else nan,
+        "bound_s": round(lookahead_s + 1.3 * median_proc, 4),
+        "within_bound": bool(p95 <= lookahead_s + 1.3 * median_proc),
+        "engine_processing_median_s": round(median_engine, 4),
+        "bound_engine_only_s": round(lookahead_s + 1.3 * median_engine, 4),
+        "within_bound_engine_only": bool(p95 <= lookahead_s + 1.3 * median_engine),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=None, help="default: Settings().bundle")
@@ -154,6 +183,14 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=10.0, help="frames sent per second")
     ap.add_argument("--speed", type=float, default=1.0, help="1.0 = real-time pace")
     ap.add_argument("--short-side", type=int, default=360)
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="stream the video this many times (fresh stream ids); each run's verdict is\n"
+        "printed and the pooled samples give the headline (a 60-keyframe p95 is the 3rd\n"
+        "worst sample, so one short run mostly measures the machine's noise bursts)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "ws_lag.json")
     args = ap.parse_args()
 
@@ -170,30 +207,51 @@ def main() -> None:
     app, server, thread = _serve(settings)
     print(f"server ready in {time.monotonic() - t0:.1f} s (bundle {settings.bundle})")
     engine = app.state.service.engine
-    url = f"ws://127.0.0.1:{settings.port}/v1/streams/bench"
     # The client runs in its own process: in this one it would compete with the server for
     # the GIL and inflate the very lag it measures.
     ctx = multiprocessing.get_context("spawn")
+    runs: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []
+    lags: list[float] = []
+    processing: list[float] = []
+    engine_only: list[float] = []
     with ctx.Pool(1) as pool:
-        annotations, statuses, pts = pool.apply(_client, (url, frames, args.fps, args.speed))
+        for i in range(args.repeat):
+            # A fresh stream id per run: each is a new viewer of the same video.
+            url = f"ws://127.0.0.1:{settings.port}/v1/streams/bench-{i}"
+            n_srv = len(engine.stats.samples.get("live_server", ()))
+            n_eng = len(engine.stats.samples.get("keyframe_live", ()))
+            annotations, statuses, pts = pool.apply(_client, (url, frames, args.fps, args.speed))
+            run_lags = [a["lag"] for a in annotations if a["lag"] is not None]
+            run_proc = list(engine.stats.samples.get("live_server", ()))[n_srv:]
+            run_eng = list(engine.stats.samples.get("keyframe_live", ()))[n_eng:]
+            verdict = _verdict(run_lags, run_proc, run_eng)
+            verdict["annotations"] = len(annotations)
+            runs.append(verdict)
+            lags += run_lags
+            processing += run_proc
+            engine_only += run_eng
+            print(
+                f"run {i + 1}/{args.repeat}: {len(annotations)} annotations, lag p50 "
+                f"{verdict['lag_p50_s']:.4f} s, p95 {verdict['lag_p95_s']:.4f} s, bound "
+                f"{verdict['bound_s']:.4f} s -> {'OK' if verdict['within_bound'] else 'OVER'}"
+            )
     server.should_exit = True
     thread.join(timeout=30)
     floor = _idle_jitter_floor(engine)
 
     expected = int(np.floor(pts[-1])) - int(np.ceil(pts[0] - 1e-6)) + 1 if pts else 0
-    lags = [a["lag"] for a in annotations if a["lag"] is not None]
-    processing = list(engine.stats.samples.get("live_server", []))
-    engine_only = list(engine.stats.samples.get("keyframe_live", []))
     steps = list(engine.stats.samples.get("decode", []))  # per frame: resize + letterbox
     manifest = engine.manifest
-    # Live clips are causal: the last sample is the keyframe itself, nothing to wait for.
-    lookahead_s = 0.0
-    median_proc = statistics.median(processing) if processing else float("nan")
-    bound = lookahead_s + 1.3 * median_proc
-    median_engine = statistics.median(engine_only) if engine_only else float("nan")
-    bound_engine = lookahead_s + 1.3 * median_engine
-    p50 = float(np.percentile(lags, 50)) if lags else float("nan")
-    p95 = float(np.percentile(lags, 95)) if lags else float("nan")
+    pooled = _verdict(lags, processing, engine_only)
+    lookahead_s = pooled["clip_lookahead_s"]
+    median_proc, bound = pooled["keyframe_processing_median_s"], pooled["bound_s"]
+    median_engine, bound_engine = (
+        pooled["engine_processing_median_s"],
+        pooled["bound_engine_only_s"],
+    )
+    p50, p95 = pooled["lag_p50_s"], pooled["lag_p95_s"]
     last = statuses[-1] if statuses else {}
     result = {
         "video": str(args.video),
@@ -204,24 +262,25 @@ def main() -> None:
         "short_side": args.short_side,
         "frames_sent": len(frames),
         "keyframes_expected": expected,
-        "annotations": len(annotations),
-        "annotation_times": [a["time"] for a in annotations],
-        "dropped_keyframes": last.get("dropped_keyframes"),
-        "server_lag_p95_s": last.get("lag_p95_s"),  # frame decoded at server -> annotation queued
-        "frames_dropped": last.get("frames_dropped"),
-        "lag_p50_s": round(p50, 4),
-        "lag_p95_s": round(p95, 4),
-        "lag_max_s": round(max(lags), 4) if lags else None,
-        "clip_lookahead_s": lookahead_s,
-        "keyframe_processing_median_s": round(median_proc, 4),
-        "keyframe_processing_p95_s": round(float(np.percentile(processing, 95)), 4)
-        if processing
-        else None,
+        "repeat": args.repeat,
+        "keyframes_per_run": expected,
+        "runs": runs,
+        "runs_within_bound": sum(r["within_bound"] for r in runs),
+        # The last run, per keyframe: (time, persons annotated, client lag s, server lag s).
+        "last_run_per_keyframe": [
+            (
+                a["time"],
+                len(a["records"]),
+                None if a["lag"] is None else round(a["lag"], 4),
+                a.get("lag_s"),
+            )
+            for a in annotations
+        ],
+        "last_run_dropped_keyframes": last.get("dropped_keyframes"),
+        "last_run_frames_dropped": last.get("frames_dropped"),
         "frame_step_median_s": round(statistics.median(steps), 4) if steps else None,
-        "bound_s": round(bound, 4),
-        "engine_processing_median_s": round(median_engine, 4),
-        "bound_engine_only_s": round(bound_engine, 4),
-        "within_bound_engine_only": bool(p95 <= bound_engine),
+        # Pooled over every run: the headline.
+        **pooled,
         "idle_jitter_floor_backbone": floor,
         # Where a keyframe's time goes (engine stage timers, this run): p50 / p95 seconds.
         "stages": {
@@ -232,16 +291,17 @@ def main() -> None:
             for name, v in engine.stats.samples.items()
             if len(v)
         },
-        "within_bound": bool(p95 <= bound),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "annotation_times"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "last_run_per_keyframe"}, indent=2))
     print(
-        f"\nlag p50 {p50:.4f} s, p95 {p95:.4f} s; bound = lookahead {lookahead_s:.2f} + 1.3 x "
+        f"\npooled over {args.repeat} runs ({len(lags)} keyframes, each run "
+        f"{min(r['annotations'] for r in runs)}-{max(r['annotations'] for r in runs)}/{expected} "
+        f"annotated; {result['runs_within_bound']}/{args.repeat} runs within their own bound): "
+        f"lag p50 {p50:.4f} s, p95 {p95:.4f} s; bound = lookahead {lookahead_s:.2f} + 1.3 x "
         f"median keyframe (server) {median_proc:.4f} s = {bound:.4f} s -> "
         f"{'OK' if p95 <= bound else 'OVER'}; engine-only bound 1.3 x {median_engine:.4f} s = "
-        f"{bound_engine:.4f} s -> {'OK' if p95 <= bound_engine else 'OVER'}; "
-        f"{len(annotations)}/{expected} keyframes annotated"
+        f"{bound_engine:.4f} s -> {'OK' if p95 <= bound_engine else 'OVER'}"
     )
     print(
         f"keyframe processing p95/p50 {float(np.percentile(processing, 95)) / median_proc:.2f}; "
