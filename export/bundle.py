@@ -248,6 +248,8 @@ def _inferred_head_overrides(state: Mapping[str, Any]) -> dict[str, Any]:
         out["lfb_num_blocks"] = len(blocks)
         if "lfb.slot_offsets" in state:  # time-aware LFB: its slot layout travels with it
             out["lfb_slot_offsets"] = [float(x) for x in state["lfb.slot_offsets"].tolist()]
+        if "lfb.recall.weight" in state:  # the recall path (models.lfb): (M, D) row classifier
+            out["lfb_recall_classes"] = int(state["lfb.recall.weight"].shape[0])
     if "appearance_grid" in state:  # person features carry the box colour descriptor
         out["appearance_grid"] = tuple(int(x) for x in state["appearance_grid"].tolist())
     return out

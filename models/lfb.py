@@ -50,6 +50,21 @@ ends in its own A columns, and every block gets a learned same-person affinity::
 so attention can pick the rows of the person being classified (alpha) and its output can
 say how well the attended rows matched (u) -- "nobody matched" then differs from "this
 person, 20 s ago, picking something up".
+
+Recall (a third addition, ``recall_classes`` M > 0, needs the appearance cue). Softmax
+attention averages: one evidence row among a person's dozen recent rows is diluted, and in
+practice the blocks settle on the recent rows. Recall asks the question directly -- "did
+*this person* do class c in time bin b?" -- as a max, not an average::
+
+    r = sigmoid(R(bank_row))                 (., W, M)  what each row was doing (row classifier)
+    m = exp(-sum_i s'_i (a_q,i - a_w,i)^2)   (K, W)     its own same-person affinity (s' learned)
+    recall[k, b, c] = max_w valid * m[k, w] * bin_b(w) * r[w, c]            (K, B, M)
+    output += Linear(recall.flatten(1))
+
+Bins split the window by slot time (`RECALL_BIN_EDGES_S`: long ago / recently / now / ahead;
+one bin for an unordered window). R reads the same D features the person query has, so
+training supervises it on the query's own labels (`recall_logits`, an auxiliary loss in
+`training.train`): it learns what a row *shows* without needing labels for bank rows.
 """
 
 from __future__ import annotations
@@ -69,6 +84,18 @@ from models.bank_layout import TIME_ENCODING_DIM, TIME_ENCODING_PERIODS_S
 _MASKED_LOGIT = -1.0e4
 # softplus(-0.4328) = 0.5: initial weight of each appearance cell in the affinity.
 APPEARANCE_WEIGHT_INIT = -0.4328
+# softplus(-1.2587) = 0.25: the recall's affinity starts softer -- a person's colour cells
+# at an event (bent over, arms up) differ more from their walking rows than a partner's do.
+RECALL_WEIGHT_INIT = -1.2587
+# Recall affinity with ``recall_cells``: softplus(0.3573) = 0.9 on the flagged (torso)
+# cells, softplus(-3.89) = 0.02 elsewhere. The torso is what survives a change of pose: on the
+# world's train videos, matching a person's later rows to their own event row by the two
+# torso cells of the 6 x 1 strip (exp(-mean squared RGB difference / 0.01), max over the
+# event rows in the window) gives AP 0.85 against 0.70 with all six cells.
+RECALL_CELL_INIT = (0.3573, -3.89)
+# Recall's time bins (seconds relative to the keyframe; slots are whole seconds): before
+# -9.5 (long ago), -9.5..-1.5 (recently), -1.5..1.5 (now), after 1.5 (ahead).
+RECALL_BIN_EDGES_S: tuple[float, ...] = (-9.5, -1.5, 1.5)
 
 
 def time_encoding(offsets: Tensor) -> Tensor:
@@ -137,6 +164,11 @@ class LFB(nn.Module):
         slot_offsets: seconds of each of the W slots (time-aware variant), or None.
         appearance_dim: A > 0: the person input is (K, dim_in + A) and every bank row ends
             in its A appearance columns (same-person cue, module docstring); 0 = off.
+        recall_classes: M > 0 adds the recall path (module docstring, "Recall"; needs
+            A > 0); usually the model's class count. 0 = off.
+        recall_cells: which of the A appearance columns the recall's affinity starts
+            weighting (`RECALL_CELL_INIT`; the others start near 0); None = all alike
+            (`RECALL_WEIGHT_INIT`). The action model passes the torso cells.
 
     ``forward(person (K, D + A), bank (K, W, D_bank), mask (K, W) bool or float, 1 = valid)
     -> (K, dim_inner)``. K and W may be 0-sized / fully masked; the output stays finite.
@@ -152,6 +184,8 @@ class LFB(nn.Module):
         dropout: float = 0.2,
         slot_offsets: Sequence[float] | None = None,
         appearance_dim: int = 0,
+        recall_classes: int = 0,
+        recall_cells: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if num_blocks < 1:
@@ -179,12 +213,44 @@ class LFB(nn.Module):
         # so that a checkpoint says which layout its head was trained on.
         self.time_proj: nn.Linear | None = None
         self.slot_offsets: Tensor  # a buffer, registered only when time-aware
+        offsets = None
         if slot_offsets is not None:
             offsets = torch.as_tensor(list(slot_offsets), dtype=torch.float32)
             if offsets.dim() != 1 or offsets.numel() == 0:
                 raise ValueError("slot_offsets must be a non-empty sequence of seconds")
             self.register_buffer("slot_offsets", offsets)
             self.time_proj = nn.Linear(TIME_ENCODING_DIM, dim_inner)
+        # Recall (module docstring): row classifier, its own affinity weights, time bins.
+        if recall_classes < 0 or (recall_classes > 0 and not aff):
+            raise ValueError(
+                f"recall_classes must be >= 0 and needs appearance_dim > 0, got "
+                f"{recall_classes} with appearance_dim {appearance_dim}"
+            )
+        self.recall_classes = int(recall_classes)
+        self.recall: nn.Linear | None = None
+        self.recall_weight: nn.Parameter | None = None
+        self.recall_proj: nn.Linear | None = None
+        self.recall_bins: Tensor  # (W, B) or (1, 1) non-persistent buffer, with recall only
+        if recall_classes > 0:
+            self.recall = nn.Linear(dim_bank - appearance_dim, recall_classes)
+            init = torch.full((appearance_dim,), RECALL_WEIGHT_INIT)
+            if recall_cells is not None:
+                on = torch.as_tensor(list(recall_cells), dtype=torch.bool)
+                if on.shape != (appearance_dim,) or not bool(on.any()):
+                    raise ValueError(
+                        f"recall_cells must flag some of the {appearance_dim} appearance columns"
+                    )
+                init = torch.where(on, RECALL_CELL_INIT[0], RECALL_CELL_INIT[1])
+            self.recall_weight = nn.Parameter(init)
+            if offsets is None:
+                bins = torch.ones(1, 1)
+            else:
+                edges = torch.tensor((-math.inf, *RECALL_BIN_EDGES_S, math.inf))
+                bins = (
+                    (offsets[:, None] >= edges[None, :-1]) & (offsets[:, None] < edges[None, 1:])
+                ).float()
+            self.register_buffer("recall_bins", bins, persistent=False)
+            self.recall_proj = nn.Linear(bins.shape[1] * recall_classes, dim_inner)
 
     @property
     def num_slots(self) -> int | None:
@@ -204,16 +270,10 @@ class LFB(nn.Module):
 
         aff = None
         if self.app_weight is not None:
-            a = self.appearance_dim
-            scale = torch.sqrt(nn.functional.softplus(self.app_weight))  # (A,)
-            mq = person[:, -a:] * scale  # (K, A)
-            mw = bank[:, :, -a:] * scale  # (K, W, A)
-            # |q - w|^2 = |q|^2 + |w|^2 - 2 q.w, with the dot product as a batched matmul like
-            # the attention logits: the bank's batch axis may be 1 (a window shared by the K
-            # persons of a keyframe) and must broadcast the same way here.
-            dot = torch.matmul(mw, mq[:, :, None])[:, :, 0]  # (K, W)
-            d2 = (mq * mq).sum(dim=1, keepdim=True) + (mw * mw).sum(dim=2) - 2.0 * dot
-            aff = torch.exp(-torch.clamp(d2, min=0.0))  # (K, W) in (0, 1]
+            aff = self._affinity(person, bank, self.app_weight)
+        recall = None
+        if self.recall is not None and self.recall_weight is not None:
+            recall = self._recall(person, bank, valid_f)  # (K, B * M)
         person = person[:, : self.dim_in]
         s = self.reduce_person(self.input_dropout(person))  # (K, d)
         lt = self.reduce_bank(self.input_dropout(bank))  # (K, W, d)
@@ -226,4 +286,37 @@ class LFB(nn.Module):
             lt = lt + self.time_proj(time_encoding(self.slot_offsets))[None]  # + (1, W, d)
         for block in self.blocks:
             s = block(s, lt, valid_f, aff)
+        if recall is not None and self.recall_proj is not None:
+            s = s + self.recall_proj(recall)
         return s
+
+    def _affinity(self, person: Tensor, bank: Tensor, weight: Tensor) -> Tensor:
+        """exp(-sum_i softplus(weight_i) (a_q,i - a_w,i)^2): (K, W) in (0, 1]."""
+        a = self.appearance_dim
+        scale = torch.sqrt(nn.functional.softplus(weight))  # (A,)
+        mq = person[:, -a:] * scale  # (K, A)
+        mw = bank[:, :, -a:] * scale  # (K, W, A)
+        # |q - w|^2 = |q|^2 + |w|^2 - 2 q.w, with the dot product as a batched matmul like
+        # the attention logits: the bank's batch axis may be 1 (a window shared by the K
+        # persons of a keyframe) and must broadcast the same way here.
+        dot = torch.matmul(mw, mq[:, :, None])[:, :, 0]  # (K, W)
+        d2 = (mq * mq).sum(dim=1, keepdim=True) + (mw * mw).sum(dim=2) - 2.0 * dot
+        return torch.exp(-torch.clamp(d2, min=0.0))
+
+    def recall_logits(self, features: Tensor) -> Tensor:
+        """(N, D) person features (query or bank row, appearance columns dropped) -> (N, M)
+        logits of the recall's row classifier; training supervises them on the query's
+        labels (module docstring, "Recall")."""
+        if self.recall is None:
+            raise ValueError("this LFB was built without recall_classes")
+        return self.recall(features[..., : self.dim_bank - self.appearance_dim])
+
+    def _recall(self, person: Tensor, bank: Tensor, valid: Tensor) -> Tensor:
+        """(K, B * M): per time bin and class, the best same-person row's class score."""
+        assert self.recall_weight is not None
+        rows = torch.sigmoid(self.recall_logits(bank))  # (Kb, W, M), Kb = K or 1
+        match = self._affinity(person, bank, self.recall_weight) * valid  # (K, W)
+        bins = self.recall_bins  # (W, B) 0/1, or (1, 1) for an unordered window
+        # (K, W, 1, 1) * (1 | W, B, 1) * (Kb, W, 1, M) -> max over W -> (K, B, M)
+        score = match[:, :, None, None] * bins[None, :, :, None] * rows[:, :, None, :]
+        return score.amax(dim=1).flatten(1)

@@ -31,7 +31,7 @@ from models.ava import POSE_IDS
 from models.backbone import create_slowfast
 from models.lfb import LFB
 from models.preset_info import SLOWFAST_R50_AVA, SLOWFAST_R101_AVA, SLOWFAST_TINY, PresetInfo
-from models.roi import DEFAULT_SAMPLING_RATIO, RoIHead, appearance_size
+from models.roi import DEFAULT_SAMPLING_RATIO, RoIHead, appearance_size, appearance_torso_cells
 
 __all__ = [
     "PRESETS",
@@ -58,6 +58,7 @@ def build_action_model(
     lfb_num_blocks: int = 2,
     lfb_dropout: float = 0.2,
     lfb_slot_offsets: Sequence[float] | None = None,
+    lfb_recall_classes: int = 0,
     use_global: bool = False,
     appearance_grid: Sequence[int] | None = None,
     preset_info: PresetInfo | None = None,
@@ -67,8 +68,9 @@ def build_action_model(
     ``dropout`` is the RoI head's (0.5, PySlowFast AVA); ``lfb_*`` follow Wu et al. (512-d,
     2 blocks, dropout 0.2); ``lfb_dim_bank`` None means the bank holds this model's own
     person features (D); ``lfb_slot_offsets`` makes the LFB time-aware (`models.lfb`, slot
-    times); ``appearance_grid`` appends box colour cells to person features and gives the LFB
-    a same-person cue (`models.action_model`). ``roi_aligned=False`` is the legacy unaligned
+    times); ``lfb_recall_classes`` adds its recall path (`models.lfb`, "Recall");
+    ``appearance_grid`` appends box colour cells to person features and gives the LFB a
+    same-person cue (`models.action_model`). ``roi_aligned=False`` is the legacy unaligned
     RoIAlign that pytorchvideo's detection head (torchvision's default) and PySlowFast's
     Caffe2 AVA models (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set
     it.
@@ -94,6 +96,8 @@ def build_action_model(
             dropout=lfb_dropout,
             slot_offsets=lfb_slot_offsets,
             appearance_dim=app_dim,
+            recall_classes=lfb_recall_classes,
+            recall_cells=None if grid is None else appearance_torso_cells(grid),
         )
         if use_lfb
         else None

@@ -295,6 +295,20 @@ DEFAULT_APPEARANCE_GRID = (6, 1)
 APPEARANCE_STRIP = 1.0 / 3.0
 
 
+# The torso band (share of the box height, from the top): the shirt, which stays put when
+# legs stride and arms reach; heads are small and legs move.
+APPEARANCE_TORSO = (1.0 / 6.0, 0.5)
+
+
+def appearance_torso_cells(grid: tuple[int, int]) -> list[bool]:
+    """Which of `appearance_descriptor`'s A columns are torso cells (their row's centre in
+    `APPEARANCE_TORSO`), in its channel-major order."""
+    rows, cols = int(grid[0]), int(grid[1])
+    top, bottom = APPEARANCE_TORSO
+    row_on = [top <= (r + 0.5) / rows <= bottom for r in range(rows)]
+    return [row_on[r] for _ in range(3) for r in range(rows) for _ in range(cols)]
+
+
 def appearance_size(grid: tuple[int, int]) -> int:
     """A, the columns `appearance_descriptor` writes for ``grid``: 3 colours per cell."""
     return 3 * int(grid[0]) * int(grid[1])

@@ -265,6 +265,14 @@ def build_action_model(
             head["lfb_slot_offsets"] = slot_offsets(-w, 2 * w + 1, config.bank_persons_per_second)
         if appearance_grid is not None:
             head["appearance_grid"] = appearance_grid
+        if config.bank_recall:
+            if appearance_grid is None:
+                raise ValueError(
+                    f"the LFB's recall (--bank-recall, the tiny recipe's default) needs a bank "
+                    f"with colour cells: write it with `avaserve extract-bank --appearance`, or "
+                    f"train with --no-bank-recall (bank {config.bank_dir})"
+                )
+            head["lfb_recall_classes"] = len(class_ids)
     return PRESETS[config.preset](**{**config.preset_overrides, **head})
 
 
@@ -287,10 +295,18 @@ class LoadReport:
 
 def load_init(model: nn.Module, path: str | Path) -> LoadReport:
     """Initialise ``model`` from a checkpoint's weights (stage 1, or a classification
-    backbone from `training.pretrain`); keys whose shapes differ are left at their init."""
+    backbone from `training.pretrain`); keys whose shapes differ are left at their init.
+    A stage-2 LFB's recall row classifier starts as stage 1's person classifier."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    weights: dict[str, Tensor] = state.get("model", state)
+    weights: dict[str, Tensor] = dict(state.get("model", state))
     own = model.state_dict()
+    # A stage-1 person classifier (C, D) reads the features the LFB's recall row classifier
+    # reads, for the same classes: the recall starts from it (models.lfb, "Recall").
+    for name in ("weight", "bias"):
+        src, dst = f"classifier.{name}", f"lfb.recall.{name}"
+        fits = dst in own and src in weights and weights[src].shape == own[dst].shape
+        if fits and dst not in weights:
+            weights[dst] = weights[src]
     mismatched = tuple(k for k, v in weights.items() if k in own and own[k].shape != v.shape)
     usable = {k: v for k, v in weights.items() if k not in mismatched}
     result = model.load_state_dict(usable, strict=False)
@@ -309,7 +325,9 @@ def freeze_batchnorm(model: nn.Module) -> None:
 class _Step(nn.Module):
     """Model + how a batch enters it, so DDP wraps the whole forward.
 
-    Returns (action_logits (K, C), scene_logits (B, C) or (K, C) or None).
+    Returns (action_logits (K, C), scene_logits (B, C) or (K, C) or None, recall_logits
+    (K, C) or None): the last is the LFB recall's row classifier on the persons' own
+    features, for its auxiliary loss (`models.lfb`, "Recall").
     """
 
     def __init__(self, model: ActionModel, from_bank_features: bool) -> None:
@@ -317,15 +335,20 @@ class _Step(nn.Module):
         self.model = model
         self.from_bank_features = from_bank_features
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        lfb = self.model.lfb
+        recall = lfb is not None and lfb.recall is not None
         if self.from_bank_features:
             assert batch.person_features is not None and batch.global_features is not None
             assert batch.bank is not None and batch.bank_mask is not None
-            return self.model.head(
+            action, scene = self.model.head(
                 batch.person_features, batch.global_features, batch.bank, batch.bank_mask
             )  # scene logits per person (K, C)
-        out = self.model(batch.slow, batch.fast, batch.boxes, batch.bank, batch.bank_mask)
-        return out.action_logits, out.scene_logits
+            person = batch.person_features
+        else:
+            out = self.model(batch.slow, batch.fast, batch.boxes, batch.bank, batch.bank_mask)
+            action, scene, person = out.action_logits, out.scene_logits, out.person_features
+        return action, scene, lfb.recall_logits(person) if recall and lfb is not None else None
 
 
 def _global_mean(value: Tensor, count: float, dist_info: DistInfo) -> Tensor:
@@ -504,7 +527,16 @@ def train(
         writer = csv.writer(metrics_file)
         if new_file:
             writer.writerow(
-                ["iteration", "lr", "loss", "loss_pose", "loss_other", "loss_scene", "seconds"]
+                [
+                    "iteration",
+                    "lr",
+                    "loss",
+                    "loss_pose",
+                    "loss_other",
+                    "loss_scene",
+                    "seconds",
+                    "loss_recall",  # the LFB recall's auxiliary term; 0 without it
+                ]
             )
     bar = _progress(config, start, enabled=progress and dist_info.is_main)
     end = config.iterations if stop_after is None else min(config.iterations, stop_after)
@@ -519,7 +551,7 @@ def train(
             freeze_batchnorm(model)
         batch = _to(next(batches), device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            action_logits, scene_logits = step(batch)
+            action_logits, scene_logits, recall_logits = step(batch)
         # Each term is a local mean turned into this process's share of the global mean
         # (see _global_mean), so N processes take exactly the 1-process step.
         pose_part, other_part = _person_terms(
@@ -538,6 +570,13 @@ def train(
             + config.other_weight * _global_mean(other_part, n_persons, dist_info)
             + config.scene_weight * _global_mean(scene_part, n_scene, dist_info)
         )
+        recall_part = action_logits.new_zeros(())
+        if recall_logits is not None:
+            # The recall's row classifier learns what a row shows from the query's labels.
+            recall_part = nn.functional.binary_cross_entropy_with_logits(
+                recall_logits.float(), batch.targets
+            )
+            loss = loss + config.recall_weight * _global_mean(recall_part, n_persons, dist_info)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
@@ -557,6 +596,7 @@ def train(
                         f"{float(other_part.detach()):.5f}",
                         f"{float(scene_part.detach()):.5f}",
                         f"{time.perf_counter() - t0:.1f}",
+                        f"{float(recall_part.detach()):.5f}",
                     ]
                 )
                 metrics_file.flush()

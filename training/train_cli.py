@@ -78,6 +78,13 @@ def train_command(
         help="Stage 2: time-aware LFB (each bank slot carries its offset from the keyframe, "
         "so 'done 20 s ago' differs from 'done 20 s ahead'); the tiny recipe's default.",
     ),
+    bank_recall: bool | None = typer.Option(
+        None,
+        "--bank-recall/--no-bank-recall",
+        help="Stage 2: add the LFB's recall path (did this person do class c long ago / "
+        "recently / now / ahead? a max over their own bank rows, with an auxiliary loss); "
+        "needs a bank written with --appearance.",
+    ),
     init: Path | None = typer.Option(
         None,
         "--init",
@@ -114,6 +121,7 @@ def train_command(
         ("balance", balance),
         ("train_backbone", train_backbone),
         ("bank_time", bank_time),
+        ("bank_recall", bank_recall),
         ("seed", seed),
         ("threads", threads),
         ("preset", preset),

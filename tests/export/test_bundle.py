@@ -362,9 +362,11 @@ def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> No
 
 
 def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path: Path) -> None:
-    """A stage-2 model with the same-person cue: backbone.onnx's person output carries the
-    colour cells (D + A), the manifest's bank is D + A wide, and the service's engine runs
-    the bundle end to end with the head reading its window once per keyframe."""
+    """A stage-2 model with the same-person cue and the LFB's recall path: backbone.onnx's
+    person output carries the colour cells (D + A), the manifest's bank is D + A wide, the
+    recall is rebuilt from the checkpoint's keys (export parity covers its graph), and the
+    service's engine runs the bundle end to end with the head reading its window once per
+    keyframe."""
     import asyncio
 
     import onnxruntime as ort
@@ -372,9 +374,15 @@ def test_appearance_model_exports_and_serves(assets: Path, video: Path, tmp_path
     from service.engine import Engine, EngineSettings
     from service.runtime import RuntimeSettings
 
-    model, ckpt = _timed_checkpoint(tmp_path / "app.pt", seed=3, appearance_grid=(6, 1))
+    model, ckpt = _timed_checkpoint(
+        tmp_path / "app.pt",
+        seed=3,
+        appearance_grid=(6, 1),
+        lfb_recall_classes=len(TIMED_CLASSES),
+    )
     loaded = load_checkpoint_models(ckpt)
     assert loaded.model.appearance == (6, 1)
+    assert loaded.model.lfb is not None and loaded.model.lfb.recall_classes == len(TIMED_CLASSES)
     out = tmp_path / "b"
     build_bundle(
         loaded,

@@ -153,3 +153,104 @@ def test_same_person_affinity_attends_to_the_matching_row() -> None:
 def test_appearance_dim_is_checked() -> None:
     with pytest.raises(ValueError, match="appearance_dim"):
         LFB(dim_in=8, dim_bank=6, appearance_dim=6)
+
+
+def _recall_lfb(offsets: list[float] | None) -> LFB:
+    """A recall LFB whose row classifier says class 1 exactly where a row's feature 0 is
+    large (and class 0 nowhere), with a sharp affinity."""
+    torch.manual_seed(0)
+    lfb = LFB(
+        dim_in=8, dim_bank=8 + 6, dim_inner=4, slot_offsets=offsets, appearance_dim=6,
+        recall_classes=2,
+    ).eval()  # fmt: skip
+    assert lfb.recall is not None and lfb.recall_weight is not None
+    with torch.no_grad():
+        lfb.recall.weight.zero_()
+        lfb.recall.bias.fill_(-20.0)
+        lfb.recall.weight[1, 0] = 40.0  # class 1 on iff feature 0 > 0.5
+        lfb.recall_weight.fill_(5.0)
+    return lfb
+
+
+def test_recall_finds_this_persons_evidence_in_its_time_bin() -> None:
+    """Recall answers "did this person do class c long ago / recently / now / ahead": the
+    evidence row counts only when it looks like the query, and lands in the bin of its slot."""
+    from models.bank_layout import slot_offsets
+    from models.lfb import RECALL_BIN_EDGES_S
+
+    offsets = slot_offsets(-30, 61, 1)  # W = 61, one person a second
+    lfb = _recall_lfb(offsets)
+    gen = torch.Generator().manual_seed(2)
+    look = torch.randn(1, 6, generator=gen)
+    person = torch.cat([torch.zeros(1, 8), look], 1)
+    bank = torch.zeros(1, 61, 14)
+    bank[:, :, 8:] = torch.randn(1, 61, 6, generator=gen) + 4.0  # strangers everywhere
+    mask = torch.ones(1, 61)
+    assert len(RECALL_BIN_EDGES_S) + 1 == 4
+    # Nothing anywhere: every bin and class near 0.
+    assert lfb._recall(person, bank, mask).abs().max() < 1e-3
+    for offset, bin_index in ((-20, 0), (-5, 1), (0, 2), (12, 3)):
+        slot = offsets.index(offset)
+        own = bank.clone()
+        own[0, slot, 0] = 1.0  # the evidence ...
+        own[0, slot, 8:] = look[0]  # ... on this person's row
+        got = lfb._recall(person, own, mask).view(4, 2)
+        expected = torch.zeros(4, 2)
+        expected[bin_index, 1] = 1.0
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+        # The same evidence on a stranger's row, or on a masked slot, recalls nothing.
+        stranger = own.clone()
+        stranger[0, slot, 8:] = look[0] + 3.0
+        assert lfb._recall(person, stranger, mask).max() < 1e-3
+        masked = mask.clone()
+        masked[0, slot] = 0
+        assert lfb._recall(person, own, masked).max() < 1e-3
+
+
+def test_recall_reaches_the_output_and_broadcasts_a_shared_window() -> None:
+    """The recall changes the LFB's output (so the classifier can read it), and a window
+    shared by all K persons (bank batch 1, as the service feeds it) gives what K copies give."""
+    lfb = _recall_lfb(None)  # unordered window: one bin
+    gen = torch.Generator().manual_seed(3)
+    look = torch.randn(3, 6, generator=gen)
+    person = torch.cat([torch.randn(3, 8, generator=gen), look], 1)
+    bank = torch.randn(1, 5, 14, generator=gen)
+    bank[0, :, 0] = 0.0
+    mask = torch.ones(3, 5)
+    before = lfb(person, bank, mask)
+    bank[0, 2, 0] = 1.0
+    bank[0, 2, 8:] = look[1]  # person 1's evidence
+    after = lfb(person, bank, mask)
+    recall = lfb._recall(person, bank, mask).view(3, 1, 2)
+    assert recall[1, 0, 1] > 0.99 and recall[0, 0, 1] < 1e-3 and recall[2, 0, 1] < 1e-3
+    assert (after[1] - before[1]).abs().max() > 1e-4
+    torch.testing.assert_close(lfb(person, bank.expand(3, -1, -1), mask), after)
+    # The row classifier reads the person features without their colour cells.
+    assert lfb.recall_logits(person).shape == (3, 2)
+    torch.testing.assert_close(lfb.recall_logits(person), lfb.recall_logits(person[:, :8]))
+
+
+def test_recall_needs_the_appearance_cue() -> None:
+    with pytest.raises(ValueError, match="recall_classes"):
+        LFB(dim_in=8, dim_bank=10, recall_classes=3)
+    with pytest.raises(ValueError, match="recall_classes"):
+        LFB(dim_in=8, dim_bank=14, appearance_dim=6, recall_classes=-1)
+    with pytest.raises(ValueError, match="without recall_classes"):
+        LFB(dim_in=8, dim_bank=14, appearance_dim=6).recall_logits(torch.zeros(1, 8))
+
+
+def test_recall_affinity_starts_on_the_flagged_cells() -> None:
+    """``recall_cells`` (the torso cells, from the action model) start with most of the
+    recall affinity's weight; the attention's own affinity weights are untouched."""
+    from models.lfb import APPEARANCE_WEIGHT_INIT, RECALL_CELL_INIT
+
+    cells = [False, True, True, False, False, False]
+    lfb = LFB(dim_in=8, dim_bank=14, appearance_dim=6, recall_classes=2, recall_cells=cells)
+    assert lfb.recall_weight is not None and lfb.app_weight is not None
+    want = torch.tensor([RECALL_CELL_INIT[c is False] for c in cells])
+    torch.testing.assert_close(lfb.recall_weight.detach(), want)
+    assert torch.all(lfb.app_weight == APPEARANCE_WEIGHT_INIT)
+    with pytest.raises(ValueError, match="recall_cells"):
+        LFB(dim_in=8, dim_bank=14, appearance_dim=6, recall_classes=2, recall_cells=[True] * 5)
+    with pytest.raises(ValueError, match="recall_cells"):
+        LFB(dim_in=8, dim_bank=14, appearance_dim=6, recall_classes=2, recall_cells=[False] * 6)

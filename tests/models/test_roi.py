@@ -94,3 +94,28 @@ def test_roi_head_shapes_and_temporal_pooling() -> None:
     assert head([slow, fast], torch.zeros(0, 5)).shape == (0, 8)
     with pytest.raises(ValueError, match="pathways"):
         head([slow], boxes)
+
+
+def test_torso_cells_follow_the_descriptor_layout() -> None:
+    """`appearance_torso_cells` flags exactly the columns `appearance_descriptor` fills from
+    the torso band: paint the band red in a frame and only the flagged columns see it."""
+    from models.roi import APPEARANCE_TORSO, appearance_descriptor, appearance_torso_cells
+
+    for grid in ((6, 1), (3, 2), (12, 1)):
+        frame = torch.zeros(1, 3, 120, 60)
+        top, bottom = (int(120 * f) for f in APPEARANCE_TORSO)
+        cells = appearance_torso_cells(grid)
+        rows = grid[0]
+        # Paint the rows of cells whose centre lies in the band (whole cells, so no cell is
+        # half painted), in every channel.
+        for r in range(rows):
+            if top <= (r + 0.5) * 120 / rows <= bottom:
+                frame[:, :, r * 120 // rows : (r + 1) * 120 // rows] = 1.0
+        desc = appearance_descriptor(frame, torch.tensor([[0.0, 0.0, 0.0, 60.0, 120.0]]), grid)
+        assert desc.shape[1] == len(cells) == 3 * grid[0] * grid[1]
+        flagged = torch.tensor(cells)
+        assert flagged.any()
+        torch.testing.assert_close(
+            desc[0, flagged], torch.ones(int(flagged.sum())), atol=0.02, rtol=0
+        )
+        assert desc[0, ~flagged].abs().max() < 0.02

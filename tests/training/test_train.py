@@ -142,16 +142,23 @@ def test_pretrained_backbone_loads_without_missing_keys(tiny_world: Path, tmp_pa
     assert torch.equal(model.state_dict()[name], weights[name])
 
 
-@pytest.mark.parametrize("train_backbone", [False, True])
+@pytest.mark.parametrize(
+    ("train_backbone", "recall"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_stage2_trains_from_stage1_bank(
-    tiny_world: Path, tmp_path: Path, train_backbone: bool
+    tiny_world: Path, tmp_path: Path, train_backbone: bool, recall: bool
 ) -> None:
+    """Stage 2 reads the stage-1 bank, head-only or with the backbone; with ``recall`` the
+    bank carries colour cells and the LFB's recall row classifier learns from its
+    auxiliary loss."""
     from training.bank_extract import extract_bank
     from training.boxes import gt_boxes
     from training.train import load_checkpoint, load_split
 
     stage1 = train(_config(iterations=1, batch_size=2), tiny_world, tmp_path / "s1", progress=False)
     model = load_checkpoint(stage1)[0]
+    if recall:
+        model.enable_appearance((6, 1))
     for split in ("train", "val"):
         data = load_split(tiny_world, split)
         extract_bank(
@@ -165,10 +172,42 @@ def test_stage2_trains_from_stage1_bank(
         init_checkpoint=str(stage1),
         train_backbone=train_backbone,
         preset_overrides={**TINY_MODEL, "lfb_dim_inner": 16},
+        bank_recall=recall,
     )
     stage2 = train(config, tiny_world, tmp_path / "s2", progress=False)
     model2, config2, _ = load_checkpoint(stage2)
     assert model2.lfb is not None and model2.use_global and config2.stage == "stage2"
+    if recall:
+        assert model2.appearance == (6, 1) and model2.lfb.recall is not None
+        assert model2.lfb.recall_classes == model2.num_classes
+        # load_init starts the recall's row classifier as stage 1's person classifier.
+        from training.train import build_action_model, load_init
+
+        fresh = build_action_model(config, model2.class_ids, model2.person_dim, (6, 1))
+        assert fresh.lfb is not None and fresh.lfb.recall is not None
+        load_init(fresh, stage1)
+        s1 = torch.load(stage1, weights_only=False)["model"]
+        torch.testing.assert_close(fresh.lfb.recall.weight, s1["classifier.weight"])
+        torch.testing.assert_close(fresh.lfb.recall.bias, s1["classifier.bias"])
+        # The same run without the auxiliary loss: the recall's row classifier ends elsewhere;
+        # head-only, the scene classifier (which the recall cannot reach) ends identical.
+        no_aux = dataclasses.replace(config, recall_weight=0.0)
+        model3 = load_checkpoint(train(no_aux, tiny_world, tmp_path / "s2b", progress=False))[0]
+        assert model3.lfb is not None and model3.lfb.recall is not None
+        assert model2.scene_classifier is not None and model3.scene_classifier is not None
+        same_scene = torch.equal(model2.scene_classifier.weight, model3.scene_classifier.weight)
+        assert same_scene != train_backbone  # with the backbone, the aux loss moves it too
+        assert not torch.equal(model2.lfb.recall.weight, model3.lfb.recall.weight)
+    else:
+        assert model2.lfb.recall is None
+        # The recall needs colour cells in the bank, and says how to get them.
+        with pytest.raises(ValueError, match="extract-bank --appearance"):
+            train(
+                dataclasses.replace(config, bank_recall=True),
+                tiny_world,
+                tmp_path / "s2c",
+                progress=False,
+            )
     before, after = torch.load(stage1, weights_only=False)["model"], model2.state_dict()
     key = (
         "backbone.stem.slow.conv.weight"
