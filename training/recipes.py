@@ -9,9 +9,9 @@ calls it). Everything lands under ``OUT``::
     bank/{train,val}  the stage-1 feature bank (ground-truth boxes)
     results/          results CSVs of both stages on val, summary.json
 
-Sizes: the full recipe is sized for about 30 min on 2 cores from the steps' measured rates
-(world 1 min, detector ~10 min, stage 1 4000 x ~0.25 s, bank ~1 min, stage 2 2000 x
-~0.1 s); the whole recipe at these sizes has not been timed end to end. ``mini=True`` is
+Sizes: the full recipe fits in 30 min on 2 cores (world 1 min, detector ~5 min, stage 1
+4000 x ~0.15 s, bank < 1 min, stage 2 6000 iterations with the LFB's recall ~7 min; the
+end-to-end time measured with ``/usr/bin/time -v`` is in docs/demo-bundle.md). ``mini=True`` is
 the CI smoke run (a 2-video world, a handful of iterations, under 4 min) that checks the
 plumbing, not the accuracy.
 """
