@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.app import create_app  # noqa: E402
-from service.serve_cli import encode_frame  # noqa: E402
+from service.serve_cli import encode_frame, uvicorn_config  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -75,7 +75,7 @@ def _serve(settings: Settings) -> tuple[Any, Any, threading.Thread]:
     import uvicorn
 
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
+    config = uvicorn_config(app, settings, "127.0.0.1", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

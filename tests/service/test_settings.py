@@ -123,3 +123,18 @@ def test_bind_host_effective(host: str, keys: str | None, bind: str, warns: str 
 def test_redact_url() -> None:
     assert redact_url("redis://redis:6379/0") == "redis://redis:6379/0"
     assert redact_url("rediss://u:p@h:1/2") == "rediss://u:***@h:1/2"
+
+
+def test_uvicorn_config_follows_settings_and_skips_deflate() -> None:
+    """`avaserve serve` and the lag bench share one uvicorn config: the WebSocket message
+    cap follows the settings (a frame plus its header), no permessage-deflate (JPEG and
+    H.264 do not compress), and no Server header."""
+    from service.serve_cli import uvicorn_config
+
+    settings = Settings(port=8123, max_ws_message_bytes=1000)
+    config = uvicorn_config(object(), settings, "127.0.0.1")
+    assert (config.host, config.port) == ("127.0.0.1", 8123)
+    assert config.ws_max_size == 1064
+    assert config.ws_per_message_deflate is False
+    assert config.server_header is False and config.proxy_headers is False
+    assert uvicorn_config(object(), settings, "::1", log_level="warning").log_level == "warning"
