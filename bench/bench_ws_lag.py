@@ -1,6 +1,6 @@
 """Live lag over the WebSocket (issue 7 acceptance; printed and written to bench/results/).
 
-    python bench/bench_ws_lag.py [--bundle DIR] [--video PATH] [--fps 10] [--speed 1.0]
+    python bench/bench_ws_lag.py [--bundle DIR] [--video PATH] [--fps 10] [--speed 1.0] [--repeat 3]
 
 Starts the real app under uvicorn on a loopback port (in this process, so the engine's own
 per-keyframe timings can be read), pre-encodes the video as protocol frames (8-byte LE float64

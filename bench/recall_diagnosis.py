@@ -6,8 +6,9 @@ For every annotated person of the split (ground-truth boxes, the bank's rows), c
 recall features (`models.lfb.LFB`, "Recall": per time bin, the best same-person bank row's
 class score) and prints, for each long-term class of the synthetic world and its evidence
 event, how well the recall feature "evidence class in bin b" alone ranks the long-term
-label (ROC AUC and average precision), plus the row classifier's own AP on the evidence
-event. Nothing is trained; the figures are a property of the checkpoint and the bank.
+label (ROC AUC and the evaluator's VOC average precision), plus the row classifier's own AP
+on the evidence event. Nothing is trained; the figures are a property of the checkpoint
+and the bank.
 """
 
 from __future__ import annotations
@@ -34,15 +35,6 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mean of the precision at each positive, ranked by score (no interpolation)."""
-    if not labels.any():
-        return float("nan")
-    ranked = labels[np.argsort(-scores, kind="stable")]
-    hits = np.cumsum(ranked)
-    return float(((hits / np.arange(1, len(ranked) + 1)) * ranked).sum() / ranked.sum())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True, help="stage-2 final.pt (recall)")
@@ -53,8 +45,13 @@ def main() -> None:
 
     import torch
 
+    def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+        """The evaluator's VOC AP, every person a candidate."""
+        return voc_ap(scores.astype(np.float64), labels, int(labels.sum()))
+
     from training.bank_extract import load_bank
     from training.dataset import BankFeatureDataset, plain_entries
+    from training.evaluation import average_precision as voc_ap
     from training.train import load_checkpoint, load_split
     from training.world.classes import LONG_TERM
 

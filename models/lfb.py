@@ -89,9 +89,9 @@ APPEARANCE_WEIGHT_INIT = -0.4328
 RECALL_WEIGHT_INIT = -1.2587
 # Recall affinity with ``recall_cells``: softplus(0.3573) = 0.9 on the flagged (torso)
 # cells, softplus(-3.89) = 0.02 elsewhere. The torso is what survives a change of pose: on the
-# world's train videos, matching a person's later rows to their own event row by the two
-# torso cells of the 6 x 1 strip (exp(-mean squared RGB difference / 0.01), max over the
-# event rows in the window) gives AP 0.85 against 0.70 with all six cells.
+# world's train videos, the best colour match of a person to the event rows of the past 30 s
+# ranks "their own evidence is there" with AP 0.88 on the two torso cells of the 6 x 1 strip,
+# 0.75 on all six (`python bench/appearance_match.py --data WORLD`).
 RECALL_CELL_INIT = (0.3573, -3.89)
 # Recall's time bins (seconds relative to the keyframe; slots are whole seconds): before
 # -9.5 (long ago), -9.5..-1.5 (recently), -1.5..1.5 (now), after 1.5 (ahead).

@@ -336,8 +336,6 @@ class _Step(nn.Module):
         self.from_bank_features = from_bank_features
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        lfb = self.model.lfb
-        recall = lfb is not None and lfb.recall is not None
         if self.from_bank_features:
             assert batch.person_features is not None and batch.global_features is not None
             assert batch.bank is not None and batch.bank_mask is not None
@@ -348,7 +346,9 @@ class _Step(nn.Module):
         else:
             out = self.model(batch.slow, batch.fast, batch.boxes, batch.bank, batch.bank_mask)
             action, scene, person = out.action_logits, out.scene_logits, out.person_features
-        return action, scene, lfb.recall_logits(person) if recall and lfb is not None else None
+        lfb = self.model.lfb
+        recall = None if lfb is None or lfb.recall is None else lfb.recall_logits(person)
+        return action, scene, recall
 
 
 def _global_mean(value: Tensor, count: float, dist_info: DistInfo) -> Tensor:
