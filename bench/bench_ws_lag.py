@@ -124,10 +124,11 @@ def _client(url: str, frames: list[tuple[float, bytes]], fps: float, speed: floa
     return asyncio.run(_stream(url, frames, fps, speed))
 
 
-def _idle_jitter_floor(engine: Any, runs: int = 60, gap_s: float = 0.02) -> dict[str, float]:
-    """The machine's own spread: one backbone run on a fixed clip after each short idle gap,
-    nothing else running. Live keyframes arrive once a second with idle time between them, so
-    their processing time cannot be steadier than this (p95 / p50 reported)."""
+def _idle_jitter_floor(engine: Any, runs: int, gap_s: float) -> dict[str, float]:
+    """The machine's own spread: one backbone run on a fixed clip (the live clip's shape) after
+    each idle gap, nothing else running in this process. Live keyframes arrive once a second
+    with idle time between them, so their processing time cannot be steadier than this. If its
+    p95 / p50 alone is over 1.3, no service on this machine can meet the issue's bound."""
     m = engine.manifest.preprocessing
     h = m.short_side
     w = int(round(h * 4 / 3))
@@ -137,6 +138,7 @@ def _idle_jitter_floor(engine: Any, runs: int = 60, gap_s: float = 0.02) -> dict
         "fast": rng.standard_normal((1, 3, m.num_frames, h, w)).astype(np.float32),
         "boxes": np.array([[0, 0.1 * w, 0.1 * h, 0.5 * w, 0.9 * h]], np.float32),
     }
+    engine.backbone.run(feed)
     times = []
     for _ in range(runs):
         time.sleep(gap_s)
@@ -144,7 +146,39 @@ def _idle_jitter_floor(engine: Any, runs: int = 60, gap_s: float = 0.02) -> dict
         engine.backbone.run(feed)
         times.append(time.perf_counter() - t0)
     p50, p95 = float(np.percentile(times, 50)), float(np.percentile(times, 95))
-    return {"p50_s": round(p50, 4), "p95_s": round(p95, 4), "p95_over_p50": round(p95 / p50, 3)}
+    return {
+        "runs": runs,
+        "gap_s": gap_s,
+        "p50_s": round(p50, 4),
+        "p95_s": round(p95, 4),
+        "p95_over_p50": round(p95 / p50, 3),
+    }
+
+
+def _decompose(lags: list[float], graphs: list[float]) -> dict[str, Any]:
+    """Where the lag goes, per keyframe: the model graphs' own run time (detector + backbone +
+    head, measured around each ONNX Runtime call) and everything else (JPEG decode, ingest,
+    hand-offs between threads, the bank, the WebSocket both ways). ``lag_if_graphs_steady``
+    replaces each keyframe's graph time by the run's median graph time: the lag the service
+    itself would give if the model ran equally fast every second (a diagnosis, not the
+    acceptance verdict)."""
+    n = min(len(lags), len(graphs))
+    if n == 0:
+        return {}
+    lag, graph = np.asarray(lags[:n]), np.asarray(graphs[:n])
+    rest = lag - graph
+    steady = rest + float(np.median(graph))
+
+    def pct(x: np.ndarray) -> list[float]:
+        return [round(float(np.percentile(x, 50)), 4), round(float(np.percentile(x, 95)), 4)]
+
+    return {
+        "keyframes": n,
+        "graphs_p50_p95_s": pct(graph),
+        "graphs_p95_over_p50": round(float(np.percentile(graph, 95) / np.median(graph)), 3),
+        "not_graphs_p50_p95_s": pct(rest),
+        "lag_if_graphs_steady_p50_p95_s": pct(steady),
+    }
 
 
 def _verdict(
@@ -191,6 +225,12 @@ def main() -> None:
         "printed and the pooled samples give the headline (a 60-keyframe p95 is the 3rd\n"
         "worst sample, so one short run mostly measures the machine's noise bursts)",
     )
+    ap.add_argument(
+        "--floor-runs",
+        type=int,
+        default=100,
+        help="backbone runs, 0.3 s apart, for the machine's own jitter floor (after streaming)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "ws_lag.json")
     args = ap.parse_args()
 
@@ -216,18 +256,31 @@ def main() -> None:
     lags: list[float] = []
     processing: list[float] = []
     engine_only: list[float] = []
+    graph_names = ("detect_run", "backbone_run", "head_run")
+    lags_aligned: list[float] = []  # runs whose graph samples pair one-to-one with keyframes
+    graphs: list[float] = []
     with ctx.Pool(1) as pool:
         for i in range(args.repeat):
             # A fresh stream id per run: each is a new viewer of the same video.
             url = f"ws://127.0.0.1:{settings.port}/v1/streams/bench-{i}"
             n_srv = len(engine.stats.samples.get("live_server", ()))
             n_eng = len(engine.stats.samples.get("keyframe_live", ()))
+            n_graph = {g: len(engine.stats.samples.get(g, ())) for g in graph_names}
             annotations, statuses, pts = pool.apply(_client, (url, frames, args.fps, args.speed))
             run_lags = [a["lag"] for a in annotations if a["lag"] is not None]
             run_proc = list(engine.stats.samples.get("live_server", ()))[n_srv:]
             run_eng = list(engine.stats.samples.get("keyframe_live", ()))[n_eng:]
             verdict = _verdict(run_lags, run_proc, run_eng)
             verdict["annotations"] = len(annotations)
+            # One stream at a time and batches of one: the n-th run of each graph belongs to
+            # the n-th keyframe. Where that does not hold (a keyframe dropped, a lag missing),
+            # the run is left out of the decomposition rather than paired wrongly.
+            run_graph = [list(engine.stats.samples.get(g, ()))[n_graph[g] :] for g in graph_names]
+            if all(len(x) == len(run_lags) == len(annotations) for x in run_graph):
+                per_kf = [sum(parts) for parts in zip(*run_graph, strict=True)]
+                verdict["decomposition"] = _decompose(run_lags, per_kf)
+                lags_aligned += run_lags
+                graphs += per_kf
             runs.append(verdict)
             lags += run_lags
             processing += run_proc
@@ -239,7 +292,9 @@ def main() -> None:
             )
     server.should_exit = True
     thread.join(timeout=30)
-    floor = _idle_jitter_floor(engine)
+    # At the live cadence's idle gaps (keyframes are a second apart; 0.3 s keeps it short).
+    floor = _idle_jitter_floor(engine, runs=args.floor_runs, gap_s=0.3)
+    decomposition = _decompose(lags_aligned, graphs)
 
     expected = int(np.floor(pts[-1])) - int(np.ceil(pts[0] - 1e-6)) + 1 if pts else 0
     steps = list(engine.stats.samples.get("decode", []))  # per frame: resize + letterbox
@@ -282,6 +337,7 @@ def main() -> None:
         # Pooled over every run: the headline.
         **pooled,
         "idle_jitter_floor_backbone": floor,
+        "decomposition": decomposition,
         # Where a keyframe's time goes (engine stage timers, this run): p50 / p95 seconds.
         "stages": {
             name: [
@@ -305,8 +361,27 @@ def main() -> None:
     )
     print(
         f"keyframe processing p95/p50 {float(np.percentile(processing, 95)) / median_proc:.2f}; "
-        f"machine floor (backbone alone after {20} ms idle) p95/p50 {floor['p95_over_p50']:.2f}"
+        f"machine floor (backbone alone, {floor['runs']} runs {floor['gap_s']} s apart, nothing "
+        f"else running) p95/p50 {floor['p95_over_p50']:.2f}"
+        + (
+            " -- above 1.3: this machine's own noise exceeds the bound"
+            if floor["p95_over_p50"] > 1.3
+            else ""
+        )
     )
+    if decomposition:
+        ratio = decomposition["graphs_p95_over_p50"]
+        g, r, st = (
+            decomposition["graphs_p50_p95_s"],
+            decomposition["not_graphs_p50_p95_s"],
+            decomposition["lag_if_graphs_steady_p50_p95_s"],
+        )
+        print(
+            f"where the lag goes ({decomposition['keyframes']} keyframes, p50 / p95): model "
+            f"graphs {g[0]:.4f} / {g[1]:.4f} s (p95/p50 {ratio:.2f}),"
+            f" everything else {r[0]:.4f} / {r[1]:.4f} s; with the graphs at their median every "
+            f"keyframe the lag would be {st[0]:.4f} / {st[1]:.4f} s (diagnosis only)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {args.out}")
