@@ -19,7 +19,10 @@ printed:
   "live_server" samples the WebSocket route records);
 * engine: the engine's part only, keyframe due -> predictions ready ("keyframe_live").
 
-The lag adds the client's send and the network to the server's time. Not a timed test.
+The lag adds the client's send and the network to the server's time. Two diagnoses follow
+the verdicts: each keyframe's lag split into the model graphs' own run time and everything else
+(with what the lag would be if the graphs ran at their median every time), and the machine's
+jitter floor, the backbone alone at idle gaps after the stream. Not a timed test.
 """
 
 from __future__ import annotations
@@ -145,13 +148,20 @@ def _idle_jitter_floor(engine: Any, runs: int, gap_s: float) -> dict[str, float]
         t0 = time.perf_counter()
         engine.backbone.run(feed)
         times.append(time.perf_counter() - t0)
-    p50, p95 = float(np.percentile(times, 50)), float(np.percentile(times, 95))
+    x = np.asarray(times)
+    p50, p95 = float(np.percentile(x, 50)), float(np.percentile(x, 95))
     return {
         "runs": runs,
         "gap_s": gap_s,
         "p50_s": round(p50, 4),
         "p95_s": round(p95, 4),
         "p95_over_p50": round(p95 / p50, 3),
+        # How often the same run is slow, and whether slow runs come in bursts (neighbours on
+        # the host) rather than alone: correlation of each run's time with the next one's.
+        "share_over_1_3x_p50": round(float(np.mean(x > 1.3 * p50)), 3),
+        "lag1_autocorrelation": round(float(np.corrcoef(x[:-1], x[1:])[0, 1]), 3)
+        if runs > 2
+        else None,
     }
 
 
@@ -362,7 +372,9 @@ def main() -> None:
     print(
         f"keyframe processing p95/p50 {float(np.percentile(processing, 95)) / median_proc:.2f}; "
         f"machine floor (backbone alone, {floor['runs']} runs {floor['gap_s']} s apart, nothing "
-        f"else running) p95/p50 {floor['p95_over_p50']:.2f}"
+        f"else running) p95/p50 {floor['p95_over_p50']:.2f}, "
+        f"{100 * floor['share_over_1_3x_p50']:.0f}% of runs over 1.3x its p50, run-to-run "
+        f"correlation {floor['lag1_autocorrelation']}"
         + (
             " -- above 1.3: this machine's own noise exceeds the bound"
             if floor["p95_over_p50"] > 1.3
