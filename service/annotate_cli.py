@@ -63,7 +63,12 @@ def annotate_command(
         None, "--redis-url", help="Keep the feature bank in Redis (redis://host:port/db)."
     ),
     threads: int = typer.Option(
-        0, "--threads", min=0, help="ONNX Runtime threads per graph (0: all cores)."
+        1,
+        "--threads",
+        min=0,
+        help="ONNX Runtime threads per graph (0: all cores). The default, 1, is the server's "
+        "(AVASERVE_ORT_INTRA_OP_THREADS): results are then identical to a REST job's; other "
+        "counts change scores in the last digits.",
     ),
     providers: str = typer.Option(
         "cpu", "--providers", help="Comma-separated: tensorrt,cuda,cpu (unavailable ones skip)."

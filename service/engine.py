@@ -95,6 +95,12 @@ class EngineSettings:
 
     detector_batch / backbone_batch / head_batch: largest batch per graph run (keyframes, clips,
         keyframes). Larger batches use a GPU better but add latency and memory.
+        backbone_batch None (the default) = 1 when the backbone runs on ONNX Runtime's CPU
+        provider, else 4: on CPU a clip's features differ in the last bits when it shares a
+        run with other clips (the batch shape changes the kernels' blocking), so batches that
+        form by timing would make the same file give slightly different scores from run to
+        run; and a CPU gains nothing from it (60 s world video: 1.43-1.49 s alone vs
+        1.51-1.52 s batched). The detector and the head give the same bits at any batch.
     max_wait_ms: how long a batcher waits for company before running a partial batch.
     max_queue: pending requests per batcher before uploads wait / live keyframes drop.
     live_max_pending: per live stream pending requests per batcher (1-2 keeps latency low).
@@ -107,7 +113,7 @@ class EngineSettings:
 
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     detector_batch: int = 4
-    backbone_batch: int = 4
+    backbone_batch: int | None = None
     head_batch: int = 8
     max_wait_ms: float = 2.0
     max_queue: int = 32
@@ -390,11 +396,20 @@ class Engine:
             self._run_detector, "detector", s.detector_batch
         )
         self.bb_batcher: Batcher[_BackboneItem, _Features] = self._batcher(
-            self._run_backbone, "backbone", s.backbone_batch
+            self._run_backbone, "backbone", self.backbone_batch_size()
         )
         self.head_batcher: Batcher[_HeadItem, np.ndarray] = self._batcher(
             self._run_head, "head", s.head_batch
         )
+
+    def backbone_batch_size(self) -> int:
+        """`EngineSettings.backbone_batch`, or its provider-dependent default (see there)."""
+        if self.settings.backbone_batch is not None:
+            return self.settings.backbone_batch
+        # A TensorRT engine (no ORT providers) is a GPU; fakes in tests say what they are.
+        providers = getattr(self.backbone, "providers", ("TensorRT",))
+        cpu_only = all(p == "CPUExecutionProvider" for p in providers)
+        return 1 if cpu_only else 4
 
     def _batcher(
         self, fn: Callable[[list[Any]], list[Any]], name: str, max_batch_size: int

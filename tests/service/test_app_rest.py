@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ async def _wait(client: httpx.AsyncClient, job_id: str, headers: dict[str, str])
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-async def test_upload_results_identical_to_annotate(client: httpx.AsyncClient, video: Path) -> None:
+async def test_upload_results_identical_to_annotate(
+    client: httpx.AsyncClient, video: Path, bundle: Path, tmp_path: Path
+) -> None:
     response = await client.post(
         "/v1/jobs", params={"name": video.name}, content=video.read_bytes(), headers=A
     )
@@ -85,10 +88,20 @@ async def test_upload_results_identical_to_annotate(client: httpx.AsyncClient, v
     assert records, "the detector finds the two players"
     assert {r["video"] for r in records} == {video.stem}
 
-    # The same file through the engine directly, as `avaserve annotate` runs it.
+    # The same file through the engine directly, and through `avaserve annotate` itself (a new
+    # process on its defaults): the same records, to the last digit.
     engine = client.app.state.service.engine  # type: ignore[attr-defined]
     direct = [p.to_json(top_k=TOP_K) async for p in engine.annotate_file(video)]
     assert records == json.loads(json.dumps(direct))
+    out = tmp_path / "cli.jsonl"
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avaserve.cli", "annotate", str(video), "--bundle", str(bundle),
+        "--out", str(out), "--quiet",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    cli_output, _ = await cli.communicate()
+    assert cli.returncode == 0, cli_output.decode()
+    assert records == [json.loads(line) for line in out.read_text().splitlines()]
 
     csv_text = (await client.get(f"/v1/jobs/{job['id']}/results?format=csv", headers=A)).text
     rows = [line.split(",") for line in csv_text.splitlines()]

@@ -396,3 +396,26 @@ def test_redis_down_mid_video_degrades_then_recovers(
     # every record says its context was degraded (the local cache served it).
     assert any(p.context == "degraded" for p in first)
     assert second[-1].context == "ok"  # reconnected by itself
+
+
+def test_backbone_batches_of_one_on_cpu_unless_set(bundle: Path) -> None:
+    """On ONNX Runtime's CPU provider a clip's features change in the last bits when it shares
+    a run, so the default backbone batch there is 1 (results cannot depend on timing); an
+    explicit size is kept, and a runtime that is not ORT-on-CPU gets 4."""
+
+    async def sizes() -> tuple[int, int, int]:
+        default = Engine(bundle, settings=_settings())
+        explicit = Engine(bundle, settings=_settings(backbone_batch=3))
+        try:
+            gpu_like = SlowRuntime(default.backbone, 0.0)  # no `providers`: not ORT-on-CPU
+            default.backbone = gpu_like
+            return (
+                explicit.backbone_batch_size(),
+                default.bb_batcher.max_batch_size,
+                default.backbone_batch_size(),
+            )
+        finally:
+            await default.close()
+            await explicit.close()
+
+    assert asyncio.run(sizes()) == (3, 1, 4)
