@@ -99,8 +99,9 @@ class EngineSettings:
         provider, else 4: on CPU a clip's features differ in the last bits when it shares a
         run with other clips (the batch shape changes the kernels' blocking), so batches that
         form by timing would make the same file give slightly different scores from run to
-        run; and a CPU gains nothing from it (60 s world video: 1.43-1.49 s alone vs
-        1.51-1.52 s batched). The detector and the head give the same bits at any batch.
+        run (bench/rest_vs_annotate.py shows it), and a CPU's conv work is per clip anyway. On
+        the demo bundle only the backbone's batching changed any record; the detector and the
+        head keep their batches.
     max_wait_ms: how long a batcher waits for company before running a partial batch.
     max_queue: pending requests per batcher before uploads wait / live keyframes drop.
     live_max_pending: per live stream pending requests per batcher (1-2 keeps latency low).
