@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocketState
 
 from avaserve import __version__
 from service.admission import ConcurrencyLimiter
-from service.auth import KeyRing, install_log_redaction
+from service.auth import KeyRing, WsRefusal, install_log_redaction
 from service.errors import VideoInputError
 from service.jobs import InMemoryJobStore, Job, JobRunner, RedisJobStore
 from service.metrics import STAGES, HttpMetricsMiddleware, Metrics
@@ -275,6 +276,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         body = {"error": _STATUS_CODES.get(exc.status_code, "error"), "message": detail}
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(WsRefusal)
+    async def ws_refused(websocket: WebSocket, exc: WsRefusal) -> None:
+        # Before accept: an HTTP answer (401/403/409/429/503 and the REST error body) where
+        # the ASGI server supports it; else the close Starlette would send (HTTP 403).
+        extensions = websocket.scope.get("extensions") or {}
+        if (
+            websocket.client_state == WebSocketState.CONNECTING
+            and "websocket.http.response" in extensions
+        ):
+            body = {"error": exc.error, "message": exc.reason}
+            await websocket.send_denial_response(
+                JSONResponse(body, exc.status_code, headers=exc.headers)
+            )
+        else:
+            await websocket.close(code=exc.code, reason=exc.reason)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -273,35 +273,60 @@ CurrentKey = Annotated[Principal, Depends(current_key)]
 # ---------------------------------------------------------------------- WebSocket dependency
 
 
+class WsRefusal(WebSocketException):
+    """A WebSocket handshake refused before ``accept``, with the HTTP answer it deserves.
+
+    The app's handler (service.app) sends ``status`` with the same JSON error body as REST
+    (``{"error": error, "message": reason}``) and ``headers`` where the ASGI server supports
+    denial responses (uvicorn does); elsewhere it closes the handshake with ``code``, which
+    the server answers with HTTP 403. Either way no connection is ever accepted.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        reason: str,
+        *,
+        code: int = WS_POLICY_VIOLATION,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, reason)
+        self.status_code, self.error, self.headers = status_code, error, dict(headers or {})
+
+
+def _ws_unauthorized(reason: str) -> WsRefusal:
+    return WsRefusal(401, "unauthorized", reason, headers={"WWW-Authenticate": "Bearer"})
+
+
 def authenticate_websocket(
     websocket: WebSocket, keyring: KeyRing, allowed_origins: list[str]
 ) -> WsPrincipal:
     """Check Origin and API key of a WebSocket handshake *before* ``accept``.
 
-    Raises ``WebSocketException(1008, reason)`` on refusal; Starlette then closes the
-    handshake, which the ASGI server answers with HTTP 403 (no connection is ever accepted).
+    Raises ``WsRefusal`` (a ``WebSocketException``, close code 1008): HTTP 401 without a valid
+    key, 403 for a foreign Origin or a non-loopback caller when no key is configured, 400 for
+    a key in the query string.
     """
     headers = websocket.headers
     if _has_query_token(websocket):
-        raise WebSocketException(
-            WS_POLICY_VIOLATION, "API keys are not accepted in the query string"
-        )
+        raise WsRefusal(400, "bad_request", "API keys are not accepted in the query string")
     origin = headers.get("origin")
     if not origin_allowed(origin, headers.get("host"), allowed_origins):
         log.warning("websocket refused: origin not allowed (%s)", origin)
-        raise WebSocketException(WS_POLICY_VIOLATION, "Origin not allowed")
+        raise WsRefusal(403, "forbidden", "Origin not allowed")
     offered, proto_token = split_ws_subprotocols(headers.get("sec-websocket-protocol"))
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None
     if not keyring.enabled:
         if not _host_is_loopback(headers.get("host")):
-            raise WebSocketException(WS_POLICY_VIOLATION, "Loopback requests only")
+            raise WsRefusal(403, "forbidden", "Loopback requests only")
         return WsPrincipal(Principal(ANONYMOUS_KEY_ID), subprotocol)
     token = bearer_from_header(headers.get("authorization")) or proto_token
     if token is None:
-        raise WebSocketException(WS_POLICY_VIOLATION, "Missing API key")
+        raise _ws_unauthorized("Missing API key")
     principal = keyring.verify(token)
     if principal is None:
-        raise WebSocketException(WS_POLICY_VIOLATION, "Invalid API key")
+        raise _ws_unauthorized("Invalid API key")
     return WsPrincipal(principal, subprotocol)
 
 

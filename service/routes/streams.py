@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, WebSocket, WebSocketException
+from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.admission import LimitExceeded
-from service.auth import authenticate_websocket
+from service.auth import WsRefusal, authenticate_websocket
 from service.errors import VideoInputError
 from service.routes.deps import ServiceState, get_service
 
@@ -407,21 +407,30 @@ async def live_stream(websocket: WebSocket, stream_id: str) -> None:
     """Live annotation. See docs/api.md for the protocol."""
     service = get_service(websocket)
     settings = service.settings
-    # Everything below up to accept() refuses the handshake: the client gets HTTP 403 and no
-    # byte of its video is ever read.
+    # Everything below up to accept() refuses the handshake with an HTTP status and the REST
+    # error body (WsRefusal); no byte of the client's video is ever read.
     who = authenticate_websocket(websocket, websocket.app.state.keyring, settings.allowed_origins)
     if not _STREAM_ID_RE.match(stream_id):
-        raise WebSocketException(WS_POLICY, "stream id: 1-64 of letters, digits, '.', '_', '-'")
+        raise WsRefusal(400, "bad_request", "stream id: 1-64 of letters, digits, '.', '_', '-'")
+    retry = {"Retry-After": str(settings.retry_after_s)}
     if service.draining:
-        raise WebSocketException(WS_TRY_AGAIN_LATER, "server shutting down")
+        raise WsRefusal(
+            503, "unavailable", "server shutting down", code=WS_TRY_AGAIN_LATER, headers=retry
+        )
     key_id = who.principal.key_id
     bank_id = f"live-{key_id}-{stream_id}"  # a key can never read or feed another key's bank
     if bank_id in service.open_streams:
-        raise WebSocketException(WS_TRY_AGAIN_LATER, "this stream id is already open")
+        raise WsRefusal(409, "conflict", "this stream id is already open", code=WS_TRY_AGAIN_LATER)
     try:
         service.streams.acquire(key_id)
     except LimitExceeded as exc:
-        raise WebSocketException(WS_TRY_AGAIN_LATER, exc.detail) from None
+        raise WsRefusal(
+            exc.status_code,
+            "too_many_requests" if exc.status_code == 429 else "unavailable",
+            str(exc.detail),
+            code=WS_TRY_AGAIN_LATER,
+            headers=dict(exc.headers or {}),
+        ) from None
     service.open_streams.add(bank_id)
     try:
         await websocket.accept(subprotocol=who.subprotocol)

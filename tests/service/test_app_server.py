@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -86,29 +87,41 @@ def test_oversize_upload_is_413_with_bounded_memory(server: Any) -> None:
     assert httpx.get(server.url + "/readyz").status_code == 200
 
 
-def test_websocket_refusals_are_http_403(server: Any) -> None:
+def test_websocket_refusals_are_http_answers_before_accept(server: Any) -> None:
+    """A real server answers a refused handshake with the REST status and error body: 401 (and
+    ``WWW-Authenticate: Bearer``) without a valid key, 403 for a foreign Origin, 400 for a bad
+    stream id; only a valid key gets 101."""
     import websockets
 
-    url = server.url.replace("http", "ws") + "/v1/streams/s1"
+    base = server.url.replace("http", "ws") + "/v1/streams/"
 
-    async def attempt(**kw: Any) -> int:
+    async def attempt(path: str = "s1", **kw: Any) -> tuple[int, dict[str, Any], str | None]:
         try:
-            async with websockets.connect(url, **kw):
-                return 101
+            async with websockets.connect(base + path, **kw):
+                return 101, {}, None
         except websockets.InvalidStatus as exc:
-            return int(exc.response.status_code)
+            r = exc.response
+            return (
+                int(r.status_code),
+                json.loads(r.body or b"{}"),
+                r.headers.get("www-authenticate"),
+            )
 
-    async def main() -> list[int]:
+    async def main() -> list[tuple[int, dict[str, Any], str | None]]:
         return [
             await attempt(),
             await attempt(subprotocols=["avaserve.v1", "bearer.not-the-right-key-0000"]),
-            await attempt(
-                additional_headers={**A, "Origin": "https://evil.example.net"},
-            ),
+            await attempt(additional_headers={**A, "Origin": "https://evil.example.net"}),
+            await attempt("bad%20id", additional_headers=A),
             await attempt(additional_headers=A),
         ]
 
-    assert asyncio.run(main()) == [403, 403, 403, 101]
+    missing, wrong, origin, bad_id, ok = asyncio.run(main())
+    assert missing == (401, {"error": "unauthorized", "message": "Missing API key"}, "Bearer")
+    assert wrong == (401, {"error": "unauthorized", "message": "Invalid API key"}, "Bearer")
+    assert origin[:2] == (403, {"error": "forbidden", "message": "Origin not allowed"})
+    assert bad_id[0] == 400 and bad_id[1]["error"] == "bad_request"
+    assert ok[0] == 101
 
 
 def test_keys_never_logged(server: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import app_support as support
 import pytest
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from service.app import create_app
@@ -121,16 +121,19 @@ def test_live_stream_one_annotation_per_keyframe(client: TestClient, frames: lis
     assert empty.num_valid == 0
 
 
+WRONG = "wrong-key-0123456789abcdef"
+
+
 @pytest.mark.parametrize(
-    ("headers", "subprotocols", "path"),
+    ("headers", "subprotocols", "path", "status", "error"),
     [
-        ({}, ["avaserve.v1"], "/v1/streams/s1"),
-        ({}, ["avaserve.v1", "bearer.wrong-key-0123456789abcdef"], "/v1/streams/s1"),
-        ({"Authorization": "Bearer wrong-key-0123456789abcdef"}, [], "/v1/streams/s1"),
-        ({"Origin": "https://evil.example.net"}, PROTOCOLS, "/v1/streams/s1"),
-        ({"Origin": "null"}, PROTOCOLS, "/v1/streams/s1"),
-        ({}, ["avaserve.v1"], f"/v1/streams/s1?token={KEY_A}"),
-        ({}, PROTOCOLS, "/v1/streams/bad%20id"),
+        ({}, ["avaserve.v1"], "/v1/streams/s1", 401, "unauthorized"),
+        ({}, ["avaserve.v1", f"bearer.{WRONG}"], "/v1/streams/s1", 401, "unauthorized"),
+        ({"Authorization": f"Bearer {WRONG}"}, [], "/v1/streams/s1", 401, "unauthorized"),
+        ({"Origin": "https://evil.example.net"}, PROTOCOLS, "/v1/streams/s1", 403, "forbidden"),
+        ({"Origin": "null"}, PROTOCOLS, "/v1/streams/s1", 403, "forbidden"),
+        ({}, ["avaserve.v1"], f"/v1/streams/s1?token={KEY_A}", 400, "bad_request"),
+        ({}, PROTOCOLS, "/v1/streams/bad%20id", 400, "bad_request"),
     ],
     ids=[
         "no-key",
@@ -140,19 +143,28 @@ def test_live_stream_one_annotation_per_keyframe(client: TestClient, frames: lis
         "null-origin",
         "query-token",
         "bad-stream-id",
-    ],  # fmt: skip
-)
+    ],
+)  # fmt: skip
 def test_refused_before_accept(
-    client: TestClient, headers: dict[str, str], subprotocols: list[str], path: str
+    client: TestClient,
+    headers: dict[str, str],
+    subprotocols: list[str],
+    path: str,
+    status: int,
+    error: str,
 ) -> None:
-    # TestClient raises WebSocketDisconnect from websocket_connect when the app closes the
-    # handshake instead of accepting (a real server answers HTTP 403: test_app_server).
+    # The handshake is answered with an HTTP status and the REST error body instead of being
+    # accepted (TestClient, like uvicorn, supports ASGI denial responses).
     with (
-        pytest.raises(WebSocketDisconnect) as refused,
+        pytest.raises(WebSocketDenialResponse) as refused,
         client.websocket_connect(path, headers=headers, subprotocols=subprotocols),
     ):
         pass
-    assert refused.value.code == 1008
+    assert refused.value.status_code == status
+    assert refused.value.json()["error"] == error
+    assert KEY_A not in refused.value.text  # the body never echoes a key
+    if status == 401:
+        assert refused.value.headers["www-authenticate"] == "Bearer"
 
 
 def test_allowed_origins_and_header_auth(client: TestClient) -> None:
@@ -194,11 +206,15 @@ def test_bad_start_and_bad_frames(client: TestClient) -> None:
 def test_same_stream_id_twice_is_refused(client: TestClient) -> None:
     with client.websocket_connect("/v1/streams/twice", subprotocols=PROTOCOLS):
         with (
-            pytest.raises(WebSocketDisconnect) as refused,
+            pytest.raises(WebSocketDenialResponse) as refused,
             client.websocket_connect("/v1/streams/twice", subprotocols=PROTOCOLS),
         ):
             pass
-        assert refused.value.code == 1013
+        assert refused.value.status_code == 409
+        assert refused.value.json() == {
+            "error": "conflict",
+            "message": "this stream id is already open",
+        }
 
 
 def _as_mpegts(video: Path) -> bytes:
