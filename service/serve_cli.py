@@ -197,6 +197,22 @@ def submit_command(
 
     headers = _client_key(api_key) | {"Content-Type": "application/octet-stream"}
     base = server.rstrip("/")
+    try:
+        _submit(httpx, base, headers, video, wait=wait, out=out, render=render)
+    except httpx.TransportError as exc:
+        _fail(f"cannot reach {base} ({type(exc).__name__}: {exc}); is `avaserve serve` running?")
+
+
+def _submit(
+    httpx: Any,
+    base: str,
+    headers: dict[str, str],
+    video: Path,
+    *,
+    wait: bool,
+    out: Path | None,
+    render: bool,
+) -> None:
     with httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(60.0)) as client:
         with video.open("rb") as fh:
             # A file object is streamed in chunks by httpx: the client never holds it whole.
@@ -243,18 +259,30 @@ def watch_command(
     speed: float = typer.Option(1.0, "--speed", min=0.1, help="1.0 = real-time pace."),
     short_side: int = typer.Option(360, "--short-side", help="Frames are resized to this."),
 ) -> None:
-    records = asyncio.run(
-        stream_video(
-            video,
-            server=server,
-            headers=_client_key(api_key),
-            stream_id=stream_id,
-            fps=fps,
-            speed=speed,
-            short_side=short_side,
-            on_message=lambda m: typer.echo(json.dumps(m, separators=(",", ":"))),
+    import websockets
+
+    try:
+        records = asyncio.run(
+            stream_video(
+                video,
+                server=server,
+                headers=_client_key(api_key),
+                stream_id=stream_id,
+                fps=fps,
+                speed=speed,
+                short_side=short_side,
+                on_message=lambda m: typer.echo(json.dumps(m, separators=(",", ":"))),
+            )
         )
-    )
+    except websockets.InvalidStatus as exc:  # refused before accept: status + REST error body
+        r = exc.response
+        try:
+            message = json.loads(bytes(r.body or b"")).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        _fail(f"stream refused ({r.status_code}): {message or r.reason_phrase}")
+    except OSError as exc:
+        _fail(f"cannot reach {server} ({exc}); is `avaserve serve` running?")
     n = sum(1 for m in records if m.get("type") == "annotation")
     typer.echo(f"{n} annotation messages", err=True)
 

@@ -145,3 +145,27 @@ def test_keys_never_logged(server: Any) -> None:
     assert '"GET /v1/jobs' in log, "the access log is on (otherwise this test proves nothing)"
     assert KEY_A not in log
     assert "[REDACTED]" in log
+
+
+def test_clients_say_why_instead_of_a_traceback(server: Any, assets: Path) -> None:
+    """`avaserve watch` / `submit`: a refused handshake and an unreachable server end with exit
+    code 1 and one line saying why (the server's own message for the refusal)."""
+    from typer.testing import CliRunner
+
+    from avaserve.cli import app
+
+    runner = CliRunner()
+    video = str(assets / "video" / "basketball_2people.mp4")
+    refused = runner.invoke(
+        app, ["watch", video, "--server", server.url], env={"AVASERVE_API_KEY": None}
+    )
+    assert refused.exit_code == 1
+    assert "stream refused (401): Missing API key" in refused.output
+    assert "Traceback" not in refused.output
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for command in ("watch", "submit"):
+        down = runner.invoke(app, [command, video, "--server", closed], env={})
+        assert down.exit_code == 1, down.output
+        assert f"cannot reach {closed}" in down.output
