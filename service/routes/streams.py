@@ -412,10 +412,13 @@ async def live_stream(websocket: WebSocket, stream_id: str) -> None:
     who = authenticate_websocket(websocket, websocket.app.state.keyring, settings.allowed_origins)
     if not _STREAM_ID_RE.match(stream_id):
         raise WsRefusal(400, "bad_request", "stream id: 1-64 of letters, digits, '.', '_', '-'")
-    retry = {"Retry-After": str(settings.retry_after_s)}
     if service.draining:
         raise WsRefusal(
-            503, "unavailable", "server shutting down", code=WS_TRY_AGAIN_LATER, headers=retry
+            503,
+            "unavailable",
+            "server shutting down",
+            code=WS_TRY_AGAIN_LATER,
+            headers={"Retry-After": str(settings.retry_after_s)},
         )
     key_id = who.principal.key_id
     bank_id = f"live-{key_id}-{stream_id}"  # a key can never read or feed another key's bank
