@@ -217,6 +217,29 @@ def test_same_stream_id_twice_is_refused(client: TestClient) -> None:
         }
 
 
+def test_stream_limit_per_key_is_429_with_retry_after(client: TestClient) -> None:
+    """A key's third concurrent stream (AVASERVE_MAX_STREAMS_PER_KEY=2) is answered 429 with
+    Retry-After before accept; another key is not affected, and a closed stream frees a slot."""
+    with (
+        client.websocket_connect("/v1/streams/lim-1", subprotocols=PROTOCOLS),
+        client.websocket_connect("/v1/streams/lim-2", subprotocols=PROTOCOLS),
+    ):
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect("/v1/streams/lim-3", subprotocols=PROTOCOLS),
+        ):
+            pass
+        assert refused.value.status_code == 429
+        assert refused.value.json()["error"] == "too_many_requests"
+        assert int(refused.value.headers["retry-after"]) >= 1
+        with client.websocket_connect(
+            "/v1/streams/lim-3", subprotocols=["avaserve.v1", f"bearer.{KEY_B}"]
+        ):
+            pass
+    with client.websocket_connect("/v1/streams/lim-3", subprotocols=PROTOCOLS):
+        pass
+
+
 def _as_mpegts(video: Path) -> bytes:
     """The clip remuxed (no re-encode) into MPEG-TS bytes, as a camera or encoder would send."""
     import io
