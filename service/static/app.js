@@ -227,7 +227,9 @@ function openSocket(fps) {
   if (apiKey()) protocols.push("bearer." + apiKey());
   const ws = new WebSocket(scheme + "//" + location.host + "/v1/streams/" + streamId(), protocols);
   ws.binaryType = "arraybuffer";
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
     ws.send(JSON.stringify({ type: "start", input: "jpeg", fps_hint: fps }));
     $("live-state").textContent = "streaming";
   };
@@ -238,8 +240,24 @@ function openSocket(fps) {
       "lag " + (msg.lag_s ?? 0).toFixed(2) + " s, dropped " + (msg.dropped_keyframes ?? 0);
     else if (msg.type === "error") liveLog("error: " + msg.message);
   };
-  ws.onclose = (ev) => { liveLog("closed " + ev.code + " " + (ev.reason || "")); stopLive(false); };
+  ws.onclose = async (ev) => {
+    stopLive(false);
+    if (!opened) { liveLog(await refusalReason()); $("live-state").textContent = "refused"; return; }
+    liveLog("closed " + ev.code + " " + (ev.reason || ""));
+  };
   return ws;
+}
+
+async function refusalReason() {
+  // A refused handshake's HTTP status (401, 403, 429...) is hidden from scripts: browsers only
+  // report close code 1006. Ask the REST API with the same key to tell the commonest case apart.
+  try {
+    const response = await fetch("/v1/jobs", { headers: authHeaders() });
+    if (response.status === 401) return "refused: missing or invalid API key; enter it above";
+  } catch (_) {
+    return "refused: the server cannot be reached";
+  }
+  return "refused by the server: Origin not allowed, too many open streams, or shutting down";
 }
 
 function sendFrame(source, pts) {

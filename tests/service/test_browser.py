@@ -138,3 +138,21 @@ def test_live_mode_streams_a_file_and_draws(server: Any, browser: Any, assets: P
         browser.find_element(By.ID, "live-canvas").screenshot_as_png, TRACK_COLOURS
     )
     print(f"live overlay pixels in track colours: {drawn}")
+
+
+def test_live_mode_says_why_a_stream_was_refused(server: Any, browser: Any, assets: Path) -> None:
+    """A wrong key: the handshake is refused (HTTP 401, which browsers hide from scripts) and
+    the page says that the key is the problem instead of a bare close code."""
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "api-key").send_keys("not-the-key-0123456789abcdef")
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    browser.find_element(By.ID, "tab-live").click()
+    browser.find_element(By.ID, "live-file").send_keys(
+        str(assets / "video" / "basketball_2people.mp4")
+    )
+    wait = WebDriverWait(browser, 30, poll_frequency=0.2)
+    wait.until(lambda d: "refused" in d.find_element(By.ID, "live-log").text)
+    log = browser.find_element(By.ID, "live-log").text
+    assert "missing or invalid API key" in log, log
+    assert browser.find_element(By.ID, "live-state").text == "refused"
+    assert browser.execute_script("return window.avaserveLive.received") == 0
