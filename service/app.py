@@ -38,7 +38,7 @@ from starlette.websockets import WebSocketState
 from avaserve import __version__
 from service.admission import ConcurrencyLimiter
 from service.auth import KeyRing, WsRefusal, install_log_redaction
-from service.errors import VideoInputError
+from service.errors import VideoInputError, error_code
 from service.jobs import InMemoryJobStore, Job, JobRunner, RedisJobStore
 from service.metrics import STAGES, HttpMetricsMiddleware, Metrics
 from service.records import AvaCsvWriter, JsonlWriter
@@ -249,23 +249,6 @@ async def _send_json(send: Send, status_code: int, error: str, message: str) -> 
 # ---------------------------------------------------------------------------- errors
 
 
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    411: "length_required",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "too_many_requests",
-    503: "unavailable",
-    504: "timeout",
-}
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VideoInputError)
     async def video_input(_: Request, exc: VideoInputError) -> JSONResponse:
@@ -274,7 +257,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        body = {"error": _STATUS_CODES.get(exc.status_code, "error"), "message": detail}
+        body = {"error": error_code(exc.status_code), "message": detail}
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(WsRefusal)
@@ -286,7 +269,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             websocket.client_state == WebSocketState.CONNECTING
             and "websocket.http.response" in extensions
         ):
-            body = {"error": exc.error, "message": exc.reason}
+            body = {"error": error_code(exc.status_code), "message": exc.reason}
             await websocket.send_denial_response(
                 JSONResponse(body, exc.status_code, headers=exc.headers)
             )

@@ -276,8 +276,9 @@ CurrentKey = Annotated[Principal, Depends(current_key)]
 class WsRefusal(WebSocketException):
     """A WebSocket handshake refused before ``accept``, with the HTTP answer it deserves.
 
-    The app's handler (service.app) sends ``status`` with the same JSON error body as REST
-    (``{"error": error, "message": reason}``) and ``headers`` where the ASGI server supports
+    The app's handler (service.app) sends ``status_code`` with the same JSON error body as REST
+    (``{"error": <code for the status>, "message": reason}``) and ``headers`` where the ASGI
+    server supports
     denial responses (uvicorn does); elsewhere it closes the handshake with ``code``, which
     the server answers with HTTP 403. Either way no connection is ever accepted.
     """
@@ -285,18 +286,17 @@ class WsRefusal(WebSocketException):
     def __init__(
         self,
         status_code: int,
-        error: str,
         reason: str,
         *,
         code: int = WS_POLICY_VIOLATION,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(code, reason)
-        self.status_code, self.error, self.headers = status_code, error, dict(headers or {})
+        self.status_code, self.headers = status_code, dict(headers or {})
 
 
 def _ws_unauthorized(reason: str) -> WsRefusal:
-    return WsRefusal(401, "unauthorized", reason, headers={"WWW-Authenticate": "Bearer"})
+    return WsRefusal(401, reason, headers={"WWW-Authenticate": "Bearer"})
 
 
 def authenticate_websocket(
@@ -310,16 +310,16 @@ def authenticate_websocket(
     """
     headers = websocket.headers
     if _has_query_token(websocket):
-        raise WsRefusal(400, "bad_request", "API keys are not accepted in the query string")
+        raise WsRefusal(400, "API keys are not accepted in the query string")
     origin = headers.get("origin")
     if not origin_allowed(origin, headers.get("host"), allowed_origins):
         log.warning("websocket refused: origin not allowed (%s)", origin)
-        raise WsRefusal(403, "forbidden", "Origin not allowed")
+        raise WsRefusal(403, "Origin not allowed")
     offered, proto_token = split_ws_subprotocols(headers.get("sec-websocket-protocol"))
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None
     if not keyring.enabled:
         if not _host_is_loopback(headers.get("host")):
-            raise WsRefusal(403, "forbidden", "Loopback requests only")
+            raise WsRefusal(403, "Loopback requests only")
         return WsPrincipal(Principal(ANONYMOUS_KEY_ID), subprotocol)
     token = bearer_from_header(headers.get("authorization")) or proto_token
     if token is None:

@@ -60,3 +60,26 @@ class VideoInputError(Exception):
     def __reduce__(self) -> tuple[type[VideoInputError], tuple[VideoInputReason, str]]:
         # Keep the two-argument constructor picklable (default Exception pickling passes one).
         return (VideoInputError, (self.reason, self.message))
+
+
+# The stable ``error`` code of every JSON error body, by HTTP status (REST answers and refused
+# WebSocket handshakes alike; docs/api.md lists them).
+STATUS_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+def error_code(status_code: int) -> str:
+    return STATUS_ERROR_CODES.get(status_code, "error")

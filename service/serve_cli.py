@@ -198,13 +198,12 @@ def submit_command(
     headers = _client_key(api_key) | {"Content-Type": "application/octet-stream"}
     base = server.rstrip("/")
     try:
-        _submit(httpx, base, headers, video, wait=wait, out=out, render=render)
+        _submit(base, headers, video, wait=wait, out=out, render=render)
     except httpx.TransportError as exc:
         _fail(f"cannot reach {base} ({type(exc).__name__}: {exc}); is `avaserve serve` running?")
 
 
 def _submit(
-    httpx: Any,
     base: str,
     headers: dict[str, str],
     video: Path,
@@ -213,6 +212,8 @@ def _submit(
     out: Path | None,
     render: bool,
 ) -> None:
+    import httpx
+
     with httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(60.0)) as client:
         with video.open("rb") as fh:
             # A file object is streamed in chunks by httpx: the client never holds it whole.

@@ -411,11 +411,10 @@ async def live_stream(websocket: WebSocket, stream_id: str) -> None:
     # error body (WsRefusal); no byte of the client's video is ever read.
     who = authenticate_websocket(websocket, websocket.app.state.keyring, settings.allowed_origins)
     if not _STREAM_ID_RE.match(stream_id):
-        raise WsRefusal(400, "bad_request", "stream id: 1-64 of letters, digits, '.', '_', '-'")
+        raise WsRefusal(400, "stream id: 1-64 of letters, digits, '.', '_', '-'")
     if service.draining:
         raise WsRefusal(
             503,
-            "unavailable",
             "server shutting down",
             code=WS_TRY_AGAIN_LATER,
             headers={"Retry-After": str(settings.retry_after_s)},
@@ -423,13 +422,12 @@ async def live_stream(websocket: WebSocket, stream_id: str) -> None:
     key_id = who.principal.key_id
     bank_id = f"live-{key_id}-{stream_id}"  # a key can never read or feed another key's bank
     if bank_id in service.open_streams:
-        raise WsRefusal(409, "conflict", "this stream id is already open", code=WS_TRY_AGAIN_LATER)
+        raise WsRefusal(409, "this stream id is already open", code=WS_TRY_AGAIN_LATER)
     try:
         service.streams.acquire(key_id)
     except LimitExceeded as exc:
         raise WsRefusal(
             exc.status_code,
-            "too_many_requests" if exc.status_code == 429 else "unavailable",
             str(exc.detail),
             code=WS_TRY_AGAIN_LATER,
             headers=dict(exc.headers or {}),
