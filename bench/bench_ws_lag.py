@@ -22,7 +22,9 @@ printed:
 The lag adds the client's send and the network to the server's time. Two diagnoses follow
 the verdicts: each keyframe's lag split into the model graphs' own run time and everything else
 (with what the lag would be if the graphs ran at their median every time), and the machine's
-jitter floor, the backbone alone at idle gaps after the stream. Not a timed test.
+jitter floor, the backbone alone at idle gaps after the stream, and a replay: the last run's
+own backbone clips run again after the stream, to tell clips that are slow to compute from a
+machine that is slow at times. Not a timed test.
 """
 
 from __future__ import annotations
@@ -165,6 +167,61 @@ def _idle_jitter_floor(engine: Any, runs: int, gap_s: float) -> dict[str, float]
     }
 
 
+class _RecordingRuntime:
+    """Wraps the engine's backbone for one run: keeps each call's feed (copied) and its time,
+    so the very clips the stream produced can be run again afterwards (`_replay`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.times: list[float] = []
+
+    def run(self, feed: dict[str, np.ndarray]) -> Any:
+        t0 = time.perf_counter()
+        out = self.inner.run(feed)
+        self.times.append(time.perf_counter() - t0)
+        self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _replay(rec: _RecordingRuntime, passes: int, gap_s: float) -> dict[str, Any]:
+    """Runs the last stream's own backbone feeds again, in order, ``passes`` times, ``gap_s``
+    apart. If a clip's content (number of persons, pixel values) made it slow, its time would
+    repeat from pass to pass: the correlations say whether it does. Near 0 means the slow runs
+    are the machine's, not the clips'."""
+    if len(rec.feeds) < 3:
+        return {}
+    passes_t = []
+    for _ in range(passes):
+        ts = []
+        for feed in rec.feeds:
+            time.sleep(gap_s)
+            t0 = time.perf_counter()
+            rec.inner.run(feed)
+            ts.append(time.perf_counter() - t0)
+        passes_t.append(np.asarray(ts))
+    stream = np.asarray(rec.times)
+
+    def summary(x: np.ndarray) -> dict[str, float]:
+        p50, p95 = float(np.median(x)), float(np.percentile(x, 95))
+        return {"p50_s": round(p50, 4), "p95_s": round(p95, 4), "p95_over_p50": round(p95 / p50, 3)}
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return round(float(np.corrcoef(a, b)[0, 1]), 3)
+
+    return {
+        "clips": len(rec.feeds),
+        "gap_s": gap_s,
+        "stream": summary(stream),
+        "passes": [summary(x) for x in passes_t],
+        "corr_stream_vs_pass": [corr(stream, x) for x in passes_t],
+        "corr_pass_vs_pass": [corr(passes_t[i], passes_t[i + 1]) for i in range(passes - 1)],
+    }
+
+
 def _decompose(lags: list[float], graphs: list[float]) -> dict[str, Any]:
     """Where the lag goes, per keyframe: the model graphs' own run time (detector + backbone +
     head, measured around each ONNX Runtime call) and everything else (JPEG decode, ingest,
@@ -241,6 +298,13 @@ def main() -> None:
         default=100,
         help="backbone runs, 0.3 s apart, for the machine's own jitter floor (after streaming)",
     )
+    ap.add_argument(
+        "--replay-passes",
+        type=int,
+        default=2,
+        help="after streaming, run the last run's own backbone clips again this many times\n"
+        "(0.3 s apart) to tell slow clips from a slow machine (0 = skip)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "ws_lag.json")
     args = ap.parse_args()
 
@@ -269,6 +333,7 @@ def main() -> None:
     graph_names = ("detect_run", "backbone_run", "head_run")
     lags_aligned: list[float] = []  # runs whose graph samples pair one-to-one with keyframes
     graphs: list[float] = []
+    recorder: _RecordingRuntime | None = None
     with ctx.Pool(1) as pool:
         for i in range(args.repeat):
             # A fresh stream id per run: each is a new viewer of the same video.
@@ -276,7 +341,16 @@ def main() -> None:
             n_srv = len(engine.stats.samples.get("live_server", ()))
             n_eng = len(engine.stats.samples.get("keyframe_live", ()))
             n_graph = {g: len(engine.stats.samples.get(g, ())) for g in graph_names}
-            annotations, statuses, pts = pool.apply(_client, (url, frames, args.fps, args.speed))
+            if i == args.repeat - 1 and args.replay_passes > 0:
+                recorder = _RecordingRuntime(engine.backbone)
+                engine.backbone = recorder
+            try:
+                annotations, statuses, pts = pool.apply(
+                    _client, (url, frames, args.fps, args.speed)
+                )
+            finally:
+                if recorder is not None:
+                    engine.backbone = recorder.inner
             run_lags = [a["lag"] for a in annotations if a["lag"] is not None]
             run_proc = list(engine.stats.samples.get("live_server", ()))[n_srv:]
             run_eng = list(engine.stats.samples.get("keyframe_live", ()))[n_eng:]
@@ -305,6 +379,7 @@ def main() -> None:
     # At the live cadence's idle gaps (keyframes are a second apart; 0.3 s keeps it short).
     floor = _idle_jitter_floor(engine, runs=args.floor_runs, gap_s=0.3)
     decomposition = _decompose(lags_aligned, graphs)
+    replay = _replay(recorder, args.replay_passes, gap_s=0.3) if recorder is not None else {}
 
     expected = int(np.floor(pts[-1])) - int(np.ceil(pts[0] - 1e-6)) + 1 if pts else 0
     steps = list(engine.stats.samples.get("decode", []))  # per frame: resize + letterbox
@@ -348,6 +423,7 @@ def main() -> None:
         **pooled,
         "idle_jitter_floor_backbone": floor,
         "decomposition": decomposition,
+        "replay_last_run_backbone": replay,
         # Where a keyframe's time goes (engine stage timers, this run): p50 / p95 seconds.
         "stages": {
             name: [
@@ -393,6 +469,16 @@ def main() -> None:
             f"graphs {g[0]:.4f} / {g[1]:.4f} s (p95/p50 {ratio:.2f}),"
             f" everything else {r[0]:.4f} / {r[1]:.4f} s; with the graphs at their median every "
             f"keyframe the lag would be {st[0]:.4f} / {st[1]:.4f} s (diagnosis only)"
+        )
+    if replay:
+        st, ps = replay["stream"], replay["passes"]
+        print(
+            f"the last run's {replay['clips']} backbone clips: live p50 {st['p50_s']:.4f} / "
+            f"p95 {st['p95_s']:.4f} s; run again {len(ps)}x afterwards: "
+            + ", ".join(f"{x['p50_s']:.4f} / {x['p95_s']:.4f} s" for x in ps)
+            + f"; per-clip time correlation live vs again {replay['corr_stream_vs_pass']}, "
+            f"again vs again {replay['corr_pass_vs_pass']} (near 0: the slow runs are the "
+            "machine's, not the clips')"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
