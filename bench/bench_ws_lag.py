@@ -169,7 +169,8 @@ def _idle_jitter_floor(engine: Any, runs: int, gap_s: float) -> dict[str, float]
 
 class _RecordingRuntime:
     """Wraps the engine's backbone for one run: keeps each call's feed (copied) and its time,
-    so the very clips the stream produced can be run again afterwards (`_replay`)."""
+    so the very clips the stream produced can be run again afterwards (`_replay`). The copy
+    adds about 0.05 ms to each of that run's keyframes (1.5 MB at 320x240)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
