@@ -278,9 +278,9 @@ class WsRefusal(WebSocketException):
 
     The app's handler (service.app) sends ``status_code`` with the same JSON error body as REST
     (``{"error": <code for the status>, "message": reason}``) and ``headers`` where the ASGI
-    server supports
-    denial responses (uvicorn does); elsewhere it closes the handshake with ``code``, which
-    the server answers with HTTP 403. Either way no connection is ever accepted.
+    server supports denial responses (uvicorn does); elsewhere it closes the handshake with
+    ``code``, which the server answers with HTTP 403. Either way no connection is ever
+    accepted.
     """
 
     def __init__(
