@@ -146,14 +146,16 @@ class KeyframeTable:
 
     class_ids: frozenset[int]
     capacity: int = 0  # 0 = no cap (GT); the official detections cap is 50
-    listed: set[ImageKey] = field(default_factory=set)  # every keyframe a row names
-    unknown_class: int = 0
-    over_cap: int = 0
-    empty_rows: int = 0
-    without_score: int = 0
-    outside_frame: int = 0
-    inverted: list[tuple[ImageKey, int | None]] = field(default_factory=list)  # x2<x1 or y2<y1
-    _heaps: dict[ImageKey, list[_Entry]] = field(default_factory=dict)
+    # What the rows did (filled by add/add_empty).
+    listed: set[ImageKey] = field(default_factory=set, init=False)  # keyframes rows name
+    unknown_class: int = field(default=0, init=False)
+    over_cap: int = field(default=0, init=False)
+    empty_rows: int = field(default=0, init=False)
+    without_score: int = field(default=0, init=False)
+    outside_frame: int = field(default=0, init=False)
+    # (key, line) of kept rows with x2 < x1 or y2 < y1 (the GT side refuses them).
+    inverted: list[tuple[ImageKey, int | None]] = field(default_factory=list, init=False)
+    _heaps: dict[ImageKey, list[_Entry]] = field(default_factory=dict, init=False, repr=False)
 
     def add_empty(self, key: ImageKey) -> None:
         self.listed.add(key)
