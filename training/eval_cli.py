@@ -3,7 +3,8 @@ model run over a dataset split.
 
 Two modes share the report:
 
-* CSV mode (``--gt --detections --label-map``): `_resolve_inputs` reads the files;
+* CSV mode (``--gt --detections --label-map [--strict]``): `training.eval_csv` reads the
+  files as the official evaluator does (``--strict``: avaserve's validating readers);
 * model mode (``--checkpoint CKPT [--checkpoint CKPT2 ...] --data DIR --split val
   --boxes gt|detector|FILE [--tta] [--sweep]``): `_model_eval` runs the checkpoint(s)
   through `training.run_eval` (multi-scale + flip test-time augmentation, score-averaging
@@ -24,8 +25,10 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from models.ava import LabelMap
-    from training.ava_data import AnnotationRow, DetectionRow, KeyframeKey
+    from training.eval_csv import EvalInputs
     from training.evaluation import EvalResult
 
 __all__ = ["eval_command", "register"]
@@ -40,7 +43,8 @@ def eval_command(
     gt: Path | None = typer.Option(
         None,
         "--gt",
-        help="Ground-truth AVA CSV (video_id,timestamp,x1,y1,x2,y2,action_id[,person_id]).",
+        help="Ground-truth AVA CSV (video_id,timestamp,x1,y1,x2,y2,action_id[,person_id]; "
+        "video_id,timestamp lists a keyframe with no actions).",
     ),
     detections: Path | None = typer.Option(
         None,
@@ -114,6 +118,13 @@ def eval_command(
     results_out: Path | None = typer.Option(
         None, "--results-out", help="With --checkpoint: also write the results CSV here."
     ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Refuse rows the AVA v2 format does not allow (2-column rows, rows without a "
+        "score, non-whole-second timestamps, boxes outside [0,1] or with x2<=x1 or y2<=y1) "
+        "instead of reading them as the official evaluator does.",
+    ),
 ) -> None:
     """Frame-mAP at IoU 0.5 with the ActivityNet AVA protocol. Last line: mAP@0.5IOU: <value>."""
     from models.ava import AvaFormatError
@@ -136,19 +147,21 @@ def eval_command(
         return
     if label_map is None:
         raise typer.BadParameter("give the label map with --label-map", param_hint="--label-map")
+    from training.evaluation import evaluate_tables
+
     try:
-        gt_rows, det_rows, labels, excluded_keys = _resolve_inputs(
-            gt=gt, detections=detections, label_map=label_map, excluded=excluded
+        labels, inputs = _resolve_inputs(
+            gt=gt,
+            detections=detections,
+            label_map=label_map,
+            excluded=excluded,
+            strict=strict,
+            max_per_keyframe=max_per_keyframe,
         )
+        result = evaluate_tables(inputs.gt, inputs.detections, labels, inputs.excluded)
     except AvaFormatError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-
-    from training.evaluation import evaluate_frame_map
-
-    result = evaluate_frame_map(
-        gt_rows, det_rows, labels, excluded_keys, max_detections_per_keyframe=max_per_keyframe
-    )
     _report(result, json_out)
 
 
@@ -236,11 +249,17 @@ def _model_eval(
 
 
 def _resolve_inputs(
-    *, gt: Path | None, detections: Path | None, label_map: Path, excluded: Path | None
-) -> tuple[list[AnnotationRow], list[DetectionRow], LabelMap, set[KeyframeKey]]:
+    *,
+    gt: Path | None,
+    detections: Path | None,
+    label_map: Path,
+    excluded: Path | None,
+    strict: bool,
+    max_per_keyframe: int,
+) -> tuple[LabelMap, EvalInputs]:
     """Read what the options name. Raises AvaFormatError with file/line/field on bad input."""
     from models.ava import read_label_map_pbtxt
-    from training.ava_data import read_annotations, read_excluded_timestamps, read_results
+    from training.eval_csv import read_eval_inputs
 
     if gt is None:
         raise typer.BadParameter("give the ground truth with --gt GT.csv", param_hint="--gt")
@@ -249,11 +268,15 @@ def _resolve_inputs(
             "give the results with --detections DET.csv", param_hint="--detections"
         )
     labels = read_label_map_pbtxt(label_map)
-    # The official evaluator ignores rows of classes outside the label map (e.g. the
-    # 20 AVA classes the challenge does not score), on both sides.
-    gt_rows = read_annotations(gt, labels, unknown_classes="skip")
-    det_rows = read_results(detections, labels, unknown_classes="skip")
-    return gt_rows, det_rows, labels, read_excluded_timestamps(excluded)
+    inputs = read_eval_inputs(
+        gt,
+        detections,
+        labels,
+        excluded,
+        strict=strict,
+        max_detections_per_keyframe=max_per_keyframe,
+    )
+    return labels, inputs
 
 
 def _report(result: EvalResult, json_out: Path | None, *, long_term: tuple[int, ...] = ()) -> None:
@@ -285,11 +308,11 @@ def _report(result: EvalResult, json_out: Path | None, *, long_term: tuple[int, 
         )
     console.print(
         f"keyframes: {result.num_gt_keyframes} with GT, {result.num_detection_keyframes} with "
-        f"detections; excluded {result.num_excluded_gt_keyframes} GT / "
-        f"{result.num_excluded_detection_keyframes} detection keyframes; "
-        f"{result.num_capped_detections} detections over the per-keyframe cap",
+        f"detections scored; excluded {result.num_excluded_gt_keyframes} GT / "
+        f"{result.num_excluded_detection_keyframes} detection keyframes",
         highlight=False,
     )
+    console.print(_rules_table(result), highlight=False)
     if long_term:
         aps = {c.class_id: c.ap for c in result.classes}
         parts = [f"{i}: {aps[i]:.4f}" for i in long_term if i in aps and not math.isnan(aps[i])]
@@ -302,3 +325,40 @@ def _report(result: EvalResult, json_out: Path | None, *, long_term: tuple[int, 
         json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     # Plain echo (not rich) so the line is exact and always last.
     typer.echo(format_map_line(result))
+
+
+def _rules_table(result: EvalResult) -> Table:
+    """How many rows each protocol rule touched (training.evaluation.RuleCounts)."""
+    from rich.table import Table
+
+    r = result.rules
+    cap = result.max_detections_per_keyframe
+    rows = [
+        ("class not in the label map (dropped)", r.gt_unknown_class, r.det_unknown_class),
+        (
+            "video_id,timestamp row (keyframe listed, no box)",
+            r.gt_empty_keyframe,
+            r.det_empty_keyframe,
+        ),
+        (
+            f"over {cap} per keyframe (dropped)" if cap else "per-keyframe cap (off)",
+            None,
+            r.det_over_cap,
+        ),
+        ("excluded keyframe (dropped)", r.gt_excluded, r.det_excluded),
+        (
+            f"keyframe not listed in the GT (ignored; {r.unlisted_keyframes} keyframes)",
+            None,
+            r.det_unlisted_keyframe,
+        ),
+        ("box with x2<=x1 or y2<=y1 (dropped)", None, r.det_invalid_box),
+        ("no score column (scored 1.0)", None, r.det_without_score),
+        ("box outside [0,1] (used as given)", r.gt_outside_frame, r.det_outside_frame),
+    ]
+    table = Table(title="protocol rules: rows each touched", title_justify="left")
+    table.add_column("rule")
+    table.add_column("GT", justify="right")
+    table.add_column("detections", justify="right")
+    for name, gt_n, det_n in rows:
+        table.add_row(name, "-" if gt_n is None else str(gt_n), str(det_n))
+    return table

@@ -75,23 +75,69 @@ def test_hand_case_through_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("det_text", "message"),
+    ("det_text", "strict", "message"),
     [
-        ("v,0902,0.0,0.0,0.4,0.4,12\n", "det.csv, line 1, field 'columns'"),
-        ("v,0902,0.0,0.0,1.4,0.4,12,0.9\n", "det.csv, line 1, field 'x2'"),
-        ("v,0902,0.0,0.0,0.4,0.4,12,high\n", "det.csv, line 1, field 'score'"),
+        ("v,0902,0.0,0.0,0.4,0.4,12\n", True, "det.csv, line 1, field 'columns'"),
+        ("v,0902,0.0,0.0,1.4,0.4,12,0.9\n", True, "det.csv, line 1, field 'x2'"),
+        ("v,0902,0.4,0.0,0.0,0.4,12,0.9\n", True, "det.csv, line 1, field 'x2'"),
+        ("v,902.5,0.0,0.0,0.4,0.4,12,0.9\n", True, "det.csv, line 1, field 'timestamp'"),
+        ("v,0902\n", True, "det.csv, line 1, field 'columns'"),
+        ("v,0902,0.0,0.0,0.4,0.4,12,high\n", True, "det.csv, line 1, field 'score'"),
+        ("v,0902,0.0,0.0,0.4,0.4,12,high\n", False, "det.csv, line 1, field 'score'"),
+        ("v,0902,0.0,0.0,0.4,0.4,12,0.9,1\n", False, "det.csv, line 1, field 'columns'"),
+        ("v,0902,0.0,0.0,0.4,0.4,stand,0.9\n", False, "det.csv, line 1, field 'action_id'"),
+        ("video_id,timestamp\n", False, "det.csv, line 1, field 'timestamp'"),
     ],
 )
-def test_bad_detections_give_a_clear_error(tmp_path: Path, det_text: str, message: str) -> None:
+def test_bad_detections_give_a_clear_error(
+    tmp_path: Path, det_text: str, strict: bool, message: str
+) -> None:
     lm = _write(tmp_path / "m.pbtxt", 'item {\n  name: "stand"\n  id: 12\n}\n')
     gt = _write(tmp_path / "gt.csv", "v,0902,0.0,0.0,0.4,0.4,12,0\n")
     dets = _write(tmp_path / "det.csv", det_text)
-    result = CliRunner().invoke(
-        _app(), ["eval", "--gt", gt, "--detections", dets, "--label-map", lm]
-    )
+    args = ["eval", "--gt", gt, "--detections", dets, "--label-map", lm]
+    result = CliRunner().invoke(_app(), [*args, "--strict"] if strict else args)
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_rows_the_official_evaluator_reads_are_scored_and_counted(tmp_path: Path) -> None:
+    """Without --strict each rule applies as upstream, and the summary says how often."""
+    lm = _write(tmp_path / "m.pbtxt", 'item {\n  name: "stand"\n  id: 12\n}\n')
+    gt = _write(
+        tmp_path / "gt.csv",
+        "v,0902,0.0,0.0,0.4,0.4,12,0\n"
+        "v,0902,0.5,0.5,0.9,0.9,74,0\n"  # class outside the map
+        "v,903\n"  # listed keyframe with no actions
+        "v,904,0.0,0.0,0.4,0.4,12,0\n",  # excluded below
+    )
+    dets = _write(
+        tmp_path / "det.csv",
+        "v,902.0,0.0,0.0,0.4,0.4,12\n"  # no score column: 1.0; TP
+        "v,0902,0.4,0.0,0.0,0.4,12,0.95\n"  # x2 < x1: dropped
+        "v,0902,0.0,0.0,1.2,0.4,12,0.3\n"  # outside [0, 1], used as given: FP
+        "v,0903,0.0,0.0,0.4,0.4,12,0.2\n"  # listed, no GT: FP
+        "v,0904,0.0,0.0,0.4,0.4,12,0.9\n"  # excluded
+        "v,0905,0.0,0.0,0.4,0.4,12,0.99\n",  # not in the GT: ignored
+    )
+    excluded = _write(tmp_path / "ex.csv", "v,904\n")
+    args = ["--gt", gt, "--detections", dets, "--label-map", lm, "--excluded", excluded]
+    code, out = _run(*args, "--json", str(tmp_path / "r.json"))
+    assert code == 0, out
+    assert out.rstrip("\n").splitlines()[-1] == "mAP@0.5IOU: 1.0"
+    rules = json.loads((tmp_path / "r.json").read_text())["rules"]
+    assert rules == {
+        "gt_unknown_class": 1, "det_unknown_class": 0, "gt_empty_keyframe": 1,
+        "det_empty_keyframe": 0, "det_without_score": 1, "gt_outside_frame": 0,
+        "det_outside_frame": 1, "det_over_cap": 0, "gt_excluded": 1, "det_excluded": 1,
+        "det_unlisted_keyframe": 1, "unlisted_keyframes": 1, "det_invalid_box": 1,
+    }  # fmt: skip
+    assert "keyframe not listed in the GT (ignored; 1 keyframes)" in out
+    assert "box with x2<=x1 or y2<=y1 (dropped)" in out
+    # --strict refuses the same files at the first row outside the AVA v2 format.
+    code, out = _run(*args, "--strict")
+    assert code == 2 and "gt.csv, line 3, field 'columns'" in out
 
 
 def test_missing_option_is_explained(tmp_path: Path) -> None:
