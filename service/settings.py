@@ -23,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.scheduler import DEFAULT_MAX_GAP_S
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "demo"
 LOOPBACK_HOST = "127.0.0.1"
@@ -179,6 +181,14 @@ class Settings(BaseSettings):
         gt=0,
         description="A live stream that stays further behind than this is closed with 1013 "
         "(try again later) instead of serving ever-staler annotations.",
+    )
+    max_pts_gap_s: float = Field(
+        DEFAULT_MAX_GAP_S,
+        gt=0,
+        le=3600,
+        description="A frame more than this many seconds after the previous one (live or in "
+        "an upload) starts a new segment: the keyframes in between are skipped, not filled "
+        "in, and tracks restart. Bounds what one frame can cost: up to this many keyframes.",
     )
 
     # ------------------------------------------------------------------ timeouts + shutdown

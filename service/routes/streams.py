@@ -50,6 +50,7 @@ from service.admission import LimitExceeded
 from service.auth import WsRefusal, authenticate_websocket
 from service.errors import VideoInputError
 from service.routes.deps import ServiceState, get_service
+from service.scheduler import InvalidPts, check_pts
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["streams"])
@@ -144,6 +145,7 @@ class _Connection:
         self.out_ready = asyncio.Event()
         self.input_done = False
         self.last_pts = -float("inf")
+        self.max_pts_gap_s = s.max_pts_gap_s  # the engine starts a new segment there too
         self.last_time: float | None = None
         self.rate = float(service.engine.manifest.keyframe_rate)
         self.close_code = WS_NORMAL
@@ -152,10 +154,24 @@ class _Connection:
 
     # -- helpers ---------------------------------------------------------------------------
     def queue_frame(self, pts: float, image: np.ndarray | bytes) -> None:
+        # A refused frame leaves last_pts alone: later valid frames still go through.
+        try:
+            pts = check_pts(pts)
+        except InvalidPts as exc:
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", str(exc))
+            return
         if pts <= self.last_pts:
             self.stats.bad_frames += 1
             self.post_error("bad_frame", f"pts {pts} is not after the previous {self.last_pts}")
             return
+        if self.last_pts >= 0 and pts - self.last_pts > self.max_pts_gap_s:
+            self.post_error(
+                "pts_gap",
+                f"pts {pts:.6g} is {pts - self.last_pts:.6g} s after the previous frame, more "
+                f"than the {self.max_pts_gap_s:g} s limit (AVASERVE_MAX_PTS_GAP_S): a new "
+                "segment starts here; the keyframes in between are skipped and tracks restart",
+            )
         self.last_pts = pts
         if len(self.frames) >= self.max_frames:
             self.frames.popleft()  # the oldest live frame is worth the least
@@ -249,11 +265,7 @@ class _Connection:
             self.post_error("bad_frame", "A frame is 8 bytes of LE float64 pts, then a JPEG")
             return
         (pts,) = PTS_HEADER.unpack_from(data)
-        if not np.isfinite(pts) or pts < 0:
-            self.stats.bad_frames += 1
-            self.post_error("bad_frame", "pts must be a finite number of seconds >= 0")
-            return
-        self.queue_frame(float(pts), data[PTS_HEADER.size :])  # decoded by the pusher
+        self.queue_frame(float(pts), data[PTS_HEADER.size :])  # checks pts  # decoded by the pusher
 
     async def _decoded(self, image: np.ndarray | bytes) -> np.ndarray | None:
         if isinstance(image, np.ndarray):

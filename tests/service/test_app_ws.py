@@ -304,3 +304,47 @@ def test_slow_reader_drops_oldest_then_closes_1013(monkeypatch: pytest.MonkeyPat
     for _ in range(100):
         conn.post_error("bad_frame", "x")
     assert len(conn.outbox) <= 2 + 8
+
+
+def _with_pts(payload: bytes, pts: float) -> bytes:
+    import struct
+
+    return struct.pack("<d", pts) + payload[8:]
+
+
+def test_pts_bombs_are_refused_and_the_stream_goes_on(
+    client: TestClient, frames: list[bytes]
+) -> None:
+    """1e308 and NaN are refused naming pts and its range, without poisoning the stream (before
+    the fix 1e308 was taken as the last pts, every later frame was refused as "not after the
+    previous 1e+308", and the engine tried to make a keyframe of every second up to it); a
+    +300 s jump starts a new segment, said so in a pts_gap error, and annotations go on."""
+    first, later = frames[:16], frames[16:26]  # 0.0 .. 3.0 s, then 3.2 .. 5.0 s
+    messages: list[dict[str, Any]] = []
+    with client.websocket_connect("/v1/streams/bomb", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "jpeg", "fps_hint": 5}))
+        assert ws.receive_json()["type"] == "ready"
+        for payload in first:
+            ws.send_bytes(payload)
+            time.sleep(0.1)
+        ws.send_bytes(_with_pts(first[-1], 1e308))
+        ws.send_bytes(_with_pts(first[-1], float("nan")))
+        ws.send_bytes(_with_pts(first[-1], -5.0))
+        for payload in later:
+            (pts,) = support_pts(payload)
+            ws.send_bytes(_with_pts(payload, pts + 300.0))
+            time.sleep(0.1)
+        ws.send_text(json.dumps({"type": "end"}))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                messages.append(ws.receive_json())
+        assert closed.value.code == 1000
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["bad_frame"] * 3 + ["pts_gap"]
+    assert errors[0]["message"].startswith("pts 1e+308 is not a finite number of seconds in [0, ")
+    assert errors[1]["message"].startswith("pts nan ")
+    assert "than the 10 s limit (AVASERVE_MAX_PTS_GAP_S)" in errors[3]["message"]
+    times = [m["time"] for m in messages if m["type"] == "annotation"]
+    assert max(times) == 305.0 and len(times) <= 4 + 2 + 1  # nothing made for the gap
+    assert 3.0 in times and 304.0 in times
+    assert messages[-1]["type"] == "status" and messages[-1]["bad_frames"] == 3
