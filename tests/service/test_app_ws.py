@@ -133,6 +133,8 @@ WRONG = "wrong-key-0123456789abcdef"
         ({"Origin": "https://evil.example.net"}, PROTOCOLS, "/v1/streams/s1", 403, "forbidden"),
         ({"Origin": "null"}, PROTOCOLS, "/v1/streams/s1", 403, "forbidden"),
         ({}, ["avaserve.v1"], f"/v1/streams/s1?token={KEY_A}", 400, "bad_request"),
+        ({}, ["avaserve.v1"], f"/v1/streams/s1?key={KEY_A}", 400, "bad_request"),
+        ({}, ["avaserve.v1"], f"/v1/streams/s1?auth={KEY_A}", 400, "bad_request"),
         ({}, PROTOCOLS, "/v1/streams/bad%20id", 400, "bad_request"),
     ],
     ids=[
@@ -142,6 +144,8 @@ WRONG = "wrong-key-0123456789abcdef"
         "foreign-origin",
         "null-origin",
         "query-token",
+        "query-key",
+        "query-auth",
         "bad-stream-id",
     ],
 )  # fmt: skip
