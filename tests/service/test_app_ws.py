@@ -352,3 +352,99 @@ def test_pts_bombs_are_refused_and_the_stream_goes_on(
     assert max(times) == 305.0 and len(times) <= 4 + 2 + 1  # nothing made for the gap
     assert 3.0 in times and 304.0 in times
     assert messages[-1]["type"] == "status" and messages[-1]["bad_frames"] == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "expect"),
+    [
+        ('{"type": "start", "input": "jpeg", "fps_hint": 1e9}', "fps_hint 1000000000.0: input "
+         "should be less than or equal to 120; fps_hint takes a number of frames per second, "
+         "0 < fps_hint <= 120"),
+        ('{"type": "start", "input": "jpeg", "fps_hint": 0}', "fps_hint 0: input should be "
+         "greater than 0"),
+        ('{"type": "start", "input": "jpeg", "fps_hint": "10"}', "fps_hint \"10\": input "
+         "should be a valid number"),
+        ('{"type": "start", "input": "gif"}', "input \"gif\": input should be 'jpeg', 'mpegts' "
+         "or 'h264'"),
+        ('{"type": "start", "input": {"a": [1, {"b": 2}]}}', "input an object: input should be "
+         "'jpeg'"),
+        ('{"type": "start"}', "input is missing; it takes \"jpeg\", \"mpegts\" or \"h264\""),
+        ('{"type": "begin", "input": "jpeg"}', "type \"begin\": input should be 'start'"),
+        ('{"type": "start", "input": "jpeg", "meta": {"x": 1}}', "unknown field 'meta'"),
+        ('[{"type": "start"}]', "must be a JSON object, got an array"),
+        ("[" * 1000 + "]" * 1000, "not valid JSON (recursion limit exceeded"),
+        ('{"type": "start"', "not valid JSON (EOF while parsing"),
+        ('{"type": "start", "input": "jpeg", "pad": "' + "x" * 5000 + '"}',
+         "start message is 5045 bytes, over the 4096-byte limit"),
+    ],
+)  # fmt: skip
+def test_bad_start_names_the_field_or_limit(raw: str, expect: str) -> None:
+    """Before the fix every one of these got the same text, naming no field, and a 1 MB start
+    message was parsed in full (and one with an extra field was accepted)."""
+    from service.routes.streams import StartRefused, parse_start
+
+    with pytest.raises(StartRefused) as refused:
+        parse_start(raw)
+    assert expect in str(refused.value)
+    assert str(refused.value).endswith('{"type": "start", "input": "jpeg", "fps_hint": 10}')
+
+
+def test_valid_start_messages_pass() -> None:
+    from service.routes.streams import parse_start
+
+    assert parse_start('{"type": "start", "input": "h264"}').fps_hint == 10.0
+    assert parse_start('{"type": "start", "input": "jpeg", "fps_hint": 12.5}').fps_hint == 12.5
+    assert parse_start('{"type": "start", "input": "mpegts", "fps_hint": 120}').input == "mpegts"
+
+
+@pytest.mark.parametrize(
+    ("message", "expect", "close"),
+    [
+        ({"type": "start", "input": "jpeg", "fps_hint": 1e9}, "fps_hint", 1003),
+        ({"type": "start", "input": "gif"}, "input \"gif\"", 1003),
+        ({"type": "start", "input": "jpeg", "x": "y" * 1_000_000}, "4096-byte limit", 1003),
+        (b"\x00" * 16, "must be text (JSON), not binary", 1003),
+    ],
+    ids=["fps_hint", "input", "1MB", "binary"],
+)  # fmt: skip
+def test_bad_start_over_the_websocket(
+    client: TestClient, message: dict[str, Any] | bytes, expect: str, close: int
+) -> None:
+    with client.websocket_connect("/v1/streams/start", subprotocols=PROTOCOLS) as ws:
+        if isinstance(message, bytes):
+            ws.send_bytes(message)
+        else:
+            ws.send_text(json.dumps(message))
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "bad_start"
+        assert expect in error["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == close
+
+
+def test_jpeg_over_the_pixel_limit_says_so(client: TestClient) -> None:
+    """A 4000x3000 JPEG was reported as "Not a decodable JPEG (ValueError)"."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    def jpeg(w: int, h: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (90, 120, 150)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    with client.websocket_connect("/v1/streams/big", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "jpeg", "fps_hint": 5}))
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(struct.pack("<d", 0.0) + jpeg(4000, 3000))
+        ws.send_bytes(struct.pack("<d", 0.2) + jpeg(8, 8))
+        errors = [ws.receive_json() for _ in range(2)]
+        ws.send_text(json.dumps({"type": "end"}))
+    assert [e["code"] for e in errors] == ["bad_frame", "bad_frame"]
+    assert errors[0]["message"] == (
+        "frame 4000x3000 = 12000000 pixels is over the pixel limit of 8294400 pixels; "
+        "scale frames down before sending"
+    )
+    assert errors[1]["message"] == "frame 8x8 is under the minimum of 16 pixels a side"
