@@ -362,6 +362,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         redis=redis_client,
         metrics=app.state.metrics,
+        uploads=ConcurrencyLimiter(
+            "uploads",
+            per_key=settings.max_uploads_per_key,
+            global_limit=settings.max_uploads_global,
+            retry_after_s=settings.retry_after_s,
+        ),
     )
     app.state.service = service
     _bind_metrics(app.state.metrics, service, "redis" if redis_url else "memory")
