@@ -474,3 +474,34 @@ def test_live_tracks_restart_after_a_pts_gap(bundle: Path, video: Path) -> None:
     before = {p.track_id for p in allp if p.time < 300}
     after = {p.track_id for p in allp if p.time > 300}
     assert before == {1, 2} and after == {3, 4}  # no track carried across the gap
+
+
+def _with_pts_gap(src: Path, dst: Path, after_s: float, gap_s: float) -> Path:
+    """``src`` remuxed (no re-encode) with every packet after ``after_s`` moved ``gap_s`` later."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream_in = inp.streams.video[0]
+        stream = out.add_stream_from_template(stream_in)
+        shift = int(gap_s / stream_in.time_base)
+        for packet in inp.demux(stream_in):
+            if packet.dts is None:
+                continue
+            if packet.pts * stream_in.time_base > after_s:
+                packet.pts += shift
+                packet.dts += shift
+            packet.stream = stream
+            out.mux(packet)
+    return dst
+
+
+def test_file_with_a_pts_gap_skips_the_gap(bundle: Path, video: Path, tmp_path: Path) -> None:
+    """An upload whose timestamps jump 300 s: keyframes on both sides, none in the gap (before
+    the fix all 300 were made, each with its own detector input and clip, at once)."""
+    gapped = _with_pts_gap(video, tmp_path / "gap.mp4", after_s=4.0, gap_s=300.0)
+    engine = Engine(bundle, settings=_settings())
+    preds = asyncio.run(_annotate(engine, gapped))
+    asyncio.run(engine.close())
+    times = sorted({p.time for p in preds})
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0, 305.0, 306.0, 307.0, 308.0]
+    assert engine.stats.counters["keyframes"] == len(times)
