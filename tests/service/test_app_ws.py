@@ -349,8 +349,10 @@ def test_pts_bombs_are_refused_and_the_stream_goes_on(
     assert errors[1]["message"].startswith("pts nan ")
     assert "than the 10 s limit (AVASERVE_MAX_PTS_GAP_S)" in errors[3]["message"]
     times = [m["time"] for m in messages if m["type"] == "annotation"]
-    assert max(times) == 305.0 and len(times) <= 4 + 2 + 1  # nothing made for the gap
-    assert 3.0 in times and 304.0 in times
+    # Keyframes 0-3 before the jump, 304-305 after it, none for the gap. (Not all need be
+    # there: a loaded machine may drop a live keyframe; the set bounds what may come.)
+    assert set(times) <= {0.0, 1.0, 2.0, 3.0, 304.0, 305.0}
+    assert any(t < 4 for t in times) and any(t > 300 for t in times)  # the stream went on
     assert messages[-1]["type"] == "status" and messages[-1]["bad_frames"] == 3
 
 
