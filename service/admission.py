@@ -43,7 +43,9 @@ class LimitExceeded(HTTPException):
 
     ws_close_code = WS_TRY_AGAIN_LATER
 
-    def __init__(self, *, resource: str, scope: Scope, limit: int, retry_after_s: int) -> None:
+    def __init__(
+        self, *, resource: str, scope: Scope, limit: int, retry_after_s: int, close: bool = False
+    ) -> None:
         self.resource = resource
         self.scope = scope
         self.limit = limit
@@ -59,7 +61,10 @@ class LimitExceeded(HTTPException):
             detail = (
                 f"The service is at its limit of {limit} {resource}; retry after {retry_after_s} s"
             )
-        super().__init__(code, detail, headers={"Retry-After": str(retry_after_s)})
+        headers = {"Retry-After": str(retry_after_s)}
+        if close:  # the request body was not read: close instead of draining it
+            headers["Connection"] = "close"
+        super().__init__(code, detail, headers=headers)
 
 
 class ConcurrencyLimiter:

@@ -310,6 +310,7 @@ def _engine_factory(settings: Settings, bank: Any) -> Any:
         ),
         decode_limits=DecodeLimits(max_file_bytes=max(settings.max_upload_bytes, 1)),
         top_k=TOP_K,
+        max_pts_gap_s=settings.max_pts_gap_s,
     )
     return Engine(settings.bundle, settings=engine_settings, bank=bank)
 
@@ -361,6 +362,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         redis=redis_client,
         metrics=app.state.metrics,
+        uploads=ConcurrencyLimiter(
+            "uploads",
+            per_key=settings.max_uploads_per_key,
+            global_limit=settings.max_uploads_global,
+            retry_after_s=settings.retry_after_s,
+        ),
     )
     app.state.service = service
     _bind_metrics(app.state.metrics, service, "redis" if redis_url else "memory")

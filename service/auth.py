@@ -19,9 +19,10 @@ with the ``Authorization`` header (non-browser clients) or through the subprotoc
     new WebSocket(url, ["avaserve.v1", "bearer." + apiKey])
 
 The server selects ``avaserve.v1`` on accept (``WsPrincipal.subprotocol``), never echoing the
-token back. A token in the query string is refused outright: URLs end up in access logs and
-browser history. Authentication and the Origin check happen *before* ``accept``; a refused
-handshake gets ``WebSocketException(1008)``, which the ASGI server turns into HTTP 403.
+token back. A credential in the query string is refused outright, whatever the parameter is
+called (`query_credential`): URLs end up in access logs and browser history. Authentication
+and the Origin check happen *before* ``accept``; a refused handshake gets
+``WebSocketException(1008)``, which the ASGI server turns into HTTP 403.
 
 Origins
 -------
@@ -64,7 +65,16 @@ WS_BEARER_PREFIX = "bearer."
 # RFC 6455 close code 1008 "policy violation": the generic refusal for auth/origin failures.
 WS_POLICY_VIOLATION = 1008
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
-_QUERY_TOKEN_PARAMS = ("token", "access_token", "api_key", "apikey", "authorization")
+# Query parameters refused as credentials, by name: compared lower-case with '-', '_' and '.'
+# removed, as a whole name or as its ending (so api_key, X-Api-Key, access_token, authToken,
+# client_secret all match). No parameter of this API ends so.
+_CREDENTIAL_NAMES = frozenset(
+    {"auth", "authorization", "bearer", "credential", "credentials", "jwt", "passwd", "pwd"}
+)
+_CREDENTIAL_SUFFIXES = ("key", "token", "secret", "password", "auth")
+_CREDENTIAL_NAME_RE = (
+    r"[\w.\-]*(?:key|token|secret|password|auth|authorization|bearer|credentials?|jwt|passwd|pwd)"
+)
 
 
 def key_fingerprint(secret: str) -> str:
@@ -215,8 +225,37 @@ def _allowed_origins(conn: HTTPConnection) -> list[str]:
     return list(settings.allowed_origins) if isinstance(settings, Settings) else []
 
 
-def _has_query_token(conn: HTTPConnection) -> bool:
-    return any(p in conn.query_params for p in _QUERY_TOKEN_PARAMS)
+def credential_like(name: str) -> bool:
+    """Does a query parameter's name say it carries a credential (see _CREDENTIAL_NAMES)?"""
+    norm = re.sub(r"[-_.]", "", name.lower())
+    return norm in _CREDENTIAL_NAMES or norm.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def query_credential(conn: HTTPConnection, keyring: KeyRing) -> str | None:
+    """The name of the first query parameter that carries a credential, or None.
+
+    Refused: a credential-like name (`credential_like`, whatever its value), and any parameter
+    whose value (or name) is a configured key, whatever it is called. Every parameter is
+    checked against every key (`KeyRing.verify`), so timing does not tell which matched.
+    """
+    found: str | None = None
+    for name, value in conn.query_params.multi_items():
+        hit = credential_like(name)
+        for text in (value, name):
+            if text and keyring.verify(text) is not None:
+                hit = True
+        if hit and found is None:
+            found = name
+    return found
+
+
+def _query_refusal(name: str) -> str:
+    # Names the parameter, never its value (the message may be logged or shown).
+    return (
+        f"query parameter {name[:40]!r} is refused: API keys and other credentials are not "
+        "accepted in the query string (it lands in access logs); send "
+        "'Authorization: Bearer <key>'"
+    )
 
 
 # ---------------------------------------------------------------------- REST dependency
@@ -245,12 +284,9 @@ async def current_key(
     Use through the alias: ``async def get_job(job_id: str, key: CurrentKey) -> ...``.
     """
     keyring = _keyring(request)
-    if _has_query_token(request):
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            "API keys are not accepted in the query string (it lands in access logs); "
-            "send 'Authorization: Bearer <key>'",
-        )
+    refused = query_credential(request, keyring)
+    if refused is not None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, _query_refusal(refused))
     if not keyring.enabled:
         if not _host_is_loopback(request.headers.get("host")):
             raise HTTPException(
@@ -306,11 +342,12 @@ def authenticate_websocket(
 
     Raises ``WsRefusal`` (a ``WebSocketException``, close code 1008): HTTP 401 without a valid
     key, 403 for a foreign Origin or a non-loopback caller when no key is configured, 400 for
-    a key in the query string.
+    a credential in the query string (`query_credential`).
     """
     headers = websocket.headers
-    if _has_query_token(websocket):
-        raise WsRefusal(400, "API keys are not accepted in the query string")
+    refused = query_credential(websocket, keyring)
+    if refused is not None:
+        raise WsRefusal(400, _query_refusal(refused))
     origin = headers.get("origin")
     if not origin_allowed(origin, headers.get("host"), allowed_origins):
         log.warning("websocket refused: origin not allowed (%s)", origin)
@@ -346,8 +383,8 @@ REDACTED = "[REDACTED]"
 _TOKEN_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"),
     re.compile(r"(?i)(bearer\.)[^\s'\",;]+"),
-    re.compile(r"(?i)([?&](?:" + "|".join(_QUERY_TOKEN_PARAMS) + r")=)[^&\s'\"]+"),
-    re.compile(r"(?i)((?:authorization|x-api-key)['\"]?\s*[:=,]\s*\(?['\"]?)[^\s'\",)]+"),
+    re.compile(r"(?i)([?&]" + _CREDENTIAL_NAME_RE + r"=)[^&\s'\"]+"),
+    re.compile(r"(?i)((?:authorization|x-api-key)['\"]?\s*[:=,]\s*\(?['\"]?)[^\s'\",)&]+"),
 ]
 
 

@@ -75,7 +75,7 @@ from service.limits import DecodeLimits
 from service.records import Context, Prediction
 from service.ringbuffer import Clip, FrameRing
 from service.runtime import Runtime, RuntimeSettings, create_runtime
-from service.scheduler import KeyframeScheduler
+from service.scheduler import DEFAULT_MAX_GAP_S, KeyframeScheduler, check_pts
 from service.tracker import ByteTracker
 from service.types import Detections, TrackedPersons
 
@@ -110,6 +110,9 @@ class EngineSettings:
     window_seconds: bank window length override (<= the bundle's); None = the bundle's.
     score_threshold: persons kept for the action model; None = the bundle's (0.8).
     bank_retention_s: seconds the in-process/Redis bank keeps per stream (>= the window).
+    max_pts_gap_s: a frame this far (seconds) after the previous one starts a new segment: the
+        keyframes in between are skipped, not filled in (`service.scheduler`), and tracks end.
+        Larger keeps keyframes across longer stalls but lets one frame make that many due.
     """
 
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -123,6 +126,7 @@ class EngineSettings:
     window_seconds: int | None = None
     score_threshold: float | None = None
     bank_retention_s: int = 120
+    max_pts_gap_s: float = DEFAULT_MAX_GAP_S
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     isolated_decode: bool = True
     top_k: int = 5
@@ -194,6 +198,7 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 class _DetItem:
     images: np.ndarray  # (1, 3, H, W) detector input
     transform: Any  # LetterboxTransform
+    segment: int = 0  # the stream's segment (`StreamSession.segment`): a new one resets tracks
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,13 @@ class StreamSession:
     `step` / `finish` run in the stream's worker thread (one at a time); they return the
     keyframes that became detect-due (with the detector input already letterboxed) and the
     clips that became ready. The tracker is only touched from the event loop, in order.
+
+    Segments: a frame more than ``max_pts_gap_s`` after the previous one ends the segment (its
+    pending clips are cut as at `finish`, padded with the last frame before the gap) and starts
+    a new one at that frame; the keyframes in the gap are skipped, so one frame never makes
+    more than ``max_pts_gap_s * keyframe_rate`` keyframes due. The new segment's keyframes
+    carry its number, and the tracker is reset when the first of them is tracked (a person
+    seen minutes later is a new track; the bank keeps its times, so windows stay right).
     """
 
     def __init__(
@@ -276,6 +288,7 @@ class StreamSession:
         detector: PersonDetector,
         *,
         alignment: Alignment,
+        max_pts_gap_s: float = DEFAULT_MAX_GAP_S,
     ) -> None:
         self.stream_id = stream_id
         self.detector = detector
@@ -283,8 +296,12 @@ class StreamSession:
             manifest.preprocessing, alignment=alignment, keyframe_rate=manifest.keyframe_rate
         )
         self.scheduler = KeyframeScheduler(
-            keyframe_rate=manifest.keyframe_rate, after_s=self.ring.geometry.after_s
+            keyframe_rate=manifest.keyframe_rate,
+            after_s=self.ring.geometry.after_s,
+            max_gap_s=max_pts_gap_s,
         )
+        self.segment = 0  # bumped at every pts gap (see the class docstring)
+        self.tracked_segment = 0  # the segment the tracker's tracks belong to (event loop)
         thr = detector.score_threshold
         # Every emitted person (score >= thr) must start or continue a track, so the new-track
         # bar is thr itself; lower-score boxes only continue tracks (ByteTrack's second tier).
@@ -296,6 +313,18 @@ class StreamSession:
     def step(
         self, pts: float, image: np.ndarray
     ) -> tuple[list[tuple[float, _DetItem]], list[Clip]]:
+        """One frame: (keyframes now detect-due, clips now ready, in keyframe order).
+
+        Raises `service.scheduler.InvalidPts` for a pts that is not a finite number of
+        seconds in range, before any state changes.
+        """
+        pts = check_pts(pts)
+        flushed: list[Clip] = []
+        if self.scheduler.is_gap(pts):
+            flushed = self.finish()  # the old segment's pending clips, edge-padded
+            self.ring.reset()
+            self.scheduler.reset()
+            self.segment += 1
         self.ring.update(pts, image)
         det_due, clip_due = self.scheduler.update(pts)
         dets = []
@@ -305,8 +334,8 @@ class StreamSession:
             if self._prev is not None and (pts - t) > (t - self._prev[0]) + 1e-6:
                 frame = self._prev[1]
             images, transform = self.detector.prepare(frame)
-            dets.append((t, _DetItem(images, transform)))
-        clips = [self.ring.clip(t) for t in clip_due]
+            dets.append((t, _DetItem(images, transform, self.segment)))
+        clips = flushed + [self.ring.clip(t) for t in clip_due]
         self._release()
         self._prev = (pts, image)
         return dets, clips
@@ -605,6 +634,10 @@ class Engine:
             kf.tracked.set_result(None)
             return None
         t1 = time.perf_counter()
+        if kf.det_item.segment != session.tracked_segment:
+            # The first tracked keyframe after a pts gap: tracks do not carry across it.
+            session.tracker.reset()
+            session.tracked_segment = kf.det_item.segment
         tracked = session.tracker.update(dets, kf.time)
         keep = tracked.scores >= self.detector.score_threshold
         persons = tracked[np.flatnonzero(keep)]
@@ -738,7 +771,13 @@ class Engine:
 
         video = video_id or Path(path).stem
         sid = stream_id or f"file-{uuid.uuid4().hex[:12]}"
-        session = StreamSession(sid, self.manifest, self.detector, alignment="center")
+        session = StreamSession(
+            sid,
+            self.manifest,
+            self.detector,
+            alignment="center",
+            max_pts_gap_s=self.settings.max_pts_gap_s,
+        )
         s = self.settings
         max_inflight = max(s.max_inflight, self._inflight_floor(session))
         slots = asyncio.Semaphore(max_inflight)
@@ -941,7 +980,11 @@ class LiveSession:
         self.stream_id = stream_id
         self.video = video
         self.session = StreamSession(
-            stream_id, engine.manifest, engine.detector, alignment="causal"
+            stream_id,
+            engine.manifest,
+            engine.detector,
+            alignment="causal",
+            max_pts_gap_s=engine.settings.max_pts_gap_s,
         )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"live-{stream_id}")
         self._prev: _Keyframe | None = None

@@ -70,6 +70,7 @@ STATUS_ERROR_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     409: "conflict",
     411: "length_required",
     413: "too_large",

@@ -55,10 +55,14 @@ def uvicorn_config(
     """The server's uvicorn settings (`avaserve serve` and bench/bench_ws_lag.py use these)."""
     import uvicorn
 
+    from service.http_timeouts import header_timeout_protocol
+
     return uvicorn.Config(
         app,
         host=host,
         port=settings.port,
+        # uvicorn's own protocol with a deadline on request headers (slow-header clients).
+        http=header_timeout_protocol(settings.header_timeout_s),
         log_level=log_level or settings.log_level,
         # One JPEG frame or TS chunk plus its 8-byte header; bigger messages close with 1009.
         ws_max_size=settings.max_ws_message_bytes + 64,

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.scheduler import DEFAULT_MAX_GAP_S
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "demo"
 LOOPBACK_HOST = "127.0.0.1"
@@ -158,6 +160,40 @@ class Settings(BaseSettings):
     )
     max_jobs_per_key: int = Field(4, ge=1, description="Unfinished jobs one API key may have.")
     max_jobs_global: int = Field(64, ge=1, description="Unfinished jobs across all keys.")
+    max_uploads_per_key: int = Field(
+        2,
+        ge=1,
+        description="Uploads one API key may stream at once (429 + Retry-After beyond). The "
+        "job caps apply only once an upload is complete, so without this one key could hold "
+        "any number of half-sent uploads, each with its own folder.",
+    )
+    max_uploads_global: int = Field(
+        8, ge=1, description="Uploads this process receives at once (503 + Retry-After beyond)."
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="An upload that delivers less than upload_min_progress_bytes in this long "
+        "is aborted (408), its folder removed: a stalled upload, and one trickling a few bytes "
+        "a second, is held no longer than this. Longer tolerates stalled mobile links; shorter "
+        "frees slots held by clients that trickle or vanish sooner.",
+    )
+    upload_min_progress_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        description="Bytes an upload must deliver within each upload_idle_timeout_s (64 KiB "
+        "per 30 s is 2.2 KB/s, far below any real link). 1 = a plain idle timeout.",
+    )
+    header_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="Longest a connection may take to send a request's headers (from the "
+        "connection, or the previous response, to the end of the headers); then 408 and "
+        "close. Stops clients that hold connections by trickling header lines, before any "
+        "authentication can run.",
+    )
 
     # ------------------------------------------------------------------ live streams
     max_streams_per_key: int = Field(2, ge=1, description="Open WebSocket streams per key.")
@@ -179,6 +215,14 @@ class Settings(BaseSettings):
         gt=0,
         description="A live stream that stays further behind than this is closed with 1013 "
         "(try again later) instead of serving ever-staler annotations.",
+    )
+    max_pts_gap_s: float = Field(
+        DEFAULT_MAX_GAP_S,
+        gt=0,
+        le=3600,
+        description="A frame more than this many seconds after the previous one (live or in "
+        "an upload) starts a new segment: the keyframes in between are skipped, not filled "
+        "in, and tracks restart. Bounds what one frame can cost: up to this many keyframes.",
     )
 
     # ------------------------------------------------------------------ timeouts + shutdown
@@ -319,6 +363,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_jobs_per_key ({self.max_jobs_per_key}) exceeds max_jobs_global "
                 f"({self.max_jobs_global}); raise AVASERVE_MAX_JOBS_GLOBAL or lower the per-key cap"
+            )
+        if self.max_uploads_per_key > self.max_uploads_global:
+            raise ValueError(
+                f"max_uploads_per_key ({self.max_uploads_per_key}) exceeds max_uploads_global "
+                f"({self.max_uploads_global}); raise AVASERVE_MAX_UPLOADS_GLOBAL or lower the "
+                "per-key cap"
             )
         if self.max_streams_per_key > self.max_streams_global:
             raise ValueError(

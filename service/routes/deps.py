@@ -32,6 +32,7 @@ class ServiceState:
     engine: the streaming engine (bundle, runtimes, batchers, bank), from service.engine.
     store / runner: the job store (in-process or Redis) and the bounded worker pool.
     streams: live-stream slots per key and in total.
+    uploads: slots for uploads being received, per key and in total (None: uncapped).
     """
 
     settings: Settings
@@ -41,6 +42,7 @@ class ServiceState:
     streams: ConcurrencyLimiter
     redis: Any = None  # a redis.asyncio client when AVASERVE_REDIS_URL is set (readiness ping)
     metrics: Any = None  # service.metrics.Metrics
+    uploads: ConcurrencyLimiter | None = None
     warmed: bool = False
     draining: bool = False
     started_at: float = field(default_factory=time.monotonic)

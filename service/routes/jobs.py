@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from service.admission import admit_job
+from service.admission import LimitExceeded, admit_job
 from service.auth import CurrentKey
 from service.decode import probe, sniff_format
 from service.errors import VideoInputError
@@ -210,13 +210,17 @@ _UPLOAD_BODY = {
             "description": "Accepted; poll the Location",
             "headers": {"Location": {"schema": {"type": "string"}}},
         },
+        408: {"model": ErrorBody, "description": "No upload byte for the idle timeout"},
         413: {"model": ErrorBody, "description": "Upload larger than the limit"},
         415: {"model": ErrorBody, "description": "Not an accepted video container or codec"},
         422: {
             "model": ErrorBody,
             "description": "Accepted kind of file, but damaged or over a cap",
         },
-        429: {"model": ErrorBody, "description": "This key has too many unfinished jobs"},
+        429: {
+            "model": ErrorBody,
+            "description": "This key has too many unfinished jobs or uploads in progress",
+        },
         503: {"model": ErrorBody, "description": "Service full or shutting down"},
     },
 )
@@ -241,13 +245,44 @@ async def create_job(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    job = Job.new(
-        owner=key.key_id, upload_dir=settings.upload_dir, options=JobOptions(render=render)
-    )
+    uploads = service.uploads
+    if uploads is not None:
+        try:
+            uploads.acquire(key.key_id)  # 429 / 503 with Retry-After, naming the limit
+        except LimitExceeded as exc:
+            # The body is not read: close rather than drain it to reuse the connection.
+            raise LimitExceeded(
+                resource=exc.resource,
+                scope=exc.scope,
+                limit=exc.limit,
+                retry_after_s=exc.retry_after_s,
+                close=True,
+            ) from None
+    try:
+        return await _receive_job(request, key.key_id, service, render, name)
+    finally:
+        if uploads is not None:
+            uploads.release(key.key_id)
+
+
+async def _receive_job(
+    request: Request, owner: str, service: Any, render: bool, name: str | None
+) -> JSONResponse:
+    """The upload into its own folder, probed and admitted as a job (the folder is removed on
+    any failure)."""
+    settings = service.settings
+    limit = settings.max_upload_bytes
+    job = Job.new(owner=owner, upload_dir=settings.upload_dir, options=JobOptions(render=render))
     work = Path(job.work_dir)
     work.mkdir(mode=0o700, parents=True)
     try:
-        await _receive_body(request, work / "upload.part", limit)
+        await _receive_body(
+            request,
+            work / "upload.part",
+            limit,
+            idle_timeout_s=settings.upload_idle_timeout_s,
+            min_progress_bytes=settings.upload_min_progress_bytes,
+        )
         os.replace(work / "upload.part", job.input_path)
         with open(job.input_path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
@@ -282,14 +317,50 @@ async def create_job(
     )
 
 
-async def _receive_body(request: Request, path: Path, limit: int) -> int:
-    """Stream the request body into ``path`` (created exclusively, owner-only), counting bytes;
-    413 as soon as the count passes ``limit``. Returns the size."""
+def _idle(timeout_s: float, min_bytes: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_408_REQUEST_TIMEOUT,
+        f"The upload delivered less than {min_bytes} bytes in {timeout_s:g} s (the idle "
+        "limit, AVASERVE_UPLOAD_IDLE_TIMEOUT_S / AVASERVE_UPLOAD_MIN_PROGRESS_BYTES); it was "
+        "aborted. Send the file again over a working connection.",
+        headers={"Connection": "close"},
+    )
+
+
+async def _receive_body(
+    request: Request,
+    path: Path,
+    limit: int,
+    *,
+    idle_timeout_s: float | None = None,
+    min_progress_bytes: int = 1,
+) -> int:
+    """Stream the request body into ``path`` (created exclusively, owner-only), counting bytes.
+
+    413 as soon as the count passes ``limit``; 408 when a window of ``idle_timeout_s`` passes
+    with less than ``min_progress_bytes`` received (the window restarts each time that much
+    has arrived), so neither a stalled nor a trickling client holds the upload longer.
+    Returns the size.
+    """
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    chunks = request.stream()
+    loop = asyncio.get_running_loop()
+    deadline = None if idle_timeout_s is None else loop.time() + idle_timeout_s
+    progress = 0
     try:
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):  # no task per chunk
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise _idle(idle_timeout_s or 0.0, min_progress_bytes) from None
+                progress += len(chunk)
+                if idle_timeout_s is not None and progress >= min_progress_bytes:
+                    deadline, progress = loop.time() + idle_timeout_s, 0
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
@@ -303,6 +374,7 @@ async def _receive_body(request: Request, path: Path, limit: int) -> int:
             raise HTTPException(400, "The client disconnected during the upload") from None
     finally:
         os.close(fd)
+        await chunks.aclose()
     if size == 0:
         raise VideoInputError(
             "empty", "The request body is empty; send the video file as the body."

@@ -43,13 +43,14 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.admission import LimitExceeded
 from service.auth import WsRefusal, authenticate_websocket
 from service.errors import VideoInputError
 from service.routes.deps import ServiceState, get_service
+from service.scheduler import InvalidPts, check_pts
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["streams"])
@@ -63,19 +64,85 @@ WS_TOO_BIG = 1009
 WS_INTERNAL = 1011
 WS_TRY_AGAIN_LATER = 1013
 START_TIMEOUT_S = 10.0
+# Longest start message accepted: the real one is ~60 bytes; a few KB leave room for future
+# fields while a client cannot make the server parse megabytes of JSON before it is refused.
+MAX_START_BYTES = 4096
+# Largest live JPEG frame, width x height (4K UHD, as `DecodeLimits.max_pixels` for uploads)
+# and the smallest one the detector can use.
+MAX_FRAME_PIXELS = 3840 * 2160
+MIN_FRAME_SIDE = 16
 STATUS_EVERY_S = 2.0
 _MAX_CONTROL_MESSAGES = 8  # status/error/pong messages queued for a slow reader
 
 
 class StartMessage(BaseModel):
-    """The first message a client sends (text)."""
+    """The first message a client sends (text). Unknown fields are refused, by name."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["start"]
     input: Literal["jpeg", "mpegts", "h264"] = Field(
         description="jpeg: binary messages are 8-byte LE float64 pts + one JPEG image; "
         "mpegts / h264: binary messages are consecutive chunks of one byte stream."
     )
-    fps_hint: float = Field(10.0, gt=0, le=120, description="Frames per second sent (about).")
+    fps_hint: float = Field(
+        10.0, gt=0, le=120, strict=True, description="Frames per second sent (about)."
+    )
+
+
+# What each start field accepts, for refusals (the schema above is the rule).
+_START_FIELDS = {
+    "type": '"start"',
+    "input": '"jpeg", "mpegts" or "h264"',
+    "fps_hint": "a number of frames per second, 0 < fps_hint <= 120 (default 10)",
+}
+_START_EXAMPLE = '{"type": "start", "input": "jpeg", "fps_hint": 10}'
+
+
+class StartRefused(ValueError):
+    """An invalid start message; the message names the field (or limit) and what it accepts."""
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    text = json.dumps(value) if isinstance(value, str | int | float | bool) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_start(raw: str) -> StartMessage:
+    """The start message in ``raw``, or `StartRefused` naming each bad field and why."""
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_START_BYTES:
+        raise StartRefused(
+            f"start message is {size} bytes, over the {MAX_START_BYTES}-byte limit; "
+            f"send {_START_EXAMPLE}"
+        )
+    try:
+        return StartMessage.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False)[:3]:
+            loc = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "json_invalid":
+                problems.append(f"not valid JSON ({err.get('ctx', {}).get('error', err['msg'])})")
+            elif not loc:
+                problems.append(f"must be a JSON object, got {_shown(err.get('input'))}")
+            elif err["type"] == "extra_forbidden":
+                problems.append(f"unknown field {loc!r} (fields: {', '.join(_START_FIELDS)})")
+            elif err["type"] == "missing":
+                problems.append(f"{loc} is missing; it takes {_START_FIELDS.get(loc, '?')}")
+            else:
+                accepted = _START_FIELDS.get(loc.split(".")[0], "?")
+                problems.append(
+                    f"{loc} {_shown(err.get('input'))}: {err['msg'][:1].lower()}{err['msg'][1:]}"
+                    f"; {loc.split('.')[0]} takes {accepted}"
+                )
+        raise StartRefused(
+            "bad start message: " + "; ".join(problems) + f". Send e.g. {_START_EXAMPLE}"
+        ) from None
 
 
 @dataclass
@@ -108,14 +175,32 @@ class _Stats:
 _INGEST_YIELD_S = 0.25
 
 
+class FrameRefused(ValueError):
+    """A JPEG frame refused for its size; the message names the limit."""
+
+
 def _decode_jpeg(payload: bytes, max_pixels: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from one JPEG; ValueError for anything else or oversize."""
+    """(H, W, 3) uint8 RGB from one JPEG; `FrameRefused` naming the limit for a frame over
+    ``max_pixels`` or under 16 pixels a side, another exception for anything undecodable."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(payload), formats=["JPEG"]) as img:
+    try:
+        img = Image.open(io.BytesIO(payload), formats=["JPEG"])
+    except Image.DecompressionBombError as exc:  # PIL's own cap, far above ours
+        raise FrameRefused(
+            f"frame is over the pixel limit of {max_pixels} pixels ({exc})"
+        ) from None
+    with img:
         w, h = img.size  # read from the header: no pixels decoded yet
-        if w * h > max_pixels or w < 16 or h < 16:
-            raise ValueError(f"frame {w}x{h} is outside 16x16 .. {max_pixels} pixels")
+        if w * h > max_pixels:
+            raise FrameRefused(
+                f"frame {w}x{h} = {w * h} pixels is over the pixel limit of {max_pixels} "
+                "pixels; scale frames down before sending"
+            )
+        if min(w, h) < MIN_FRAME_SIDE:
+            raise FrameRefused(
+                f"frame {w}x{h} is under the minimum of {MIN_FRAME_SIDE} pixels a side"
+            )
         return np.asarray(img.convert("RGB"))
 
 
@@ -136,7 +221,7 @@ class _Connection:
         self.outbox: deque[dict[str, Any]] = deque()
         self.max_outbox = s.live_send_queue
         self.max_lag_s = s.live_max_lag_s
-        self.max_pixels = 3840 * 2160
+        self.max_pixels = MAX_FRAME_PIXELS
         self.max_message = s.max_ws_message_bytes + PTS_HEADER.size
         self.arrivals: deque[tuple[float, float]] = deque(maxlen=4096)  # (pts, monotonic)
         self.stats = _Stats()
@@ -144,6 +229,7 @@ class _Connection:
         self.out_ready = asyncio.Event()
         self.input_done = False
         self.last_pts = -float("inf")
+        self.max_pts_gap_s = s.max_pts_gap_s  # the engine starts a new segment there too
         self.last_time: float | None = None
         self.rate = float(service.engine.manifest.keyframe_rate)
         self.close_code = WS_NORMAL
@@ -152,10 +238,24 @@ class _Connection:
 
     # -- helpers ---------------------------------------------------------------------------
     def queue_frame(self, pts: float, image: np.ndarray | bytes) -> None:
+        # A refused frame leaves last_pts alone: later valid frames still go through.
+        try:
+            pts = check_pts(pts)
+        except InvalidPts as exc:
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", str(exc))
+            return
         if pts <= self.last_pts:
             self.stats.bad_frames += 1
             self.post_error("bad_frame", f"pts {pts} is not after the previous {self.last_pts}")
             return
+        if self.last_pts >= 0 and pts - self.last_pts > self.max_pts_gap_s:
+            self.post_error(
+                "pts_gap",
+                f"pts {pts:.6g} is {pts - self.last_pts:.6g} s after the previous frame, more "
+                f"than the {self.max_pts_gap_s:g} s limit (AVASERVE_MAX_PTS_GAP_S): a new "
+                "segment starts here; the keyframes in between are skipped and tracks restart",
+            )
         self.last_pts = pts
         if len(self.frames) >= self.max_frames:
             self.frames.popleft()  # the oldest live frame is worth the least
@@ -249,17 +349,17 @@ class _Connection:
             self.post_error("bad_frame", "A frame is 8 bytes of LE float64 pts, then a JPEG")
             return
         (pts,) = PTS_HEADER.unpack_from(data)
-        if not np.isfinite(pts) or pts < 0:
-            self.stats.bad_frames += 1
-            self.post_error("bad_frame", "pts must be a finite number of seconds >= 0")
-            return
-        self.queue_frame(float(pts), data[PTS_HEADER.size :])  # decoded by the pusher
+        self.queue_frame(float(pts), data[PTS_HEADER.size :])  # checks pts  # decoded by the pusher
 
     async def _decoded(self, image: np.ndarray | bytes) -> np.ndarray | None:
         if isinstance(image, np.ndarray):
             return image
         try:
             return await asyncio.to_thread(_decode_jpeg, image, self.max_pixels)
+        except FrameRefused as exc:
+            self.stats.bad_frames += 1
+            self.post_error("bad_frame", str(exc))
+            return None
         except Exception as exc:  # noqa: BLE001 - any undecodable frame is the client's error
             self.stats.bad_frames += 1
             self.post_error("bad_frame", f"Not a decodable JPEG ({type(exc).__name__})")
@@ -445,13 +545,20 @@ async def live_stream(websocket: WebSocket, stream_id: str) -> None:
 
 async def _serve(ws: WebSocket, service: ServiceState, bank_id: str, stream_id: str) -> None:
     try:
-        raw = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
-        start = StartMessage.model_validate_json(raw)
-    except (TimeoutError, ValidationError, KeyError, ValueError) as exc:
-        message = (
-            'first message must be {"type": "start", "input": "jpeg"|"mpegts"|"h264", '
-            '"fps_hint": 10}'
-        )
+        first = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+        if first["type"] == "websocket.disconnect":
+            return
+        raw = first.get("text")
+        if raw is None:
+            raise StartRefused(
+                f"the first message must be text (JSON), not binary; send {_START_EXAMPLE}"
+            )
+        start = parse_start(raw)
+    except (TimeoutError, StartRefused) as exc:
+        if isinstance(exc, TimeoutError):
+            message = f"no start message within {START_TIMEOUT_S:g} s; send {_START_EXAMPLE}"
+        else:
+            message = str(exc)
         with contextlib.suppress(Exception):
             await ws.send_text(
                 json.dumps({"type": "error", "code": "bad_start", "message": message})

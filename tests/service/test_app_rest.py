@@ -154,9 +154,14 @@ async def test_no_valid_key_is_401(client: httpx.AsyncClient) -> None:
             assert response.json()["error"] == "unauthorized"
 
 
-async def test_key_in_query_string_is_refused(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/jobs", params={"api_key": KEY_A}, headers=A)
+@pytest.mark.parametrize("param", ["api_key", "key", "auth", "whatever"])
+async def test_key_in_query_string_is_refused(client: httpx.AsyncClient, param: str) -> None:
+    """?key= and ?auth= were accepted before (the refusal list was fixed); any parameter whose
+    value is a configured key is refused too."""
+    response = await client.get("/v1/jobs", params={param: KEY_A}, headers=A)
     assert response.status_code == 400
+    assert f"query parameter '{param}'" in response.json()["message"]
+    assert KEY_A not in response.text
 
 
 async def test_hostile_upload_is_415_without_outbound_requests(

@@ -133,6 +133,8 @@ WRONG = "wrong-key-0123456789abcdef"
         ({"Origin": "https://evil.example.net"}, PROTOCOLS, "/v1/streams/s1", 403, "forbidden"),
         ({"Origin": "null"}, PROTOCOLS, "/v1/streams/s1", 403, "forbidden"),
         ({}, ["avaserve.v1"], f"/v1/streams/s1?token={KEY_A}", 400, "bad_request"),
+        ({}, ["avaserve.v1"], f"/v1/streams/s1?key={KEY_A}", 400, "bad_request"),
+        ({}, ["avaserve.v1"], f"/v1/streams/s1?auth={KEY_A}", 400, "bad_request"),
         ({}, PROTOCOLS, "/v1/streams/bad%20id", 400, "bad_request"),
     ],
     ids=[
@@ -142,6 +144,8 @@ WRONG = "wrong-key-0123456789abcdef"
         "foreign-origin",
         "null-origin",
         "query-token",
+        "query-key",
+        "query-auth",
         "bad-stream-id",
     ],
 )  # fmt: skip
@@ -304,3 +308,145 @@ def test_slow_reader_drops_oldest_then_closes_1013(monkeypatch: pytest.MonkeyPat
     for _ in range(100):
         conn.post_error("bad_frame", "x")
     assert len(conn.outbox) <= 2 + 8
+
+
+def _with_pts(payload: bytes, pts: float) -> bytes:
+    import struct
+
+    return struct.pack("<d", pts) + payload[8:]
+
+
+def test_pts_bombs_are_refused_and_the_stream_goes_on(
+    client: TestClient, frames: list[bytes]
+) -> None:
+    """1e308 and NaN are refused naming pts and its range, without poisoning the stream (before
+    the fix 1e308 was taken as the last pts, every later frame was refused as "not after the
+    previous 1e+308", and the engine tried to make a keyframe of every second up to it); a
+    +300 s jump starts a new segment, said so in a pts_gap error, and annotations go on."""
+    first, later = frames[:16], frames[16:26]  # 0.0 .. 3.0 s, then 3.2 .. 5.0 s
+    messages: list[dict[str, Any]] = []
+    with client.websocket_connect("/v1/streams/bomb", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "jpeg", "fps_hint": 5}))
+        assert ws.receive_json()["type"] == "ready"
+        for payload in first:
+            ws.send_bytes(payload)
+            time.sleep(0.1)
+        ws.send_bytes(_with_pts(first[-1], 1e308))
+        ws.send_bytes(_with_pts(first[-1], float("nan")))
+        ws.send_bytes(_with_pts(first[-1], -5.0))
+        for payload in later:
+            (pts,) = support_pts(payload)
+            ws.send_bytes(_with_pts(payload, pts + 300.0))
+            time.sleep(0.1)
+        ws.send_text(json.dumps({"type": "end"}))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                messages.append(ws.receive_json())
+        assert closed.value.code == 1000
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["bad_frame"] * 3 + ["pts_gap"]
+    assert errors[0]["message"].startswith("pts 1e+308 is not a finite number of seconds in [0, ")
+    assert errors[1]["message"].startswith("pts nan ")
+    assert "than the 10 s limit (AVASERVE_MAX_PTS_GAP_S)" in errors[3]["message"]
+    times = [m["time"] for m in messages if m["type"] == "annotation"]
+    # Keyframes 0-3 before the jump, 304-305 after it, none for the gap. (Not all need be
+    # there: a loaded machine may drop a live keyframe; the set bounds what may come.)
+    assert set(times) <= {0.0, 1.0, 2.0, 3.0, 304.0, 305.0}
+    assert any(t < 4 for t in times) and any(t > 300 for t in times)  # the stream went on
+    assert messages[-1]["type"] == "status" and messages[-1]["bad_frames"] == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "expect"),
+    [
+        ('{"type": "start", "input": "jpeg", "fps_hint": 1e9}', "fps_hint 1000000000.0: input "
+         "should be less than or equal to 120; fps_hint takes a number of frames per second, "
+         "0 < fps_hint <= 120"),
+        ('{"type": "start", "input": "jpeg", "fps_hint": 0}', "fps_hint 0: input should be "
+         "greater than 0"),
+        ('{"type": "start", "input": "jpeg", "fps_hint": "10"}', "fps_hint \"10\": input "
+         "should be a valid number"),
+        ('{"type": "start", "input": "gif"}', "input \"gif\": input should be 'jpeg', 'mpegts' "
+         "or 'h264'"),
+        ('{"type": "start", "input": {"a": [1, {"b": 2}]}}', "input an object: input should be "
+         "'jpeg'"),
+        ('{"type": "start"}', "input is missing; it takes \"jpeg\", \"mpegts\" or \"h264\""),
+        ('{"type": "begin", "input": "jpeg"}', "type \"begin\": input should be 'start'"),
+        ('{"type": "start", "input": "jpeg", "meta": {"x": 1}}', "unknown field 'meta'"),
+        ('[{"type": "start"}]', "must be a JSON object, got an array"),
+        ("[" * 1000 + "]" * 1000, "not valid JSON (recursion limit exceeded"),
+        ('{"type": "start"', "not valid JSON (EOF while parsing"),
+        ('{"type": "start", "input": "jpeg", "pad": "' + "x" * 5000 + '"}',
+         "start message is 5045 bytes, over the 4096-byte limit"),
+    ],
+)  # fmt: skip
+def test_bad_start_names_the_field_or_limit(raw: str, expect: str) -> None:
+    """Before the fix every one of these got the same text, naming no field, and a 1 MB start
+    message was parsed in full (and one with an extra field was accepted)."""
+    from service.routes.streams import StartRefused, parse_start
+
+    with pytest.raises(StartRefused) as refused:
+        parse_start(raw)
+    assert expect in str(refused.value)
+    assert str(refused.value).endswith('{"type": "start", "input": "jpeg", "fps_hint": 10}')
+
+
+def test_valid_start_messages_pass() -> None:
+    from service.routes.streams import parse_start
+
+    assert parse_start('{"type": "start", "input": "h264"}').fps_hint == 10.0
+    assert parse_start('{"type": "start", "input": "jpeg", "fps_hint": 12.5}').fps_hint == 12.5
+    assert parse_start('{"type": "start", "input": "mpegts", "fps_hint": 120}').input == "mpegts"
+
+
+@pytest.mark.parametrize(
+    ("message", "expect", "close"),
+    [
+        ({"type": "start", "input": "jpeg", "fps_hint": 1e9}, "fps_hint", 1003),
+        ({"type": "start", "input": "gif"}, "input \"gif\"", 1003),
+        ({"type": "start", "input": "jpeg", "x": "y" * 1_000_000}, "4096-byte limit", 1003),
+        (b"\x00" * 16, "must be text (JSON), not binary", 1003),
+    ],
+    ids=["fps_hint", "input", "1MB", "binary"],
+)  # fmt: skip
+def test_bad_start_over_the_websocket(
+    client: TestClient, message: dict[str, Any] | bytes, expect: str, close: int
+) -> None:
+    with client.websocket_connect("/v1/streams/start", subprotocols=PROTOCOLS) as ws:
+        if isinstance(message, bytes):
+            ws.send_bytes(message)
+        else:
+            ws.send_text(json.dumps(message))
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "bad_start"
+        assert expect in error["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == close
+
+
+def test_jpeg_over_the_pixel_limit_says_so(client: TestClient) -> None:
+    """A 4000x3000 JPEG was reported as "Not a decodable JPEG (ValueError)"."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    def jpeg(w: int, h: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (90, 120, 150)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    with client.websocket_connect("/v1/streams/big", subprotocols=PROTOCOLS) as ws:
+        ws.send_text(json.dumps({"type": "start", "input": "jpeg", "fps_hint": 5}))
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(struct.pack("<d", 0.0) + jpeg(4000, 3000))
+        ws.send_bytes(struct.pack("<d", 0.2) + jpeg(8, 8))
+        errors = [ws.receive_json() for _ in range(2)]
+        ws.send_text(json.dumps({"type": "end"}))
+    assert [e["code"] for e in errors] == ["bad_frame", "bad_frame"]
+    assert errors[0]["message"] == (
+        "frame 4000x3000 = 12000000 pixels is over the pixel limit of 8294400 pixels; "
+        "scale frames down before sending"
+    )
+    assert errors[1]["message"] == "frame 8x8 is under the minimum of 16 pixels a side"

@@ -18,6 +18,7 @@ from service.auth import (
     CurrentWsKey,
     KeyRing,
     RedactingFilter,
+    Redactor,
     install_log_redaction,
     key_fingerprint,
     origin_allowed,
@@ -87,9 +88,37 @@ def test_rest_bearer(
         assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_query_string_token_is_refused(client: TestClient) -> None:
-    r = client.get(f"/whoami?token={KEY_A}", headers=bearer(KEY_A))
-    assert r.status_code == 400 and "query string" in r.json()["detail"]
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"token={KEY_A}",
+        f"key={KEY_A}",  # accepted before the fix: the refusal list was fixed
+        f"auth={KEY_A}",  # likewise
+        "auth=anything",  # a credential-like name is refused whatever its value
+        "X-Api-Key=v",
+        "client_secret=v",
+        "password=v",
+        "authToken=v",
+        f"render=1&video={KEY_A}",  # any name, when the value is a configured key
+        f"{KEY_A}=",  # the key as a bare parameter
+    ],
+)
+def test_query_string_credential_is_refused(client: TestClient, query: str) -> None:
+    r = client.get(f"/whoami?{query}", headers=bearer(KEY_A))
+    assert r.status_code == 400
+    detail = r.json()["detail"]
+    assert "query string" in detail and "query parameter '" in detail
+    assert KEY_A not in detail or query.startswith(KEY_A)  # the value is never echoed
+
+
+def test_query_string_credential_message_names_the_parameter(client: TestClient) -> None:
+    r = client.get(f"/whoami?limit=5&video={KEY_A}", headers=bearer(KEY_A))
+    assert r.status_code == 400 and "query parameter 'video'" in r.json()["detail"]
+
+
+def test_ordinary_query_parameters_pass(client: TestClient) -> None:
+    r = client.get("/whoami?render=true&name=street.mp4&limit=5&format=csv", headers=bearer(KEY_A))
+    assert r.status_code == 200
 
 
 def test_openapi_declares_bearer_scheme(client: TestClient) -> None:
@@ -143,10 +172,11 @@ def test_websocket_auth_before_accept(
         assert ws.receive_json() == {"key_id": key_fingerprint(KEY_A)}
 
 
-def test_websocket_query_token_refused(client: TestClient) -> None:
+@pytest.mark.parametrize("query", [f"access_token={KEY_A}", f"key={KEY_A}", f"auth={KEY_A}"])
+def test_websocket_query_token_refused(client: TestClient, query: str) -> None:
     with (
         pytest.raises(WebSocketDisconnect) as info,
-        client.websocket_connect(f"/ws?access_token={KEY_A}", headers=bearer(KEY_A)),
+        client.websocket_connect(f"/ws?{query}", headers=bearer(KEY_A)),
     ):
         pass
     assert info.value.code == 1008
@@ -216,6 +246,13 @@ def test_no_secret_in_any_log_line(caplog: pytest.LogCaptureFixture, client: Tes
             assert secret not in line
     assert REDACTED in caplog.text
     assert "request failed" in caplog.text and "ValueError" in caplog.text  # still useful
+
+
+@pytest.mark.parametrize("name", ["key", "auth", "client_secret", "X-Api-Key", "password"])
+def test_redaction_covers_every_credential_like_query_parameter(name: str) -> None:
+    redact = Redactor(lambda: [])  # an unconfigured token: only the pattern can catch it
+    line = redact(f"GET /v1/jobs?limit=5&{name}=unconfigured-token-98765&format=csv")
+    assert "unconfigured-token-98765" not in line and "limit=5" in line and "format=csv" in line
 
 
 def test_redacting_filter_for_foreign_handlers() -> None:

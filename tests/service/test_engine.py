@@ -15,10 +15,11 @@ import tiny_bundle as tb
 
 from service.bank import BankWindow, InProcessBank
 from service.decode import decode_frames
-from service.engine import Engine, EngineSettings
+from service.engine import Engine, EngineSettings, StreamSession
 from service.errors import VideoInputError
 from service.records import Prediction
 from service.runtime import RuntimeSettings
+from service.scheduler import InvalidPts
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 160, 120
@@ -419,3 +420,88 @@ def test_backbone_batches_of_one_on_cpu_unless_set(bundle: Path) -> None:
             await explicit.close()
 
     assert asyncio.run(sizes()) == (3, 1, 4)
+
+
+@pytest.mark.parametrize("alignment", ["center", "causal"])
+def test_pts_jump_starts_a_bounded_new_segment(bundle: Path, video: Path, alignment: str) -> None:
+    """A frame 300 s after the previous one makes no keyframe of the gap due (before the fix:
+    300 detector inputs and clips in one step); the old segment's pending clips come first."""
+    engine = Engine(bundle, settings=_settings())
+    frames = [(f.pts_seconds, f.image) for f in decode_frames(video, isolated=False)]
+    session = StreamSession(
+        "s", engine.manifest, engine.detector, alignment=alignment, max_pts_gap_s=10.0
+    )  # type: ignore[arg-type]
+    detected: list[float] = []
+    clips: list[float] = []
+    for pts, img in frames[:21]:  # 0.0 .. 2.0: keyframe 2's clip waits for later frames
+        d, c = session.step(pts, img)
+        detected += [t for t, _ in d]
+        clips += [c_.keyframe_time for c_ in c]
+    pending = [t for t in detected if t not in clips]
+    assert pending or alignment == "causal"  # center clips wait for later frames
+    d, c = session.step(302.4, frames[21][1])
+    assert [t for t, _ in d] == [] and [c_.keyframe_time for c_ in c] == pending
+    assert session.segment == 1
+    d, c = session.step(303.0, frames[22][1])
+    assert [t for t, _ in d] == [303.0] and all(item.segment == 1 for _, item in d)
+    # Refused pts leave the session as it was.
+    for bad in (float("nan"), 1e308, float("inf")):
+        with pytest.raises(InvalidPts, match="pts"):
+            session.step(bad, frames[23][1])
+    d, _ = session.step(304.0, frames[23][1])
+    assert [t for t, _ in d] == [304.0]
+    asyncio.run(engine.close())
+
+
+def test_live_tracks_restart_after_a_pts_gap(bundle: Path, video: Path) -> None:
+    frames = [(f.pts_seconds, f.image) for f in decode_frames(video, isolated=False)]
+
+    async def main() -> list[list[Prediction]]:
+        engine = Engine(bundle, settings=_settings(live_max_pending=16, max_pts_gap_s=10.0))
+        live = engine.live_session("cam-gap")
+        for pts, img in frames[:41]:  # 0.0 .. 4.0
+            await live.push_frame(img, pts)
+        for pts, img in frames[41:]:  # 4.1 .. 8.0 shifted by 300 s
+            await live.push_frame(img, pts + 300.0)
+        await live.end()
+        out = [x async for x in live.results()]
+        await live.close()
+        await engine.close()
+        return out
+
+    allp = [p for batch in asyncio.run(main()) for p in batch]
+    assert sorted({p.time for p in allp}) == [0.0, 1.0, 2.0, 3.0, 4.0, 305.0, 306.0, 307.0, 308.0]
+    before = {p.track_id for p in allp if p.time < 300}
+    after = {p.track_id for p in allp if p.time > 300}
+    assert before == {1, 2} and after == {3, 4}  # no track carried across the gap
+
+
+def _with_pts_gap(src: Path, dst: Path, after_s: float, gap_s: float) -> Path:
+    """``src`` remuxed (no re-encode) with every packet after ``after_s`` moved ``gap_s`` later."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream_in = inp.streams.video[0]
+        stream = out.add_stream_from_template(stream_in)
+        shift = int(gap_s / stream_in.time_base)
+        for packet in inp.demux(stream_in):
+            if packet.dts is None:
+                continue
+            if packet.pts * stream_in.time_base > after_s:
+                packet.pts += shift
+                packet.dts += shift
+            packet.stream = stream
+            out.mux(packet)
+    return dst
+
+
+def test_file_with_a_pts_gap_skips_the_gap(bundle: Path, video: Path, tmp_path: Path) -> None:
+    """An upload whose timestamps jump 300 s: keyframes on both sides, none in the gap (before
+    the fix all 300 were made, each with its own detector input and clip, at once)."""
+    gapped = _with_pts_gap(video, tmp_path / "gap.mp4", after_s=4.0, gap_s=300.0)
+    engine = Engine(bundle, settings=_settings())
+    preds = asyncio.run(_annotate(engine, gapped))
+    asyncio.run(engine.close())
+    times = sorted({p.time for p in preds})
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0, 305.0, 306.0, 307.0, 308.0]
+    assert engine.stats.counters["keyframes"] == len(times)

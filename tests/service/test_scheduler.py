@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from service.scheduler import KeyframeScheduler
+from service.scheduler import MAX_PTS_S, InvalidPts, KeyframeScheduler, PtsGap
 
 
 def _run(s: KeyframeScheduler, pts: list[float]) -> list[tuple[float, list[float], list[float]]]:
@@ -64,3 +66,58 @@ def test_keyframe_rate_two_per_second() -> None:
 def test_rejects_bad_settings(rate: float, after: float) -> None:
     with pytest.raises(ValueError):
         KeyframeScheduler(keyframe_rate=rate, after_s=after)
+
+
+# -- bounded backlog: a pts jump is refused, never filled in keyframe by keyframe -------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "expect"),
+    [
+        (float("nan"), "pts nan"),
+        (float("inf"), "pts inf"),
+        (-1.0, "pts -1.0"),
+        (1e308, "pts 1e+308"),
+        (MAX_PTS_S * 2, "4294967296"),
+    ],
+)
+def test_invalid_pts_refused_without_changing_state(bad: float, expect: str) -> None:
+    s = KeyframeScheduler(keyframe_rate=1.0, after_s=0.5)
+    _run(s, [0.0, 0.4])
+    with pytest.raises(InvalidPts, match=re.escape(expect)):
+        s.update(bad)
+    # The stream is not poisoned: the next valid frame carries on as if the bad one never came.
+    assert s.update(1.0) == ([1.0], [0.0])
+
+
+@pytest.mark.parametrize("jump", [10.5, 300.0, 1e6, MAX_PTS_S - 1.0])
+def test_forward_jump_over_max_gap_is_refused(jump: float) -> None:
+    s = KeyframeScheduler(keyframe_rate=1.0, after_s=0.5, max_gap_s=10.0)
+    _run(s, [0.0, 0.4])
+    with pytest.raises(PtsGap, match="max_gap_s=10"):
+        s.update(0.4 + jump)
+    assert s.update(1.0) == ([1.0], [0.0])  # state untouched
+
+
+def test_jump_within_max_gap_fills_in_a_bounded_backlog() -> None:
+    s = KeyframeScheduler(keyframe_rate=2.0, after_s=0.0, max_gap_s=10.0)
+    s.update(0.0)
+    detect, clips = s.update(10.0)
+    assert detect == [i / 2 for i in range(1, 21)] and clips == detect  # 20 = gap * rate
+
+
+def test_new_segment_after_a_gap_starts_at_the_new_frame() -> None:
+    s = KeyframeScheduler(keyframe_rate=1.0, after_s=1.0, max_gap_s=10.0)
+    _run(s, [0.0, 0.5, 1.0, 1.5])
+    assert s.is_gap(300.0) and not s.is_gap(11.5)
+    _, flushed = s.finish()  # what StreamSession does at a gap
+    assert flushed == [1.0]
+    s.reset()
+    assert s.update(300.0) == ([300.0], [])
+    assert s.update(301.0) == ([301.0], [300.0])
+
+
+def test_max_gap_must_be_positive_and_finite() -> None:
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_gap_s"):
+            KeyframeScheduler(max_gap_s=bad)
