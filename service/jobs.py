@@ -1541,6 +1541,7 @@ class JobRunner:
     async def _check_reset(self) -> None:
         if await self.store.check_reset():
             self.store_resets += 1
+            self._last_sweep = 0.0  # the lost jobs' folders are orphans now: sweep this round
             log.error(
                 "the job store lost its data (Redis restarted without persistence?): every "
                 "queued and finished job is gone; running jobs stop and their files are removed"

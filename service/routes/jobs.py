@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -136,6 +137,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key"},
     404: {"model": ErrorBody, "description": "No such job for this key"},
     422: {"model": ErrorBody, "description": "Invalid parameters, or a video the decoder refuses"},
+    503: {
+        "model": ErrorBody,
+        "description": "The job store (Redis) is unreachable; retry after Retry-After seconds",
+    },
 }
 JobId = Annotated[
     str,
@@ -157,10 +162,23 @@ def _not_found() -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, "No such job")
 
 
+async def _missing(service: Any) -> HTTPException:
+    """404 for a job the store does not have; when the store lost its data since this server
+    started (Redis restarted without persistence), say so: the id may well have been real."""
+    if await service.store.check_reset() or service.store.reset_at is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(service.store.reset_at))
+        return HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"No such job. The job store lost its data at {when} (Redis restarted without "
+            "persistence), so jobs submitted before then are gone; submit the video again.",
+        )
+    return _not_found()
+
+
 async def _owned(service: Any, job_id: str, key_id: str) -> Job:
     job = await service.store.get(_job_id(job_id), owner=key_id)
     if job is None:
-        raise _not_found()
+        raise await _missing(service)
     return job
 
 
@@ -217,7 +235,10 @@ _UPLOAD_BODY = {
             "description": "Accepted kind of file, but damaged or over a cap",
         },
         429: {"model": ErrorBody, "description": "This key has too many unfinished jobs"},
-        503: {"model": ErrorBody, "description": "Service full or shutting down"},
+        503: {
+            "model": ErrorBody,
+            "description": "Service full, shutting down, or its job store (Redis) unreachable",
+        },
     },
 )
 async def create_job(
@@ -404,5 +425,5 @@ async def get_video(job_id: JobId, key: CurrentKey, service: ServiceDep) -> File
 )
 async def delete_job(job_id: JobId, key: CurrentKey, service: ServiceDep) -> Response:
     if not await service.runner.delete(_job_id(job_id), owner=key.key_id):
-        raise _not_found()
+        raise await _missing(service)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
