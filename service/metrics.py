@@ -30,7 +30,7 @@ Metric names (the alert rules and the Grafana dashboard use exactly these)::
     avaserve_jobs{state}                           gauge      (with Redis: cluster-wide)
     avaserve_job_oldest_seconds{state}             gauge      queued: longest wait; running:
                                                               longest without progress
-    avaserve_job_workers{state}                    gauge      healthy | stuck | dead
+    avaserve_job_workers{health}                   gauge      healthy | stuck | dead
     avaserve_job_runner_errors_total{step}         counter    runner errors, by where
     avaserve_job_store_resets_total                counter    job store found emptied
     avaserve_orphan_uploads_removed_total          counter    upload folders no job owned
@@ -120,6 +120,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "status_class": STATUS_CLASSES,
     "method": HTTP_METHODS,
     "step": RUNNER_ERROR_STEPS,
+    "health": WORKER_STATES,
 }
 """Allowed values per label name. ``route`` (route templates) and ``version`` are checked
 against the app and the package version instead."""
@@ -274,7 +275,7 @@ class _PullCollector(Collector):
         workers = GaugeMetricFamily(
             f"{PREFIX}_job_workers",
             "This process's job workers: healthy, stuck (not coming round their loop) or dead.",
-            labels=["state"],
+            labels=["health"],
         )
         states = dict(runner.worker_states()) if runner is not None else {}
         for state in WORKER_STATES:

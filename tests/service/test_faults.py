@@ -137,8 +137,8 @@ def test_redis_sigstop_15s_across_a_jobs_finish(
     assert httpx.get(server.url + "/readyz").status_code == 200
     m = _metrics(server)
     assert m[("avaserve_ready", ())] == 1
-    assert m[("avaserve_job_workers", (("state", "healthy"),))] == 1
-    assert m[("avaserve_job_workers", (("state", "dead"),))] == 0
+    assert m[("avaserve_job_workers", (("health", "healthy"),))] == 1
+    assert m[("avaserve_job_workers", (("health", "dead"),))] == 0
     assert m[("avaserve_job_runner_errors_total", (("step", "finish"),))] >= 1
 
 
