@@ -21,6 +21,19 @@ finds the dead worker's processing list and puts each job back in the queue, or 
 process must not crash every replica in turn). A graceful drain re-queues unfinished jobs
 without charging an attempt.
 
+Workers never die silently. Whatever a job raises ends it ``failed`` with a reason; recording
+the outcome is retried with backoff while the store is unreachable (a Redis stall), then left
+to housekeeping, and the worker takes the next job. Housekeeping also restarts a worker task
+that ended, stops (and fails) the job of a worker that stopped coming round its loop, and
+re-queues any job the store lists under this process that no worker here runs, so the
+process's heartbeat cannot keep such a job ``running`` forever. Each event is logged and
+counted (``JobRunner.errors``); dead or stuck workers turn readiness to 503.
+
+A Redis restarted without persistence loses every job. The store notices (a random ``epoch``
+key that never expires disappears or changes): running jobs whose records vanished are stopped
+and their files removed, upload folders no record owns are swept, and the API's 404 says the
+store lost its data. Persistence (AOF) is what keeps queued jobs across a Redis restart.
+
 All Redis keys share one hash tag (``{avaserve:jobs}``), so the multi-key Lua scripts that
 make each transition atomic stay valid on Redis Cluster. Jobs are few and small; one slot holds
 them easily.
