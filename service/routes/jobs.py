@@ -164,9 +164,12 @@ def _not_found() -> HTTPException:
 
 async def _missing(service: Any) -> HTTPException:
     """404 for a job the store does not have; when the store lost its data since this server
-    started (Redis restarted without persistence), say so: the id may well have been real."""
-    if await service.store.check_reset() or service.store.reset_at is not None:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(service.store.reset_at))
+    started (Redis restarted without persistence), say so: the id may well have been real.
+    Said for one retention period (after it, every lost job would have expired anyway)."""
+    await service.store.check_reset()
+    lost_at = service.store.reset_at
+    if lost_at is not None and time.time() - lost_at < service.settings.job_retention_s:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lost_at))
         return HTTPException(
             status.HTTP_404_NOT_FOUND,
             f"No such job. The job store lost its data at {when} (Redis restarted without "
