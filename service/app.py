@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis.exceptions as redis_errors
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -287,6 +288,22 @@ def _install_error_handlers(app: FastAPI) -> None:
             422,
         )
 
+    @app.exception_handler(redis_errors.ConnectionError)
+    @app.exception_handler(redis_errors.TimeoutError)
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        # The job store (Redis) is down or stalled: a quick 503 the client can retry, never a
+        # 500 after a long wait (the API's Redis client has short timeouts).
+        retry = request.app.state.settings.retry_after_s
+        log.warning("job store unavailable for %s %s: %r", request.method, request.url.path, exc)
+        return JSONResponse(
+            {
+                "error": "unavailable",
+                "message": f"The job store (Redis) is not reachable right now; retry in {retry} s.",
+            },
+            503,
+            headers={"Retry-After": str(retry)},
+        )
+
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
@@ -330,14 +347,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         retention = 120  # EngineSettings.bank_retention_s, as `avaserve annotate` sets it
         bank: Any = RedisBank(redis_url, retention_s=retention, ttl_s=retention + 60)
+        # Two job-store clients: the workers' (BLMOVE needs a long read timeout; the runner
+        # retries) and the API's, whose short timeouts turn an outage into a quick 503.
         store: Any = RedisJobStore(redis_url)
+        timeout = settings.redis_api_timeout_s
+        api_store: Any = RedisJobStore(
+            redis_url, socket_timeout_s=timeout, connect_timeout_s=timeout
+        )
         redis_client = aioredis.Redis.from_url(redis_url, socket_timeout=0.5)
         log.info("state in Redis at %s", settings.redis_url_redacted)
     else:
         from service.bank import InProcessBank
 
         bank = InProcessBank()
-        store = InMemoryJobStore()
+        store = api_store = InMemoryJobStore()
     settings.upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     t0 = time.perf_counter()
     engine = await asyncio.to_thread(_engine_factory, settings, bank)
@@ -348,11 +371,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_attempts=settings.job_max_attempts,
         retention_s=settings.job_retention_s,
         files_root=settings.upload_dir,
+        heartbeat_ttl_s=settings.job_heartbeat_ttl_s,
+        control_store=api_store,
+        finish_retry_s=settings.job_finish_retry_s,
+        stuck_after_s=settings.job_stuck_after_s,
+        orphan_grace_s=settings.orphan_upload_grace_s,
     )
     service = ServiceState(
         settings=settings,
         engine=engine,
-        store=store,
+        store=api_store,
         runner=runner,
         streams=ConcurrencyLimiter(
             "live streams",
@@ -373,6 +401,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _bind_metrics(app.state.metrics, service, "redis" if redis_url else "memory")
     warm_s = await asyncio.to_thread(warm_up, engine)
     await runner.start()
+    await api_store.check_reset()  # learn the store's identity: a later loss is reported
     # Everything loaded so far (modules, the bundle's Python objects) lives as long as the
     # server: freeze it out of the cyclic collector, so that a full collection scans only
     # per-request garbage and holds the GIL for less time (its effect on live lag alone was
@@ -394,6 +423,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.drain()
         await engine.close()
         await store.close()
+        if api_store is not store:
+            await api_store.close()
         if redis_client is not None:
             await redis_client.aclose()
         uninstall_redaction()
@@ -445,6 +476,7 @@ def _bind_metrics(metrics: Metrics, service: ServiceState, backend: str) -> None
     )
     metrics.bind_bank(engine.bank, backend)
     metrics.bind_jobs(lambda: service.runner.state_counts)
+    metrics.bind_runner(service.runner)
     metrics.bind_streams(lambda: service.streams.active())
     # The engine keeps plain per-stage samples (EngineStats); forward each one to Prometheus
     # as it is taken, so the engine needs no metrics dependency.

@@ -44,8 +44,9 @@ class BankWindow:
     """Bank rows of the seconds in a window, oldest second first.
 
     features: (W, D) float32; times: (W,) int64 absolute seconds; track_ids: (W,) int64.
-    degraded: True when the shared store could not be reached and the window holds only what
-    this process had in hand (it may be shorter than the true window).
+    degraded: True when the window may lack seconds: part of it had to come from the shared
+    store, which could not be reached, so it holds only what this process had in hand. A failed
+    write-through alone does not degrade a window (this process holds what it wrote).
     """
 
     features: np.ndarray
@@ -86,7 +87,7 @@ class BankStats:
     seconds: int  # seconds held in this process
     feature_bytes: int  # fp16 feature bytes held in this process
     calls: int  # write_and_read + read_window calls
-    degraded: int  # calls answered with degraded=True
+    degraded: int  # calls answered with degraded=True (the window may lack seconds)
     redis_errors: int = 0  # failed Redis round trips (timeouts, connection errors)
     redis_skipped: int = 0  # calls that skipped Redis while the breaker was open
     round_trips: int = 0  # Redis round trips made
@@ -115,6 +116,11 @@ class FeatureBank(Protocol):
         ...
 
     async def drop_stream(self, stream_id: str) -> None: ...
+
+    def new_stream(self, stream_id: str) -> None:
+        """Declare ``stream_id`` new: made up by this process (a file job's generated id),
+        so nothing of it is stored anywhere else and its windows never need the shared store."""
+        ...
 
     def stats(self) -> BankStats: ...
 
@@ -333,6 +339,9 @@ class InProcessBank:
 
     async def drop_stream(self, stream_id: str) -> None:
         self.store.drop(stream_id)
+
+    def new_stream(self, stream_id: str) -> None:
+        self.store.drop(check_stream_id(stream_id))
 
     def stats(self) -> BankStats:
         streams, secs, nbytes = self.store.totals()

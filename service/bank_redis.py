@@ -25,9 +25,13 @@ another replica). This assumes one writer per stream at a time, the pipeline's c
 Degradation. Socket timeouts are short (default 100 ms) and redis-py's own retries are off, so
 a dead or stopped Redis costs at most one timeout. Then a circuit breaker skips Redis for
 ``backoff_initial_s``, doubling to ``backoff_max_s`` while failures continue; the next call after
-the pause is the probe. While degraded, calls return the local cache's window with
-``degraded=True`` and never raise; counters (``degraded``, ``redis_errors``, ``redis_skipped``)
-are attributes for the metrics layer.
+the pause is the probe. Calls never raise; they return the local cache's window, flagged
+``degraded=True`` only when that window may lack seconds: when part of it lies before what the
+cache is authoritative for (a stream new to this process, or a window reaching further back) and
+Redis could not supply it. A stream whose window the cache covers (every stream this process
+wrote from its start, e.g. a file job, declared with ``new_stream``) is not degraded by an outage:
+its writes wait in ``unsynced`` and are sent when Redis is back. Counters (``degraded``,
+``redis_errors``, ``redis_skipped``) are attributes for the metrics layer.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from service.bank import (
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<qII")  # second (int64), rows n (uint32), dim D (uint32)
+_EVERYTHING = -(2**62)  # known_from of a stream new to this process: nothing precedes it
 
 
 def pack_second(t: int, ids: np.ndarray, feats16: np.ndarray) -> bytes:
@@ -188,6 +193,12 @@ class RedisBank:
         st = self.store.stream(stream_id)
         return await self._window(st, key, int(t), window, max_per_second)
 
+    def new_stream(self, stream_id: str) -> None:
+        """A stream id this process made up (nothing of it is in Redis): the local cache is
+        authoritative for all of it, so an outage never degrades its windows."""
+        self.store.drop(check_stream_id(stream_id))
+        self.store.stream(stream_id).known_from = _EVERYTHING
+
     async def drop_stream(self, stream_id: str) -> None:
         key = self.key(stream_id)
         self.store.drop(stream_id)
@@ -223,11 +234,15 @@ class RedisBank:
     ) -> BankWindow:
         self.calls += 1
         lo, hi = t + window[0], t + window[1]
+        # The cache holds every second >= known_from (one writer per stream): a window inside
+        # that is complete whatever Redis does; a failed round trip then only delays the sync.
+        complete = st.known_from is not None and lo >= st.known_from
         ok = await self._round_trip(st, key, lo)
-        if not ok:
+        degraded = not ok and not complete
+        if degraded:
             self.degraded += 1
         entries = self.store.window(st, lo, hi, max_per_second)
-        return assemble(entries, st.dim, degraded=not ok)
+        return assemble(entries, st.dim, degraded=degraded)
 
     def _breaker_open(self) -> bool:
         if self._clock() < self._skip_until:

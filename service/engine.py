@@ -771,6 +771,8 @@ class Engine:
 
         video = video_id or Path(path).stem
         sid = stream_id or f"file-{uuid.uuid4().hex[:12]}"
+        if stream_id is None and self.bank_enabled:
+            self.bank.new_stream(sid)  # made up here: its bank windows need no shared store
         session = StreamSession(
             sid,
             self.manifest,

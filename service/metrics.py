@@ -28,6 +28,12 @@ Metric names (the alert rules and the Grafana dashboard use exactly these)::
     avaserve_batch_size{graph}                     histogram  items per executed batch
     avaserve_dropped_keyframes_total{reason}       counter
     avaserve_jobs{state}                           gauge      (with Redis: cluster-wide)
+    avaserve_job_oldest_seconds{state}             gauge      queued: longest wait; running:
+                                                              longest without progress
+    avaserve_job_workers{health}                   gauge      healthy | stuck | dead
+    avaserve_job_runner_errors_total{step}         counter    runner errors, by where
+    avaserve_job_store_resets_total                counter    job store found emptied
+    avaserve_orphan_uploads_removed_total          counter    upload folders no job owned
     avaserve_active_streams                        gauge      open live WebSockets
     avaserve_bank_operations_total{backend}        counter    bank calls
     avaserve_bank_errors_total{backend}            counter    failed Redis round trips
@@ -65,7 +71,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import VIDEO_INPUT_REASONS
-from service.jobs import JOB_STATES
+from service.jobs import JOB_STATES, RUNNER_ERROR_STEPS
 
 PREFIX = "avaserve"
 
@@ -90,6 +96,8 @@ DROP_REASONS: tuple[str, ...] = (
 )
 DECODE_REASONS: tuple[str, ...] = (*VIDEO_INPUT_REASONS, "other")
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
+WORKER_STATES: tuple[str, ...] = ("healthy", "stuck", "dead")
+AGED_JOB_STATES: tuple[str, ...] = ("queued", "running")
 HTTP_METHODS: tuple[str, ...] = (
     "GET",
     "POST",
@@ -111,6 +119,8 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "state": JOB_STATES,
     "status_class": STATUS_CLASSES,
     "method": HTTP_METHODS,
+    "step": RUNNER_ERROR_STEPS,
+    "health": WORKER_STATES,
 }
 """Allowed values per label name. ``route`` (route templates) and ``version`` are checked
 against the app and the package version instead."""
@@ -138,6 +148,17 @@ class _BankLike(Protocol):
     def stats(self) -> Any: ...  # service.bank.BankStats
 
 
+class _RunnerLike(Protocol):
+    """What the collector reads from ``service.jobs.JobRunner``."""
+
+    errors: Mapping[str, int]
+    oldest_s: Mapping[str, float]
+    orphans_removed: int
+    store_resets: int
+
+    def worker_states(self) -> Mapping[str, int]: ...
+
+
 def _check(label: str, value: str) -> str:
     if value not in LABEL_VALUES[label]:
         raise ValueError(f"metrics: {label}={value!r} is not one of {LABEL_VALUES[label]}")
@@ -160,6 +181,7 @@ class _PullCollector(Collector):
         self.banks: dict[str, _BankLike] = {}
         self.jobs: Callable[[], Mapping[str, int]] | None = None
         self.streams: Callable[[], int] | None = None
+        self.runner: _RunnerLike | None = None
         self.extra_drops: Counter[str] = Counter()
 
     def collect(self) -> Iterator[Metric]:
@@ -212,7 +234,8 @@ class _PullCollector(Collector):
         )
         degraded = CounterMetricFamily(
             f"{PREFIX}_bank_degraded",
-            "Bank calls answered from the local cache only (shared store unreachable).",
+            "Bank calls whose window may lack seconds (the shared store was needed for part of "
+            "it and unreachable).",
             labels=["backend"],
         )
         for backend, bank in sorted(self.banks.items()):
@@ -234,6 +257,49 @@ class _PullCollector(Collector):
             f"{PREFIX}_active_streams",
             "Open live WebSocket streams.",
             value=float(self.streams() if self.streams is not None else 0),
+        )
+        yield from self._runner_families()
+
+    def _runner_families(self) -> Iterator[Metric]:
+        runner = self.runner
+        oldest = GaugeMetricFamily(
+            f"{PREFIX}_job_oldest_seconds",
+            "queued: seconds the longest-waiting queued job has waited; running: seconds since "
+            "the stalest running job last made progress (0 when none; with Redis: all replicas).",
+            labels=["state"],
+        )
+        ages = dict(runner.oldest_s) if runner is not None else {}
+        for state in AGED_JOB_STATES:
+            oldest.add_metric([state], float(ages.get(state, 0.0)))
+        yield oldest
+        workers = GaugeMetricFamily(
+            f"{PREFIX}_job_workers",
+            "This process's job workers: healthy, stuck (not coming round their loop) or dead.",
+            labels=["health"],
+        )
+        states = dict(runner.worker_states()) if runner is not None else {}
+        for state in WORKER_STATES:
+            workers.add_metric([state], float(states.get(state, 0)))
+        yield workers
+        errors = CounterMetricFamily(
+            f"{PREFIX}_job_runner_errors",
+            "Job runner errors by step (each also logged; the job ends failed with a reason or "
+            "the step is retried).",
+            labels=["step"],
+        )
+        counted = dict(runner.errors) if runner is not None else {}
+        for step in RUNNER_ERROR_STEPS:
+            errors.add_metric([step], float(counted.get(step, 0)))
+        yield errors
+        yield CounterMetricFamily(
+            f"{PREFIX}_job_store_resets",
+            "Times the job store was found emptied (a Redis restarted without persistence).",
+            value=float(runner.store_resets if runner is not None else 0),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_orphan_uploads_removed",
+            "Upload folders removed because no job record owned them.",
+            value=float(runner.orphans_removed if runner is not None else 0),
         )
 
 
@@ -348,6 +414,10 @@ class Metrics:
     def bind_jobs(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Jobs per state, e.g. ``lambda: runner.state_counts`` (must not block)."""
         self._pull.jobs = counts
+
+    def bind_runner(self, runner: _RunnerLike) -> None:
+        """The job runner: its worker states, error counters and job ages."""
+        self._pull.runner = runner
 
     def bind_streams(self, active: Callable[[], int]) -> None:
         """Open live streams, e.g. ``lambda: stream_limiter.active()``."""

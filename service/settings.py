@@ -158,6 +158,39 @@ class Settings(BaseSettings):
         le=10,
         description="Starts a job gets when its worker crashes mid-run; then it is marked failed.",
     )
+    job_heartbeat_ttl_s: float = Field(
+        30.0,
+        ge=1,
+        description="A replica that stops heartbeating for this long is declared dead and its "
+        "running jobs are re-queued on another (Redis only). Shorter: faster recovery; but a "
+        "replica stalled for longer (swapping, a Redis stall) has its jobs run twice.",
+    )
+    job_finish_retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long a worker retries recording a finished job while the job store "
+        "(Redis) is unreachable before moving on (housekeeping keeps retrying it).",
+    )
+    job_stuck_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="A job worker that has not come round its loop for this long is reported "
+        "stuck: readiness answers 503 and its job is stopped and failed with a reason.",
+    )
+    orphan_upload_grace_s: float = Field(
+        900.0,
+        ge=0,
+        description="An upload folder that no job record owns (e.g. after Redis restarted "
+        "empty) is removed once nothing in it changed for this long. Keep it above the longest "
+        "upload you accept, since a folder still being uploaded has no record yet.",
+    )
+    redis_api_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="Connect and read timeout of the job API's Redis calls: while Redis is "
+        "down or stalled, job requests answer 503 with Retry-After within about this long.",
+    )
     max_jobs_per_key: int = Field(4, ge=1, description="Unfinished jobs one API key may have.")
     max_jobs_global: int = Field(64, ge=1, description="Unfinished jobs across all keys.")
     max_uploads_per_key: int = Field(

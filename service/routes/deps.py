@@ -58,6 +58,9 @@ class ServiceState:
             "warmed": self.warmed,
             "not_draining": not self.draining,
         }
+        if self.runner is not None:
+            # A dead or stuck job worker leaves queued jobs waiting: send no new work here.
+            checks["job_workers"] = bool(self.runner.workers_ok)
         if self.redis is not None:
             try:
                 checks["redis"] = bool(await asyncio.wait_for(self.redis.ping(), timeout=0.5))

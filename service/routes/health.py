@@ -2,7 +2,8 @@
 
 ``/healthz`` answers 200 while the process can serve HTTP at all (Kubernetes restarts it
 otherwise). ``/readyz`` answers 200 only when traffic should be sent here: the bundle is loaded,
-the runtimes are warmed, Redis answers when one is configured, and the process is not draining.
+the runtimes are warmed, every job worker is alive and coming round its loop, Redis answers
+when one is configured, and the process is not draining.
 On SIGTERM readiness flips to 503 before anything else, so load balancers stop sending work
 while in-flight jobs finish.
 """
@@ -25,7 +26,15 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool = Field(examples=[True])
     checks: dict[str, bool] = Field(
-        examples=[{"bundle_loaded": True, "warmed": True, "not_draining": True, "redis": True}]
+        examples=[
+            {
+                "bundle_loaded": True,
+                "warmed": True,
+                "not_draining": True,
+                "job_workers": True,
+                "redis": True,
+            }
+        ]
     )
 
 

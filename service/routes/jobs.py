@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -136,6 +137,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key"},
     404: {"model": ErrorBody, "description": "No such job for this key"},
     422: {"model": ErrorBody, "description": "Invalid parameters, or a video the decoder refuses"},
+    503: {
+        "model": ErrorBody,
+        "description": "The job store (Redis) is unreachable; retry after Retry-After seconds",
+    },
 }
 JobId = Annotated[
     str,
@@ -157,10 +162,26 @@ def _not_found() -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, "No such job")
 
 
+async def _missing(service: Any) -> HTTPException:
+    """404 for a job the store does not have; when the store lost its data since this server
+    started (Redis restarted without persistence), say so: the id may well have been real.
+    Said for one retention period (after it, every lost job would have expired anyway)."""
+    await service.store.check_reset()
+    lost_at = service.store.reset_at
+    if lost_at is not None and time.time() - lost_at < service.settings.job_retention_s:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lost_at))
+        return HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"No such job. The job store lost its data at {when} (Redis restarted without "
+            "persistence), so jobs submitted before then are gone; submit the video again.",
+        )
+    return _not_found()
+
+
 async def _owned(service: Any, job_id: str, key_id: str) -> Job:
     job = await service.store.get(_job_id(job_id), owner=key_id)
     if job is None:
-        raise _not_found()
+        raise await _missing(service)
     return job
 
 
@@ -221,7 +242,7 @@ _UPLOAD_BODY = {
             "model": ErrorBody,
             "description": "This key has too many unfinished jobs or uploads in progress",
         },
-        503: {"model": ErrorBody, "description": "Service full or shutting down"},
+        503: {"model": ErrorBody, "description": "Service full, shutting down, or its job store (Redis) unreachable"},
     },
 )
 async def create_job(
@@ -476,5 +497,5 @@ async def get_video(job_id: JobId, key: CurrentKey, service: ServiceDep) -> File
 )
 async def delete_job(job_id: JobId, key: CurrentKey, service: ServiceDep) -> Response:
     if not await service.runner.delete(_job_id(job_id), owner=key.key_id):
-        raise _not_found()
+        raise await _missing(service)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

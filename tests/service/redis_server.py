@@ -1,4 +1,5 @@
-"""A throwaway redis-server for tests: own port, no persistence, stoppable and restartable.
+"""A throwaway redis-server for tests: own port, no persistence (unless given a config file),
+stoppable and restartable.
 
 Never the system Redis on 6379: tests must not touch shared state.
 """
@@ -30,15 +31,17 @@ def ping(port: int, timeout_s: float = 0.2) -> bool:
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1:port, run from ``workdir``."""
+    """One redis-server process on 127.0.0.1:port, run from ``workdir``. With ``config``, that
+    file's settings apply (persistence included); port, bind and dir are still ours."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, config: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server not on PATH (apt-get install redis-server)")
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,10 +49,12 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 5.0) -> None:
+        persistence = ["--save", "", "--appendonly", "no"] if self.config is None else []
         self.proc = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                self.binary, *([str(self.config)] if self.config else []),
+                "--port", str(self.port), "--bind", "127.0.0.1",
+                *persistence, "--dir", str(self.workdir),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

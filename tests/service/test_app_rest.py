@@ -262,3 +262,19 @@ async def test_page_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/static/app.js")).status_code == 200
     metrics = await client.get("/metrics")
     assert "avaserve_ready 1.0" in metrics.text
+
+
+async def test_readiness_and_metrics_fail_while_a_job_worker_is_dead(
+    client: httpx.AsyncClient,
+) -> None:
+    """Issue 16: a dead job worker used to leave /readyz at 200 and no metric moved."""
+    runner = client.app.state.service.runner  # type: ignore[attr-defined]
+    assert (await client.get("/readyz")).json()["checks"]["job_workers"] is True
+    runner._workers[0].cancel()  # the worker task ends (housekeeping replaces it within 10 s)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["job_workers"] is False
+    metrics = (await client.get("/metrics")).text
+    assert 'avaserve_job_workers{health="dead"} 1.0' in metrics
+    assert "avaserve_ready 0.0" in metrics

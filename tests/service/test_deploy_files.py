@@ -213,3 +213,17 @@ def test_install_script_is_valid_bash() -> None:
     bash = shutil.which("bash")
     assert bash is not None
     assert subprocess.run([bash, "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_clients_need_only_the_base_dependencies() -> None:
+    """`make run` installs the base package only (`pip install -e .`); `avaserve submit` and
+    `avaserve watch` import httpx and websockets, so those must be base dependencies (issue 16:
+    they were dev-only and the README's clients failed with ModuleNotFoundError)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    cli = (REPO / "service" / "serve_cli.py").read_text()
+    for module in ("httpx", "websockets"):
+        assert f"import {module}" in cli, f"service/serve_cli.py no longer imports {module}?"
+        assert module in base, f"{module} is not a base dependency in pyproject.toml"

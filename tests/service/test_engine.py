@@ -364,7 +364,7 @@ def test_redis_bank_equals_in_process(bundle: Path, video: Path, redis_server: A
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
 
 
-def test_redis_down_mid_video_degrades_then_recovers(
+def test_redis_down_mid_video_costs_no_context(
     bundle: Path, video: Path, redis_server: Any
 ) -> None:
     from service.bank_redis import RedisBank
@@ -393,10 +393,13 @@ def test_redis_down_mid_video_degrades_then_recovers(
 
     first, second = asyncio.run(main())
     assert len(first) == len(second) == 18  # no keyframe lost, no exception
-    # The second pass reads [t-30, t+30] at the end of this short video, after the pause:
-    # every record says its context was degraded (the local cache served it).
-    assert any(p.context == "degraded" for p in first)
-    assert second[-1].context == "ok"  # reconnected by itself
+    # A file job's stream is made up by this process, which holds all of it: Redis stopped
+    # mid-video costs no context, so no record is flagged degraded and every score equals the
+    # clean run's (issue 16 item 7: 520 of 841 records were flagged after a 3 s stall).
+    assert [p.context for p in first] == ["ok"] * 18
+    assert [p.context for p in second] == ["ok"] * 18
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
 
 
 def test_backbone_batches_of_one_on_cpu_unless_set(bundle: Path) -> None:

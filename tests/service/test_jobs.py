@@ -444,3 +444,244 @@ async def test_drain_returns_when_a_store_call_swallows_the_cancellation(tmp_pat
     report = await asyncio.wait_for(runner.drain(0.1), 10.0)
     assert report.requeued == [] and report.finished == []
     assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("job-"))
+
+
+# ------------------------------------------------------------------ workers never die silently
+# Issue 16 item 2: a store error while recording a finished job used to escape JobRunner._run
+# into the worker loop, ending the worker without a log line: the job stayed `running` (kept
+# alive by the process heartbeat) and every later job stayed `queued`.
+
+
+class _FinishFailsStore(InMemoryJobStore):
+    """``finish`` raises ``error`` for the first ``failures`` calls (a stalled Redis)."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        super().__init__()
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def finish(self, job_id: str, worker_id: str, state: Any, **kw: Any) -> bool:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return await super().finish(job_id, worker_id, state, **kw)
+
+
+@pytest.mark.parametrize("error", ["timeout", "bug"])
+async def test_finish_errors_are_retried_and_the_worker_goes_on(tmp_path: Path, error: str) -> None:
+    import redis.exceptions
+
+    exc: Exception = (
+        redis.exceptions.TimeoutError("Timeout reading from socket")
+        if error == "timeout"
+        else RuntimeError("unexpected reply")
+    )
+    store = _FinishFailsStore(3, exc)
+    # finish_retry_s=0.3 gives up after 2-3 attempts for the first job; housekeeping then
+    # records it late. Either way both jobs end done and the worker lives.
+    runner = runner_for(store, quick, tmp_path, finish_retry_s=0.3, heartbeat_ttl_s=0.3)
+    await runner.start()
+    first, second = make_job(tmp_path), make_job(tmp_path)
+    await store.submit(first)
+    await store.submit(second)
+    for j in (first, second):
+        await wait_for(lambda j=j: _finished(store, j.id))
+        assert await state_of(store, j.id) == "done"
+    assert runner.errors["finish"] == 3
+    assert runner.worker_states() == {"healthy": 1, "stuck": 0, "dead": 0}
+    await runner.drain(0.5)
+
+
+async def test_redis_stall_across_finish_ends_the_job_and_later_jobs_run(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """The real thing on a private redis-server: SIGSTOP as the job finishes, for 4 s (8 times
+    the store's socket timeout); the job still ends done and the next job runs."""
+    stalled = asyncio.Event()
+
+    async def process(job: Job, progress: ProgressFn) -> Mapping[str, str]:
+        if not stalled.is_set():
+            stalled.set()
+            redis_server.pause()
+            asyncio.get_running_loop().call_later(4.0, redis_server.resume)
+        return await quick(job, progress)
+
+    store = RedisJobStore(redis_server.url, socket_timeout_s=0.5, connect_timeout_s=0.5)
+    runner = runner_for(store, process, tmp_path, heartbeat_ttl_s=30.0)
+    try:
+        await runner.start()
+        first, second = make_job(tmp_path), make_job(tmp_path)
+        await store.submit(first)
+        await store.submit(second)
+        await wait_for(lambda: _finished_when_reachable(store, second.id), timeout_s=20)
+        for j in (first, second):
+            got = await store.get(j.id)
+            assert got is not None and got.state == "done", got
+        assert runner.errors["finish"] >= 1  # the stall was really hit
+        assert runner.workers_ok
+        await runner.drain(0.5)
+    finally:
+        redis_server.resume()
+        await store.close()
+
+
+async def _finished_when_reachable(store: JobStore, job_id: str) -> bool:
+    try:
+        return await _finished(store, job_id)
+    except Exception:  # noqa: BLE001 - the test's own reads fail while Redis is stopped
+        return False
+
+
+async def test_dead_worker_is_reported_then_replaced(tmp_path: Path) -> None:
+    store = InMemoryJobStore()
+    runner = runner_for(store, quick, tmp_path, heartbeat_ttl_s=0.6)
+    await runner.start()
+    assert runner.workers_ok
+    runner._workers[0].cancel()  # a worker task ends (here: cancelled from outside)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert runner.worker_states()["dead"] == 1 and not runner.workers_ok
+    await wait_for(lambda: _ok(runner), timeout_s=3)  # housekeeping started a new one
+    assert runner.errors["worker"] == 1
+    job = make_job(tmp_path)
+    await store.submit(job)
+    await wait_for(lambda: _finished(store, job.id))
+    await runner.drain(0.5)
+
+
+async def _ok(runner: JobRunner) -> bool:
+    return runner.workers_ok
+
+
+class _HangingClaimStore(InMemoryJobStore):
+    async def claim(self, worker_id: str, timeout_s: float) -> Job | None:
+        await asyncio.sleep(3600)  # a client call that never returns
+        return None
+
+
+async def test_stuck_worker_is_reported(tmp_path: Path) -> None:
+    runner = runner_for(_HangingClaimStore(), quick, tmp_path, stuck_after_s=0.2)
+    runner.heartbeat_ttl_s = 0.3
+    await runner.start()
+    await asyncio.sleep(0.5)
+    assert runner.worker_states()["stuck"] == 1 and not runner.workers_ok
+    assert runner.errors["stuck"] >= 1
+    await runner.drain(0.1)
+
+
+async def test_job_held_by_no_worker_is_requeued_not_kept_alive(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """A job in this process's processing list that no worker runs (its worker died, or its
+    finish was lost) used to stay `running` forever behind the process's heartbeat."""
+    store = RedisJobStore(redis_server.url)
+    runner = runner_for(store, quick, tmp_path, heartbeat_ttl_s=0.3, max_attempts=2)
+    lost = make_job(tmp_path)
+    await store.submit(lost)
+    # Claimed under the runner's own id, as by a worker that then vanished.
+    assert await store.claim(runner.worker_id, 1.0) is not None
+    await runner.start()
+    await wait_for(lambda: _finished(store, lost.id), timeout_s=5)
+    got = await store.get(lost.id)
+    assert got is not None and got.state == "done" and got.attempts == 2
+    await runner.drain(0.5)
+    await store.close()
+
+
+async def test_progress_moves_updated_at_only_when_it_changes(
+    store: JobStore, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path)
+    await store.submit(job)
+    claimed = await store.claim("w", 0.5)
+    assert claimed is not None
+    await store.set_progress(job.id, 0.5)
+    first = (await store.get(job.id)).updated_at  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    await store.set_progress(job.id, 0.5)  # no progress: a hung job stays visibly stale
+    assert (await store.get(job.id)).updated_at == first  # type: ignore[union-attr]
+    queued = make_job(tmp_path)
+    await store.submit(queued)
+    ages = await store.oldest(first + 100)
+    assert ages["running"] == pytest.approx(100, abs=0.01)
+    assert 99 < ages["queued"] < 100
+    assert await store.held("w") == [job.id]
+
+
+# ------------------------------------------------------------------ a Redis restarted empty
+
+
+async def test_redis_restarted_empty_is_noticed_and_cleaned_up(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(job: Job, progress: ProgressFn) -> Mapping[str, str]:
+        started.set()
+        for i in range(300):
+            progress(i / 300)
+            await asyncio.sleep(0.05)
+        return {}
+
+    store = RedisJobStore(redis_server.url, socket_timeout_s=0.5, connect_timeout_s=0.5)
+    runner = runner_for(store, slow, tmp_path, heartbeat_ttl_s=0.3, orphan_grace_s=0.0)
+    await runner.start()
+    running, queued = make_job(tmp_path), make_job(tmp_path)
+    await store.submit(running)
+    await asyncio.wait_for(started.wait(), 5)
+    await store.submit(queued)
+    redis_server.restart()  # no persistence: every record is gone
+    # The runner notices: its running job vanished (stopped, files removed), the reset is
+    # counted, and the queued job's upload folder, which no record owns now, is removed.
+    runner.orphan_sweep_s = 0.0
+    await wait_for(lambda: _no_dirs(running, queued), timeout_s=10)
+    await wait_for(lambda: _gone_from_runner(runner, running.id))
+    await wait_for(lambda: _resets(runner))
+    assert store.reset_at is not None
+    # And it goes on with new jobs.
+    fresh = make_job(tmp_path)
+    await store.submit(fresh)
+    await wait_for(lambda: _state_is(store, fresh.id, "running"), timeout_s=5)
+    await runner.drain(0.1)
+    await store.close()
+
+
+async def _no_dirs(*jobs: Job) -> bool:
+    return not any(Path(j.work_dir).exists() for j in jobs)
+
+
+async def _resets(runner: JobRunner) -> bool:
+    return runner.store_resets == 1
+
+
+async def _state_is(store: JobStore, job_id: str, state: str) -> bool:
+    return await state_of(store, job_id) == state
+
+
+async def test_orphaned_upload_folders_are_swept_at_start_up(tmp_path: Path) -> None:
+    store = InMemoryJobStore()
+    kept = make_job(tmp_path)
+    await store.submit(kept)
+    old, recent = make_job(tmp_path), make_job(tmp_path)  # no records: orphans
+    os_utime_back(Path(old.work_dir), 3600)
+    other = tmp_path / "uploads" / "not-a-job"
+    other.mkdir()
+    os_utime_back(other, 3600)
+    runner = runner_for(store, quick, tmp_path, orphan_grace_s=600)
+    runner.claim_timeout_s = 0.05
+    await runner.start()
+    assert not Path(old.work_dir).exists()  # orphaned and untouched for an hour
+    assert Path(recent.work_dir).exists()  # maybe an upload still streaming in
+    assert other.exists()  # not ours to judge
+    assert runner.orphans_removed == 1
+    await runner.drain(0.1)
+
+
+def os_utime_back(folder: Path, seconds: float) -> None:
+    import os
+    import time
+
+    t = time.time() - seconds
+    for p in (*folder.iterdir(), folder):
+        os.utime(p, (t, t))

@@ -179,3 +179,26 @@ def test_metric_names_cover_every_family() -> None:
         "avaserve_ready",
     ):
         assert expected in names
+
+
+def test_job_runner_families() -> None:
+    """The runner's worker health, error counters and job ages (issue 16 item 2)."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    m = Metrics()
+    runner = SimpleNamespace(
+        errors=Counter({"finish": 3, "claim": 1}),
+        oldest_s={"queued": 12.5, "running": 0.0},
+        orphans_removed=2,
+        store_resets=1,
+        worker_states=lambda: {"healthy": 1, "stuck": 0, "dead": 1},
+    )
+    m.bind_runner(runner)  # type: ignore[arg-type]
+    got = scrape(m)
+    assert got[("avaserve_job_runner_errors_total", (("step", "finish"),))] == 3
+    assert got[("avaserve_job_runner_errors_total", (("step", "worker"),))] == 0
+    assert got[("avaserve_job_workers", (("health", "dead"),))] == 1
+    assert got[("avaserve_job_oldest_seconds", (("state", "queued"),))] == 12.5
+    assert got[("avaserve_job_store_resets_total", ())] == 1
+    assert got[("avaserve_orphan_uploads_removed_total", ())] == 2
