@@ -797,6 +797,12 @@ def _mmaction2_settings(
     extractor = node("model", "roi_head", "bbox_roi_extractor")
     head = node("model", "roi_head", "bbox_head")
     over = report.overrides
+    if not extractor or not head:
+        report.notes.append(
+            "meta.cfg has no model.roi_head.bbox_roi_extractor / bbox_head: the RoI head "
+            f"settings are {_NO_CONFIG_DEFAULTS['mmaction2']}"
+        )
+        return
     if extractor.get("roi_layer_type", "RoIAlign") != "RoIAlign":
         refuse("roi_head.bbox_roi_extractor.roi_layer_type", "RoIPool; ours is RoIAlign")
     size = extractor.get("output_size", 16)  # SingleRoIExtractor3D's own default

@@ -409,6 +409,14 @@ def test_mmaction2_without_cfg_uses_its_defaults_and_says_so(tmp_path: Path) -> 
     assert "--set roi_temporal_pool=max" in note
 
 
+def test_mmaction2_cfg_without_roi_head_keeps_the_defaults(tmp_path: Path) -> None:
+    path = _mmaction2_pth(tmp_path, "model = dict(type='FastRCNN')\n")
+    result = import_state_dict(read_source_state(path, "mmaction2"), preset="slowfast_tiny")
+    head = result.model.roi_head
+    assert (head.output_size, head.sampling_ratio, head.temporal_pool) == ((8, 8), 0, "avg")
+    assert any("meta.cfg has no model.roi_head" in n for n in result.report.notes)
+
+
 @pytest.mark.parametrize(
     ("edit", "words"),
     [
