@@ -38,9 +38,6 @@ class _MissingOp:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(f"{self._name}: a compiled op, absent from this install")
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-
 
 class _OpsModule(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
