@@ -24,6 +24,12 @@ $(VENV_TEST)/.installed: pyproject.toml
 	# --no-deps: its detectron2 requirement cannot be met on PyPI; only its pure-python
 	# modules are used.
 	$(VENV_TEST)/bin/pip install -q --no-deps slowfast==1.0 && $(VENV_TEST)/bin/pip install -q yacs simplejson termcolor
+	# MMAction2 is a second reference (tests/models/test_upstream.py). --no-deps for the four
+	# OpenMMLab packages: their requirements pull opencv-python/-contrib, decord and mmcv's
+	# compiled build; the tests stand in for mmcv.ops. Then what their imports need.
+	$(VENV_TEST)/bin/pip install -q --no-deps mmaction2==1.2.0 mmengine==0.10.7 mmcv-lite==2.1.0 mmdet==3.3.0
+	$(VENV_TEST)/bin/pip install -q addict yapf einops importlib_metadata==8.5.0 \
+		opencv-python-headless pycocotools shapely six terminaltables
 	touch $@
 
 $(VENV_RUN)/.installed: pyproject.toml

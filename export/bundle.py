@@ -1214,6 +1214,9 @@ def build_bundle(
                 class_names=loaded.class_names,
                 pose_ids=loaded.pose_ids,
                 evaluated_ids=loaded.evaluated_ids,
+                output_activation=model.output_activation,
+                roi_sampling_ratio=model.roi_head.sampling_ratio,
+                roi_temporal_pool=model.roi_head.temporal_pool,
             ),
             preprocessing=Preprocessing(
                 short_side=info.short_side,
@@ -1330,6 +1333,7 @@ class _Summary:
     classes: int
     pose_classes: int
     evaluated_classes: int
+    head: str
     clip: str
     detector: str
     bank: str
@@ -1347,6 +1351,11 @@ class _Summary:
             classes=m.model.num_classes,
             pose_classes=len(m.model.pose_ids),
             evaluated_classes=len(m.model.evaluated_ids),
+            head=(
+                f"{m.model.output_activation} probabilities, RoIAlign sampling "
+                f"{m.model.roi_sampling_ratio or 'adaptive'}, temporal "
+                f"{m.model.roi_temporal_pool} pool"
+            ),
             clip=(
                 f"{p.num_frames} fast / {p.num_slow_frames} slow frames every {p.sampling_rate} "
                 f"at {p.target_fps:g} fps ({p.clip_seconds:.2f} s, {p.clip_alignment}), short "

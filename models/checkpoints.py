@@ -62,12 +62,13 @@ trainer carries its config (``cfg``), from which alpha, strides, dilations, the 
 resolution and alignment and the non-local pool and instantiation are taken. PySlowFast's
 non-local default (and its AVA R101 config) is the ``dot_product`` instantiation, which our
 softmax ``NonLocalBlock`` cannot represent: such checkpoints are refused with that reason.
-Remaining differences are listed in ``ImportReport.notes``: all three sources run RoIAlign
-with the adaptive ``sampling_ratio=0`` (box-size dependent), which a static ONNX graph
-cannot express, so our head uses a fixed ratio (``models.roi.DEFAULT_SAMPLING_RATIO``) and
-pooled features of boxes taller or wider than 2 x 7 feature cells differ slightly; and a
-setting the presets cannot express yet (``roi_aligned=False`` for pytorchvideo and the
-Caffe2 models) is noted rather than applied.
+The head settings the weights do not show are set from the source (:func:`_head_settings`):
+RoIAlign sampling (all three sources sample adaptively, ``sampling_ratio=0``), alignment,
+the temporal pool (MMAction2's ``temporal_pool_mode``) and the output activation (every
+upstream AVA head scores with a sigmoid per class). They come from the config stored in
+the checkpoint (PySlowFast's ``cfg``, MMAction2's ``meta.cfg``) where there is one, else
+from that project's defaults, and ``ImportReport.notes`` says which. A setting the presets
+cannot express yet is noted rather than applied.
 
 Import only files you trust: the Caffe2 ``.pkl`` is read with an unpickler that accepts
 numpy arrays and nothing else, and torch files load with ``weights_only=True`` unless
@@ -126,16 +127,19 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)  # (58.395, 57.12, 57.375) / 255
 # Preset overrides that make our preset compute what each source's published AVA config
 # computes, beyond what the keys and shapes reveal (see _infer_overrides for those).
 FORMAT_OVERRIDES: dict[str, dict[str, Any]] = {
+    # All: RoIAlign with adaptive sampling (sampling_ratio=0) and a sigmoid per class.
     # PySlowFast SLOWFAST_32x2_R50_SHORT / R101 AVA configs: res5 stride 1 dilation 2,
     # aligned 7x7 RoIAlign, Kinetics mean/std: our preset defaults.
-    "pyslowfast": {},
+    "pyslowfast": {"sampling_ratio": 0, "output_activation": "sigmoid"},
     # The model zoo's Caffe2 AVA models (configs/AVA/c2/*.yaml) set DETECTION.ALIGNED False.
-    "caffe2": {"roi_aligned": False},
+    "caffe2": {"roi_aligned": False, "sampling_ratio": 0, "output_activation": "sigmoid"},
     # pytorchvideo builds torchvision's RoIAlign without `aligned`, i.e. aligned=False.
-    "pytorchvideo": {"roi_aligned": False},
+    "pytorchvideo": {"roi_aligned": False, "sampling_ratio": 0, "output_activation": "sigmoid"},
     # MMAction2 slowfast AVA configs: conv-only laterals, res5 stride 1 *without* dilation,
     # 8x8 aligned RoIAlign (SingleRoIExtractor3D output_size=8), ImageNet mean/std on RGB.
     "mmaction2": {
+        "sampling_ratio": 0,
+        "output_activation": "sigmoid",
         "fusion_norm": False,
         "spatial_dilations": (1, 1, 1, 1),
         "roi_output_size": (8, 8),
@@ -423,7 +427,8 @@ class SourceState:
 
     tensors: source key -> tensor (Caffe2 numpy blobs converted).
     source_format: the layout the keys use (``caffe2`` for a PySlowFast ``.pkl``).
-    config: the training config text stored beside the weights (PySlowFast ``cfg``), if any.
+    config: the training config text stored beside the weights (PySlowFast ``cfg``, YAML;
+        MMAction2 ``meta.cfg``, Python), if any.
     """
 
     tensors: dict[str, Tensor]
@@ -518,6 +523,12 @@ def read_source_state(
         raise CheckpointImportError(f"{path}: expected a dict, found {type(raw).__name__}")
 
     config = raw.get("cfg") if isinstance(raw.get("cfg"), str) else None
+    meta = raw.get("meta")
+    if source_format == "mmaction2" and isinstance(meta, Mapping):
+        # mmengine's runner stores the merged config as text under meta["cfg"] (mmcv 1.x
+        # runners under meta["config"]).
+        text = meta.get("cfg", meta.get("config"))
+        config = text if isinstance(text, str) else None
     if "blobs" in raw:
         if source_format not in ("pyslowfast", "caffe2"):
             raise CheckpointImportError(
@@ -675,6 +686,157 @@ def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
         report.overrides.pop("roi_aligned", None)  # aligned is the presets' default
 
 
+_HEAD_SETTINGS = ("sampling_ratio", "roi_aligned", "roi_temporal_pool", "output_activation")
+# What each project does where its checkpoint carries no config (named in the report).
+_NO_CONFIG_DEFAULTS = {
+    "pyslowfast": "PySlowFast's defaults (DETECTION.ALIGNED True, MODEL.HEAD_ACT of its AVA "
+    "configs: sigmoid; its RoI head always samples adaptively and averages over time)",
+    "caffe2": "the PySlowFast Caffe2 AVA configs' settings (DETECTION.ALIGNED False, sigmoid "
+    "head; adaptive RoIAlign sampling, temporal average)",
+    "pytorchvideo": "slowfast_r50_detection's defaults (torchvision RoIAlign aligned=False, "
+    "sampling_ratio=0; AvgPool3d over time; Sigmoid)",
+    "mmaction2": "MMAction2's SlowFast AVA config defaults (SingleRoIExtractor3D output_size 8, "
+    "sampling_ratio=0, aligned=True, temporal_pool_mode='avg'; BBoxHeadAVA multilabel: "
+    "sigmoid); a temporal-max model needs --set roi_temporal_pool=max",
+}
+
+
+def _head_settings(
+    fmt: str, config: str | None, report: ImportReport, caller: Mapping[str, Any]
+) -> None:
+    """RoI head and activation settings the weights do not show: from the checkpoint's own
+    config (PySlowFast ``cfg``, MMAction2 ``meta.cfg``) where there is one, else the
+    project's defaults (``FORMAT_OVERRIDES``); the report says which."""
+    if fmt in ("pyslowfast", "caffe2") and config is not None:
+        _pyslowfast_head(_parse_config(config, report), report, caller)
+        origin = "the checkpoint's PySlowFast config (cfg)"
+    elif fmt == "mmaction2" and config is not None:
+        _mmaction2_settings(_parse_python_config(config, report), report, caller)
+        origin = "the checkpoint's MMAction2 config (meta.cfg)"
+    else:
+        origin = f"no config in the checkpoint: {_NO_CONFIG_DEFAULTS.get(fmt, fmt)}"
+    chosen = {k: report.overrides[k] for k in _HEAD_SETTINGS if k in report.overrides}
+    report.notes.append(f"head settings {chosen} from {origin}")
+
+
+def _pyslowfast_head(
+    cfg: Mapping[str, Any], report: ImportReport, caller: Mapping[str, Any]
+) -> None:
+    model = cfg.get("MODEL")
+    act = model.get("HEAD_ACT") if isinstance(model, dict) else None
+    if act == "sigmoid":
+        report.overrides["output_activation"] = "sigmoid"
+    elif act is not None and "output_activation" not in caller:
+        # PySlowFast's "softmax" head is one softmax over all classes: neither of ours.
+        report.unrepresentable.append(
+            (
+                "MODEL.HEAD_ACT",
+                f"{act!r} over all classes; ours are 'sigmoid' or a softmax over the pose "
+                "classes only (--set output_activation=sigmoid serves the logits' sigmoid)",
+            )
+        )
+
+
+def _literal(node: Any) -> Any:
+    """The value of a config expression built from literals and ``dict(...)`` calls; raises
+    ValueError for anything else (a config is data here: nothing is executed)."""
+    import ast
+
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        if node.args or any(k.arg is None for k in node.keywords):
+            raise ValueError("dict() with positional or ** arguments")
+        return {k.arg: _literal(k.value) for k in node.keywords}
+    if isinstance(node, ast.Dict):
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_literal(e) for e in node.elts]
+    return ast.literal_eval(node)
+
+
+def _parse_python_config(text: str, report: ImportReport) -> dict[str, Any]:
+    """Top-level ``name = <literal>`` assignments of an mmengine config text (its
+    ``pretty_text``); names whose value is not plain data are skipped."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        report.notes.append("meta.cfg is not valid Python; its settings were not read")
+        return {}
+    out: dict[str, Any] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target = stmt.targets[0]
+            if isinstance(target, ast.Name):
+                try:
+                    out[target.id] = _literal(stmt.value)
+                except (ValueError, TypeError, SyntaxError):
+                    continue
+    return out
+
+
+def _mmaction2_settings(
+    cfg: Mapping[str, Any], report: ImportReport, caller: Mapping[str, Any]
+) -> None:
+    """MMAction2 ``model`` settings: backbone speed_ratio (alpha); SingleRoIExtractor3D
+    (RoIAlign output size, sampling ratio, alignment, temporal pool); BBoxHeadAVA
+    (multilabel = sigmoid, spatial max pool)."""
+
+    def node(*path: str) -> dict[str, Any]:
+        cur: Any = cfg
+        for part in path:
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        return cur if isinstance(cur, dict) else {}
+
+    def refuse(key: str, why: str) -> None:
+        report.unrepresentable.append((f"meta.cfg model.{key}", why))
+
+    speed = node("model", "backbone").get("speed_ratio")
+    if isinstance(speed, int) and "alpha" not in caller:
+        report.overrides["alpha"] = speed
+    extractor = node("model", "roi_head", "bbox_roi_extractor")
+    head = node("model", "roi_head", "bbox_head")
+    over = report.overrides
+    if not extractor or not head:
+        report.notes.append(
+            "meta.cfg has no model.roi_head.bbox_roi_extractor / bbox_head: the RoI head "
+            f"settings are {_NO_CONFIG_DEFAULTS['mmaction2']}"
+        )
+        return
+    if extractor.get("roi_layer_type", "RoIAlign") != "RoIAlign":
+        refuse("roi_head.bbox_roi_extractor.roi_layer_type", "RoIPool; ours is RoIAlign")
+    size = extractor.get("output_size", 16)  # SingleRoIExtractor3D's own default
+    if isinstance(size, int):
+        over["roi_output_size"] = (size, size)
+    elif isinstance(size, list) and len(size) == 2:
+        over["roi_output_size"] = (int(size[0]), int(size[1]))
+    over["sampling_ratio"] = int(extractor.get("sampling_ratio", 0))
+    over["roi_aligned"] = bool(extractor.get("aligned", True))
+    if extractor.get("pool_mode", "avg") != "avg":
+        refuse("roi_head.bbox_roi_extractor.pool_mode", "max within RoIAlign bins; ours averages")
+    if extractor.get("with_global", False):
+        refuse("roi_head.bbox_roi_extractor.with_global", "global feature concatenated to RoIs")
+    if extractor.get("with_temporal_pool", True):
+        mode = extractor.get("temporal_pool_mode", "avg")
+    else:
+        # RoIAlign per frame, then BBoxHeadAVA pools time: the same as pooling first for
+        # an average (RoIAlign is linear), not for a max.
+        mode = head.get("temporal_pool_type", "avg")
+        if mode == "max":
+            refuse(
+                "roi_head.bbox_head.temporal_pool_type",
+                "max over time *after* RoIAlign (with_temporal_pool=False); ours pools first",
+            )
+    if mode in ("avg", "max"):
+        over["roi_temporal_pool"] = mode
+    if head.get("spatial_pool_type", "max") != "max":
+        refuse("roi_head.bbox_head.spatial_pool_type", "average over bins; ours takes the max")
+    if head.get("multilabel", True):
+        over["output_activation"] = "sigmoid"
+    elif "output_activation" not in caller:
+        refuse("roi_head.bbox_head.multilabel", "False: one softmax over all classes")
+
+
 def _head_rows(
     source_format: str, key: str, tensor: Tensor, num_classes: int, report: ImportReport
 ) -> Tensor:
@@ -781,6 +943,7 @@ def import_state_dict(
     report.overrides = {**FORMAT_OVERRIDES.get(fmt, {}), **_infer_overrides(mapped)}
     if fmt in ("pyslowfast", "caffe2"):
         _pyslowfast_checks(config, report)
+    _head_settings(fmt, config, report, overrides or {})
     for name in list(report.overrides):
         # A setting the source needs but the presets cannot express yet: say so, go on.
         if name not in (overrides or {}) and not _preset_accepts(name):
@@ -796,10 +959,6 @@ def import_state_dict(
             "if this is one, import with alpha=8 (--set alpha=8)"
         )
     report.overrides.update(overrides or {})
-    report.notes.append(
-        "RoIAlign: the source uses adaptive sampling (sampling_ratio=0); ours uses a fixed "
-        "ratio, so boxes larger than 2x7 feature cells pool slightly differently"
-    )
 
     try:
         model = _build_target(preset, report.overrides)
