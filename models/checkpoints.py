@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -566,14 +567,24 @@ def _preset_accepts(name: str) -> bool:
     return name in inspect.signature(create_slowfast).parameters
 
 
-def _infer_overrides(mapped: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Architecture facts visible in the mapped keys and shapes."""
+def _infer_overrides(mapped: Mapping[str, Tensor], *, all_kernels: bool = False) -> dict[str, Any]:
+    """Architecture facts visible in the mapped keys and shapes: the fusion kernel and norm,
+    the stem widths (``stem_dim``, ``beta_inv``), each block's temporal kernel and the
+    non-local placement."""
     inferred: dict[str, Any] = {}
     fusion = mapped.get("backbone.fusions.0.conv.weight")
     if fusion is not None and fusion.dim() == 5:
         inferred["fusion_kernel"] = int(fusion.shape[2])
     if fusion is not None:
         inferred["fusion_norm"] = "backbone.fusions.0.norm.weight" in mapped
+    slow_stem = mapped.get("backbone.stem.slow.conv.weight")
+    fast_stem = mapped.get("backbone.stem.fast.conv.weight")
+    if slow_stem is not None and fast_stem is not None and slow_stem.dim() == 5:
+        slow_c, fast_c = int(slow_stem.shape[0]), int(fast_stem.shape[0])
+        inferred["stem_dim"] = slow_c
+        if fast_c > 0 and slow_c % fast_c == 0:
+            inferred["beta_inv"] = slow_c // fast_c
+    inferred.update(_infer_temporal_kernels(mapped, keep_defaults=all_kernels))
     placement: dict[int, set[int]] = {}
     for key in mapped:
         if m := re.fullmatch(r"backbone\.stages\.(\d)\.slow\.nonlocals\.(\d+)\..+", key):
@@ -583,6 +594,41 @@ def _infer_overrides(mapped: Mapping[str, Tensor]) -> dict[str, Any]:
         inferred["nonlocal_stages"] = tuple(stages)
         inferred["nonlocal_blocks"] = tuple(tuple(sorted(placement[s])) for s in stages)
     return inferred
+
+
+def _infer_temporal_kernels(
+    mapped: Mapping[str, Tensor], *, keep_defaults: bool = False
+) -> dict[str, Any]:
+    """``slow_temporal_kernels`` / ``fast_temporal_kernels`` read off each block's first
+    conv (k x 1 x 1 or k x 3 x 3): one int per stage where every block agrees, else the
+    per-block tuple (PySlowFast's R101 ``NUM_BLOCK_TEMP_KERNEL`` gives res4 kernel 3 in
+    blocks 0-5 and 1 in blocks 6-22). Only set where they differ from the defaults, unless
+    ``keep_defaults``."""
+    from models.backbone import create_slowfast
+
+    per_block: dict[tuple[str, int], dict[int, int]] = {}
+    for key, tensor in mapped.items():
+        m = re.fullmatch(r"backbone\.stages\.(\d)\.(slow|fast)\.blocks\.(\d+)\.conv_a\.weight", key)
+        if m and tensor.dim() == 5:
+            per_block.setdefault((m[2], int(m[1])), {})[int(m[3])] = int(tensor.shape[2])
+    out: dict[str, Any] = {}
+    defaults = inspect.signature(create_slowfast).parameters
+    for pathway in _PATHWAYS:
+        name = f"{pathway}_temporal_kernels"
+        stages: list[int | tuple[int, ...]] = []
+        for s in range(4):
+            blocks = per_block.get((pathway, s))
+            if not blocks or sorted(blocks) != list(range(len(blocks))):
+                return {}  # not a four-stage layout we can read; leave it to the preset
+            ks = tuple(blocks[b] for b in range(len(blocks)))
+            stages.append(ks[0] if len(set(ks)) == 1 else ks)
+        default = [
+            spec if isinstance(spec, int) else (spec[0] if len(set(spec)) == 1 else tuple(spec))
+            for spec in defaults[name].default
+        ]
+        if keep_defaults or stages != default:
+            out[name] = tuple(stages)
+    return out
 
 
 def _stage_depths(keys: Iterable[str]) -> dict[tuple[int, str], int]:
@@ -610,7 +656,9 @@ def _parse_config(config: str | None, report: ImportReport) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
+def _pyslowfast_checks(
+    config: str | None, report: ImportReport, user: Mapping[str, Any] | None = None
+) -> None:
     """Settings of a PySlowFast model that its weights do not show: read them from the
     config stored in a ``.pyth`` (``cfg``), else assume PySlowFast's defaults."""
     cfg = _parse_config(config, report)
@@ -627,35 +675,42 @@ def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
         report.overrides.setdefault(name, value)
 
     if "nonlocal_stages" in report.overrides:
-        # PySlowFast's default, and its AVA R101 configs, use "dot_product": affinities
-        # divided by the number of positions, no softmax.
-        inst = get("NONLOCAL", "INSTANTIATION") or "dot_product"
-        if inst != "softmax" and _preset_accepts("nonlocal_instantiation"):
-            set_default("nonlocal_instantiation", inst)
-        elif inst != "softmax":
-            origin = "the checkpoint's config" if config else "PySlowFast's default; no config"
-            report.unrepresentable.append(
-                (
-                    "NONLOCAL.INSTANTIATION",
-                    f"{inst!r} non-local ({origin}); our NonLocalBlock implements the "
-                    "'softmax' instantiation only",
-                )
-            )
-        pools = get("NONLOCAL", "POOL")
-        if isinstance(pools, list):
-            # POOL[stage] is [t, h, w] or one [t, h, w] per pathway; ours are slow-only.
-            chosen = set()
-            for s in report.overrides["nonlocal_stages"]:
-                entry = pools[s]
-                chosen.add(
-                    tuple(int(v) for v in (entry[0] if isinstance(entry[0], list) else entry))
-                )
-            if len(chosen) == 1:
-                set_default("nonlocal_pool", chosen.pop())
-            else:
-                report.unrepresentable.append(
-                    ("NONLOCAL.POOL", f"different pools per stage {sorted(chosen)}; ours is one")
-                )
+        _pyslowfast_nonlocal(get, config is not None, report, user or {})
+    group = get("NONLOCAL", "GROUP")
+    if isinstance(group, list) and any(int(g) != 1 for st in group for g in _as_list(st)):
+        report.unrepresentable.append(
+            ("NONLOCAL.GROUP", f"{group}: grouped non-local (time split into groups) is not ours")
+        )
+    if get("RESNET", "STRIDE_1X1") is True:
+        report.unrepresentable.append(
+            ("RESNET.STRIDE_1X1", "True: the spatial stride sits in our 1x3x3 conv, not the 1x1")
+        )
+    groups = get("RESNET", "NUM_GROUPS")
+    if isinstance(groups, int) and groups != 1:
+        report.unrepresentable.append(("RESNET.NUM_GROUPS", f"{groups}: ResNeXt groups"))
+    arch = get("MODEL", "ARCH")
+    if isinstance(arch, str) and arch != "slowfast":
+        report.unrepresentable.append(
+            ("MODEL.ARCH", f"{arch!r}: our presets are two-pathway SlowFast models only")
+        )
+    # Clip sampling and preprocessing (DATA.*): in the config only.
+    for key, name in (("NUM_FRAMES", "num_frames"), ("SAMPLING_RATE", "sampling_rate")):
+        value = get("DATA", key)
+        if isinstance(value, int):
+            set_default(name, value)
+    crop = get("DATA", "TEST_CROP_SIZE")
+    if isinstance(crop, int):
+        set_default("short_side", crop)
+    for key, name in (("MEAN", "mean"), ("STD", "std")):
+        value = get("DATA", key)
+        if isinstance(value, list) and len(value) == 3:
+            set_default(name, tuple(float(v) for v in value))
+    if config is None and "num_frames" not in (user or {}):
+        report.notes.append(
+            "no PySlowFast config in the file: clip length and sampling (DATA.NUM_FRAMES, "
+            "SAMPLING_RATE) are the preset's 32x2; for SLOWFAST_64x2_R101_50_50 import with "
+            "--set num_frames=64"
+        )
     alpha = get("SLOWFAST", "ALPHA")
     if alpha is not None:
         set_default("alpha", int(alpha))
@@ -673,6 +728,60 @@ def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
         report.overrides["roi_aligned"] = False
     elif aligned is True:
         report.overrides.pop("roi_aligned", None)  # aligned is the presets' default
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _pyslowfast_nonlocal(
+    get: Callable[..., Any], has_config: bool, report: ImportReport, user: Mapping[str, Any]
+) -> None:
+    """Non-local form and pool: not in the weights. From the stored config, else PySlowFast's
+    published AVA R101 ``_50_50`` values (the only zoo models with non-local blocks), said
+    in a note with the ``--set`` that changes them."""
+    inst = get("NONLOCAL", "INSTANTIATION")
+    pools = get("NONLOCAL", "POOL")
+    if not has_config:
+        report.overrides.setdefault("nonlocal_instantiation", "dot_product")
+        report.overrides.setdefault("nonlocal_pool", (2, 2, 2))
+        if "nonlocal_instantiation" in user and "nonlocal_pool" in user:
+            return
+        report.notes.append(
+            "non-local form and pool are not in the weights and the file has no config: "
+            "assumed PySlowFast's AVA R101 _50_50 values (NONLOCAL.INSTANTIATION "
+            f"{report.overrides['nonlocal_instantiation']!r}, POOL "
+            f"{report.overrides['nonlocal_pool']}); for a model trained otherwise import "
+            "with e.g. --set nonlocal_instantiation=softmax --set nonlocal_pool=[1,2,2] "
+            "(--set nonlocal_pool=null for none)"
+        )
+        return
+    # A config without these keys runs PySlowFast's defaults (config/defaults.py).
+    inst = "dot_product" if inst is None else str(inst)
+    pools = pools if isinstance(pools, list) else [[1, 2, 2]] * 4
+    if inst in ("softmax", "dot_product"):
+        report.overrides.setdefault("nonlocal_instantiation", inst)
+    else:
+        report.unrepresentable.append(
+            ("NONLOCAL.INSTANTIATION", f"{inst!r}: ours are 'softmax' and 'dot_product'")
+        )
+    # POOL[stage] is [t, h, w] or one [t, h, w] per pathway; ours are slow-only.
+    chosen = set()
+    for s in report.overrides["nonlocal_stages"]:
+        entry = pools[s]
+        chosen.add(tuple(int(v) for v in (entry[0] if isinstance(entry[0], list) else entry)))
+    if len(chosen) == 1:
+        pool = chosen.pop()
+        report.overrides.setdefault("nonlocal_pool", None if pool == (1, 1, 1) else pool)
+    else:
+        report.unrepresentable.append(
+            ("NONLOCAL.POOL", f"different pools per stage {sorted(chosen)}; ours is one")
+        )
+
+
+def _json(value: Any) -> str:
+    """A preset override as ``--set`` takes it (JSON, tuples as lists, no spaces)."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _head_rows(
@@ -705,9 +814,19 @@ def _build_target(preset: str, overrides: Mapping[str, Any]) -> ActionModel:
 
 
 def _representability_hints(
-    report: ImportReport, source_keys: Iterable[str], target_keys: Iterable[str]
+    report: ImportReport,
+    source_keys: Iterable[str],
+    target_keys: Iterable[str],
+    inferred: Mapping[str, Any],
+    user: Mapping[str, Any],
 ) -> list[str]:
     hints: list[str] = []
+    for name, value in inferred.items():
+        if name in user and user[name] != value:
+            hints.append(
+                f"{name}: the weights say {_json(value)}, --set gave {_json(user[name])}: "
+                f"drop it or use --set {name}={_json(value)}"
+            )
     src_depths = _stage_depths(source_keys)
     dst_depths = _stage_depths(target_keys)
     for slot in sorted(set(src_depths) | set(dst_depths)):
@@ -778,9 +897,10 @@ def import_state_dict(
             mapped[target] = tensor
             origin[target] = key
 
-    report.overrides = {**FORMAT_OVERRIDES.get(fmt, {}), **_infer_overrides(mapped)}
+    inferred = _infer_overrides(mapped)
+    report.overrides = {**FORMAT_OVERRIDES.get(fmt, {}), **inferred}
     if fmt in ("pyslowfast", "caffe2"):
-        _pyslowfast_checks(config, report)
+        _pyslowfast_checks(config, report, overrides)
     for name in list(report.overrides):
         # A setting the source needs but the presets cannot express yet: say so, go on.
         if name not in (overrides or {}) and not _preset_accepts(name):
@@ -804,6 +924,7 @@ def import_state_dict(
     try:
         model = _build_target(preset, report.overrides)
     except CheckpointImportError as exc:
+        report.unrepresentable.append(("preset overrides", str(exc)))
         nonlocal_keys = sorted({origin[k].rsplit(".", 2)[0] for k in mapped if ".nonlocals." in k})
         why = f"\nnon-local placement read from {nonlocal_keys}" if nonlocal_keys else ""
         raise CheckpointImportError(f"{exc}{why}\n{report.summary()}", report) from None
@@ -841,7 +962,8 @@ def import_state_dict(
         report.synthesised.append("*.num_batches_tracked (0; unused in eval)")
 
     if not report.ok and strict:
-        hints = _representability_hints(report, mapped, target_state)
+        seen = _infer_overrides(mapped, all_kernels=True)
+        hints = _representability_hints(report, mapped, target_state, seen, overrides or {})
         what = (
             f"preset {preset!r} cannot represent this {fmt} checkpoint exactly"
             if report.unrepresentable
