@@ -1214,6 +1214,7 @@ def build_bundle(
                 class_names=loaded.class_names,
                 pose_ids=loaded.pose_ids,
                 evaluated_ids=loaded.evaluated_ids,
+                roi_sampling_ratio=model.roi_head.sampling_ratio,
             ),
             preprocessing=Preprocessing(
                 short_side=info.short_side,

@@ -134,6 +134,14 @@ class ModelInfo(_Strict):
     evaluated_ids: tuple[int, ...] = Field(
         description="Ids frame-mAP is reported over (the ActivityNet 60, or all for a world)."
     )
+    roi_sampling_ratio: int = Field(
+        default=2,
+        ge=0,
+        description="RoIAlign bilinear samples per bin side that backbone.onnx computes; 0 = "
+        "adaptive, ceil(box size / bins) per box (torchvision/mmcv sampling_ratio=0, every "
+        "imported upstream head). The graph embodies it; recorded so a bundle says how it pools. "
+        "Manifests written before the field: 2.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelInfo:

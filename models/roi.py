@@ -7,12 +7,14 @@ to the backbone (after resize/crop), xyxy, not normalised. ``K`` may be 0.
 "3D RoIAlign" (SlowFast, Feichtenhofer et al. 2019, sec. 5) is the 2D RoIAlign applied
 to every frame of a feature map; because the head averages over time right after, we
 average over time *first* and run one 2D RoIAlign, which is the same linear map and
-``T`` times cheaper (PySlowFast and pytorchvideo do the same).
+``T`` times cheaper (PySlowFast and pytorchvideo do the same). MMAction2's
+``temporal_pool_mode='max'`` takes the max over time before RoIAlign instead, which
+``temporal_pool="max"`` reproduces.
 
 Data flow of :class:`RoIHead`::
 
     [slow (B, C_s, T_s, h, w), fast (B, C_f, T_f, h, w)]
-        -> temporal mean per pathway      [(B, C_s, h, w), (B, C_f, h, w)]
+        -> temporal mean (or max) per pathway [(B, C_s, h, w), (B, C_f, h, w)]
         -> concat channels                (B, D, h, w)      D = C_s + C_f
         -> roi_align(boxes (K, 5))        (K, D, oh, ow)
         -> spatial max                    (K, D)
@@ -27,16 +29,29 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-# Fixed number of bilinear samples per bin side. torchvision/Detectron2 accept
-# ``sampling_ratio=0`` ("adaptive": ceil(roi_size / output_size) samples per bin side),
-# and PySlowFast's and pytorchvideo's AVA heads use that adaptive setting. The adaptive
-# count depends on each box's size, so it cannot be a static ONNX/TensorRT graph; we fix
-# it at 2, which is what the adaptive rule gives for a typical AVA person box (7-14
-# feature cells tall at stride 16 on a 256-px clip -> ceil(7..14 / 7) = 1..2). Boxes
-# larger than 14 feature cells (> 224 input px at stride 16) get 2 samples per bin side
-# here where the adaptive rule would use 3+, so a checkpoint imported from PySlowFast
-# sees slightly different (smoother-vs-sparser) pooled features for very large boxes.
+# Bilinear samples per bin side. ``0`` is the adaptive rule of torchvision, Detectron2 and
+# mmcv (``sampling_ratio=0``): ceil(roi_size / output_size) samples per bin side, per box
+# and per axis, which PySlowFast, pytorchvideo and MMAction2 all run and which imported
+# checkpoints therefore use. Our own trained heads use a fixed 2 (the adaptive count for a
+# typical AVA person box of 7-14 feature cells), the default here so that checkpoints saved
+# before the option existed rebuild unchanged. Both export to ONNX: the fixed count as an
+# unrolled sum, the adaptive one with the sample axis sized at run time (see
+# `_interp_matrix`).
 DEFAULT_SAMPLING_RATIO = 2
+
+# How the RoI head (and the global branch) pools a pathway's time axis before RoIAlign:
+# "avg" (PySlowFast, pytorchvideo, MMAction2's default) or "max" (MMAction2's
+# ``temporal_pool_mode='max'`` models).
+TEMPORAL_POOL_MODES = ("avg", "max")
+
+
+def temporal_pool(x: Tensor, mode: str) -> Tensor:
+    """(B, C, T, h, w) -> (B, C, h, w): mean or max over time."""
+    if mode == "avg":
+        return x.mean(dim=2)
+    if mode == "max":
+        return x.amax(dim=2)
+    raise ValueError(f"temporal pool mode must be one of {TEMPORAL_POOL_MODES}, got {mode!r}")
 
 
 def _check_inputs(features: Tensor, rois: Tensor) -> None:
@@ -50,43 +65,64 @@ def _check_inputs(features: Tensor, rois: Tensor) -> None:
 
 
 def _interp_matrix(
-    start: Tensor, bin_size: Tensor, size: int, out_bins: int, sampling_ratio: int
+    start: Tensor, roi_size: Tensor, size: int, out_bins: int, sampling_ratio: int
 ) -> Tensor:
     """Averaged 1-D bilinear interpolation weights for one axis.
 
-    ``start`` and ``bin_size`` are (K,) in feature-map coordinates. Returns
+    ``start`` and ``roi_size`` are (K,) in feature-map coordinates. Returns
     ``(K, out_bins, size)``: row ``i`` holds the weights that, applied along this axis,
-    give the mean over the ``sampling_ratio`` sample points of bin ``i``.
+    give the mean over the sample points of bin ``i``; ``sampling_ratio`` points per bin,
+    or with ``0`` ceil(roi_size / out_bins) points, per box.
 
     RoIAlign's bilinear weight at (y, x) is w(y) * w(x), and a sample outside the map
     (y < -1 or y > H, likewise x) contributes 0, i.e. valid(y) * valid(x). Both factor
-    over the axes, so the mean over the sr x sr sample grid of a bin is the product of
-    a per-axis mean: ``out = A_y @ feature @ A_x^T``. That lets the whole op be a
-    gather plus two batched matmuls, all standard ONNX ops with a dynamic K.
+    over the axes, and so does the sample count (n_y * n_x; a box with n_y = 0 or n_x = 0
+    pools to 0 either way), so the mean over a bin's sample grid is the product of a
+    per-axis mean: ``out = A_y @ feature @ A_x^T``. That lets the whole op be a gather plus
+    two batched matmuls, all standard ONNX ops with a dynamic K.
+
+    The adaptive count is data: the sample axis is ``arange(max count)`` (an ONNX Range
+    whose length is computed at run time) and each box masks the samples past its own
+    count. Positions are computed in torchvision's order of operations
+    (start + i * bin + (s + 0.5) * bin / n) so that the count and positions agree with it
+    to the float.
     """
     device, dtype = start.device, start.dtype
     grid = torch.arange(size, device=device, dtype=dtype)  # (size,)
     size_f = grid[-1] + 1.0  # the map size as a tensor, traced from the feature shape
     bins = torch.arange(out_bins, device=device, dtype=dtype)  # (out_bins,)
-    total = torch.zeros((), device=device, dtype=dtype)
-    # sampling_ratio is a small Python int, so this loop unrolls into the graph; it avoids a
-    # reshape of a possibly empty (K = 0) tensor.
-    for s in range(sampling_ratio):
-        # Sample s of bin i sits at i + (s + 0.5) / sr bins from the box start.
-        pos = start[:, None] + (bins[None, :] + (s + 0.5) / sampling_ratio) * bin_size[:, None]
-        valid = ((pos >= -1.0) & (pos <= size_f)).to(dtype)  # (K, out_bins)
-        # Clamp to the edges: positions in [-1, 0) read cell 0, positions >= size - 1 read
-        # the last cell (torchvision's bilinear_interpolate does exactly this).
-        pos = torch.minimum(torch.clamp(pos, min=0.0), size_f - 1.0)
-        low = torch.floor(pos)
-        high = torch.minimum(low + 1.0, size_f - 1.0)
-        w_high = (pos - low) * valid  # (K, out_bins)
-        w_low = (1.0 - (pos - low)) * valid
-        total = total + (
-            w_low[..., None] * (low[..., None] == grid).to(dtype)
-            + w_high[..., None] * (high[..., None] == grid).to(dtype)
-        )  # (K, out_bins, size)
-    return total / sampling_ratio
+    bin_size = roi_size / out_bins  # (K,)
+    if sampling_ratio > 0:
+        count = torch.full_like(roi_size, float(sampling_ratio))  # (K,)
+        samples = torch.arange(sampling_ratio, device=device, dtype=dtype)  # (S,)
+    else:
+        # ceil(roi / bins) <= 0 for an empty or inverted box: no samples, output 0.
+        count = torch.clamp(torch.ceil(roi_size / out_bins), min=0.0)  # (K,)
+        # One extra entry so that max() is defined for K = 0.
+        most = torch.cat([count, count.new_ones(1)]).max().to(torch.int64)
+        # A tensor end (not an int) keeps S a run-time value in the exported graph.
+        samples = torch.arange(most, device=device).to(dtype)  # type: ignore[call-overload]
+    divisor = torch.clamp(count, min=1.0)  # (K,)
+    # Sample s of bin i sits at start + i * bin + (s + 0.5) * bin / n.
+    pos = (
+        start[:, None, None]
+        + bins[None, :, None] * bin_size[:, None, None]
+        + (samples[None, None, :] + 0.5) * (bin_size / divisor)[:, None, None]
+    )  # (K, out_bins, S)
+    used = (samples[None, :] < count[:, None]).to(dtype)[:, None, :]  # (K, 1, S)
+    valid = ((pos >= -1.0) & (pos <= size_f)).to(dtype) * used  # (K, out_bins, S)
+    # Clamp to the edges: positions in [-1, 0) read cell 0, positions >= size - 1 read
+    # the last cell (torchvision's bilinear_interpolate does exactly this).
+    pos = torch.minimum(torch.clamp(pos, min=0.0), size_f - 1.0)
+    low = torch.floor(pos)
+    high = torch.minimum(low + 1.0, size_f - 1.0)
+    w_high = (pos - low) * valid  # (K, out_bins, S)
+    w_low = (1.0 - (pos - low)) * valid
+    total = (
+        w_low[..., None] * (low[..., None] == grid).to(dtype)
+        + w_high[..., None] * (high[..., None] == grid).to(dtype)
+    ).sum(dim=2)  # (K, out_bins, size)
+    return total / divisor[:, None, None]
 
 
 def roi_align(
@@ -105,8 +141,9 @@ def roi_align(
         rois: (K, 5) = (batch_index, x1, y1, x2, y2) in input-pixel coordinates; K may be 0.
         output_size: (oh, ow) bins per box.
         spatial_scale: feature-map cells per input pixel, 1 / backbone stride.
-        sampling_ratio: bilinear samples per bin side; must be > 0 (the adaptive ``0`` of
-            torchvision is data-dependent, see ``DEFAULT_SAMPLING_RATIO``).
+        sampling_ratio: bilinear samples per bin side; ``0`` = adaptive,
+            ceil(roi_size / output_size) per box and axis (torchvision, mmcv), see
+            ``DEFAULT_SAMPLING_RATIO``.
         aligned: half-pixel alignment. With ``True`` (Detectron2, PySlowFast's AVA head)
             a box coordinate ``x`` in pixels maps to ``x * scale - 0.5`` on the feature
             map, because pixel ``i`` of the input covers [i, i+1) and its centre is the
@@ -117,11 +154,8 @@ def roi_align(
         (K, C, oh, ow), equal to ``torchvision.ops.roi_align`` with the same arguments.
     """
     _check_inputs(features, rois)
-    if sampling_ratio <= 0:
-        raise ValueError(
-            f"sampling_ratio must be > 0 for a static graph, got {sampling_ratio} "
-            "(roi_align_reference supports the adaptive 0 for comparison)"
-        )
+    if sampling_ratio < 0:
+        raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
     oh, ow = output_size
     height, width = features.shape[-2], features.shape[-1]
     dtype = features.dtype
@@ -139,8 +173,8 @@ def roi_align(
         roi_w = torch.clamp(roi_w, min=1.0)
         roi_h = torch.clamp(roi_h, min=1.0)
 
-    a_y = _interp_matrix(y1, roi_h / oh, height, oh, sampling_ratio)  # (K, oh, H)
-    a_x = _interp_matrix(x1, roi_w / ow, width, ow, sampling_ratio)  # (K, ow, W)
+    a_y = _interp_matrix(y1, roi_h, height, oh, sampling_ratio)  # (K, oh, H)
+    a_x = _interp_matrix(x1, roi_w, width, ow, sampling_ratio)  # (K, ow, W)
 
     batch_index = rois[:, 0].to(torch.int64)  # (K,)
     per_roi = features.index_select(0, batch_index)  # (K, C, H, W)
@@ -231,9 +265,12 @@ class RoIHead(nn.Module):
         in_channels: channels per pathway, e.g. (2048, 256) for SlowFast R50.
         spatial_scale: 1 / backbone spatial stride (1/16 for the AVA variant).
         output_size: RoIAlign bins (oh, ow); 7x7 as in PySlowFast's AVA head.
-        sampling_ratio: fixed bilinear samples per bin side (see DEFAULT_SAMPLING_RATIO).
+        sampling_ratio: bilinear samples per bin side, 0 = adaptive (see
+            DEFAULT_SAMPLING_RATIO).
         dropout: dropout rate on the pooled person feature (0.5 in PySlowFast AVA configs).
         aligned: half-pixel aligned RoIAlign (True in PySlowFast's AVA head).
+        temporal_pool: "avg" or "max" over each pathway's time axis before RoIAlign
+            (see TEMPORAL_POOL_MODES).
 
     ``forward(features, boxes)``: ``features`` is the backbone's list
     ``[(B, C_s, T_s, h, w), (B, C_f, T_f, h, w)]``; ``boxes`` is (K, 5) =
@@ -250,15 +287,21 @@ class RoIHead(nn.Module):
         sampling_ratio: int = DEFAULT_SAMPLING_RATIO,
         dropout: float = 0.5,
         aligned: bool = True,
+        temporal_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if sampling_ratio <= 0:
-            raise ValueError(f"sampling_ratio must be > 0, got {sampling_ratio}")
+        if sampling_ratio < 0:
+            raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
+        if temporal_pool not in TEMPORAL_POOL_MODES:
+            raise ValueError(
+                f"temporal_pool must be one of {TEMPORAL_POOL_MODES}, got {temporal_pool!r}"
+            )
         self.in_channels = tuple(int(c) for c in in_channels)
         self.spatial_scale = float(spatial_scale)
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
+        self.temporal_pool = temporal_pool
         self.dropout = nn.Dropout(dropout)
 
     @property
@@ -270,8 +313,8 @@ class RoIHead(nn.Module):
             raise ValueError(
                 f"expected {len(self.in_channels)} pathways, got {len(features)} feature maps"
             )
-        # Temporal average per pathway: pathways differ in T (T_f = alpha * T_s).
-        pooled = [f.mean(dim=2) for f in features]  # [(B, C_p, h, w)]
+        # Temporal pooling per pathway: pathways differ in T (T_f = alpha * T_s).
+        pooled = [temporal_pool(f, self.temporal_pool) for f in features]  # [(B, C_p, h, w)]
         fmap = torch.cat(pooled, dim=1)  # (B, D, h, w)
         x = roi_align(
             fmap,

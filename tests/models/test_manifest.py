@@ -192,6 +192,16 @@ def test_round_trip_and_validate(bundle: Path) -> None:
     assert [c.file for c in checks if c.check == "onnxruntime"] == ["backbone.onnx", "head.onnx"]
 
 
+def test_manifest_without_model_options_reads_as_before(bundle: Path) -> None:
+    """A manifest written before the head options were recorded means what it meant then."""
+    raw = json.loads((bundle / MANIFEST_NAME).read_text())
+    for name in ("roi_sampling_ratio",):
+        raw["model"].pop(name)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+    m = load_manifest(bundle).model
+    assert m.roi_sampling_ratio == 2
+
+
 def test_tensorrt_ep_options_carry_profiles(bundle: Path) -> None:
     opts = tensorrt_ep_options(load_manifest(bundle), "head", bundle)
     assert opts["trt_fp16_enable"] == "True"
@@ -223,6 +233,12 @@ def _edit(bundle: Path, path: list[str | int], value: Any) -> None:
         (["graphs", "head", "sha256"], "xyz", "graphs.head.sha256", "64 lower-case hex"),
         (["graphs", "head", "file"], "../head.onnx", "graphs.head.file", "bundle-relative"),
         (["keyframe_rate"], 0, "keyframe_rate", "greater than 0"),
+        (
+            ["model", "roi_sampling_ratio"],
+            -1,
+            "model.roi_sampling_ratio",
+            "greater than or equal to 0",
+        ),
         (["bank", "surprise"], 1, "bank.surprise", "Extra inputs"),
     ],
 )
