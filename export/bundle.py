@@ -1214,6 +1214,7 @@ def build_bundle(
                 class_names=loaded.class_names,
                 pose_ids=loaded.pose_ids,
                 evaluated_ids=loaded.evaluated_ids,
+                output_activation=model.output_activation,
                 roi_sampling_ratio=model.roi_head.sampling_ratio,
             ),
             preprocessing=Preprocessing(
@@ -1331,6 +1332,7 @@ class _Summary:
     classes: int
     pose_classes: int
     evaluated_classes: int
+    head: str
     clip: str
     detector: str
     bank: str
@@ -1348,6 +1350,10 @@ class _Summary:
             classes=m.model.num_classes,
             pose_classes=len(m.model.pose_ids),
             evaluated_classes=len(m.model.evaluated_ids),
+            head=(
+                f"{m.model.output_activation} probabilities, RoIAlign sampling "
+                f"{m.model.roi_sampling_ratio or 'adaptive'}"
+            ),
             clip=(
                 f"{p.num_frames} fast / {p.num_slow_frames} slow frames every {p.sampling_rate} "
                 f"at {p.target_fps:g} fps ({p.clip_seconds:.2f} s, {p.clip_alignment}), short "

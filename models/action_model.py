@@ -40,7 +40,12 @@ from torch import Tensor, nn
 from models.ava import POSE_IDS
 from models.lfb import LFB
 from models.preset_info import PresetInfo
-from models.probs import pose_columns
+from models.probs import (
+    DEFAULT_OUTPUT_ACTIVATION,
+    POSE_SOFTMAX_SIGMOID,
+    check_output_activation,
+    pose_columns,
+)
 from models.roi import RoIHead, appearance_descriptor, appearance_size
 
 AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
@@ -50,7 +55,8 @@ AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
 class ActionOutput:
     """What :meth:`ActionModel.forward` returns.
 
-    action_logits: (K, C) per-person logits; pose columns are softmax logits, the rest
+    action_logits: (K, C) per-person logits; with the "pose_softmax_sigmoid" activation the
+        pose columns are softmax logits and the rest sigmoid logits, with "sigmoid" all are
         sigmoid logits (use :meth:`ActionModel.probabilities`).
     scene_logits: (B, C) clip-level sigmoid logits, or None without the global branch.
     person_features: (K, D) RoI features (what the feature bank stores).
@@ -77,9 +83,14 @@ class ActionModel(nn.Module):
         preset_info: preprocessing facts of the preset that built the model, if any.
         appearance_grid: append the box colour descriptor on this (rows, cols) grid to the
             person features (see the module docstring); None = plain RoI features.
+        output_activation: how logits become probabilities (``models.probs``):
+            "pose_softmax_sigmoid" (one softmax over the pose columns, sigmoid elsewhere;
+            heads trained here) or "sigmoid" (every column; imported upstream heads). The
+            training loss, evaluation, the exported head graph and the manifest follow it.
     """
 
     pose_mask: Tensor  # (C,) bool buffer: True at the pose columns
+    softmax_mask: Tensor  # (C,) bool buffer: True at the columns of the softmax group
     appearance_grid: Tensor  # (2,) int64 buffer, registered only with appearance
 
     def __init__(
@@ -93,6 +104,7 @@ class ActionModel(nn.Module):
         pose_ids: Sequence[int] = POSE_IDS,
         preset_info: PresetInfo | None = None,
         appearance_grid: tuple[int, int] | None = None,
+        output_activation: str = DEFAULT_OUTPUT_ACTIVATION,
     ) -> None:
         super().__init__()
         if len(set(class_ids)) != len(class_ids) or not class_ids:
@@ -103,6 +115,11 @@ class ActionModel(nn.Module):
         self.use_global = use_global
         self.class_ids = tuple(int(c) for c in class_ids)
         self.pose_columns = pose_columns(self.class_ids, pose_ids)
+        self.output_activation = check_output_activation(output_activation)
+        # The columns scored by one softmax: the pose columns, or none with "sigmoid".
+        self.softmax_columns = (
+            self.pose_columns if self.output_activation == POSE_SOFTMAX_SIGMOID else ()
+        )
         self.preset_info = preset_info
 
         dim = roi_head.out_dim
@@ -122,6 +139,9 @@ class ActionModel(nn.Module):
         pose_mask = torch.zeros(self.num_classes, dtype=torch.bool)
         pose_mask[list(self.pose_columns)] = True
         self.register_buffer("pose_mask", pose_mask, persistent=False)
+        softmax_mask = torch.zeros(self.num_classes, dtype=torch.bool)
+        softmax_mask[list(self.softmax_columns)] = True
+        self.register_buffer("softmax_mask", softmax_mask, persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -232,13 +252,14 @@ class ActionModel(nn.Module):
         return ActionOutput(action_logits, scene_logits, person, glob)
 
     def probabilities(self, action_logits: Tensor) -> Tensor:
-        """(K, C) logits -> probabilities: softmax over the pose columns, sigmoid elsewhere.
+        """(K, C) logits -> probabilities under ``output_activation``: softmax over the
+        pose columns and sigmoid elsewhere, or sigmoid everywhere.
 
         Same math as the torch-free ``models.probs.action_probabilities``.
         """
         probs = torch.sigmoid(action_logits)
-        if not self.pose_columns:
+        if not self.softmax_columns:
             return probs
-        # Non-pose columns get -inf so they take no share of the softmax.
-        pose_logits = action_logits.masked_fill(~self.pose_mask, float("-inf"))
-        return torch.where(self.pose_mask, torch.softmax(pose_logits, dim=1), probs)
+        # Columns outside the softmax group get -inf so they take no share of it.
+        pose_logits = action_logits.masked_fill(~self.softmax_mask, float("-inf"))
+        return torch.where(self.softmax_mask, torch.softmax(pose_logits, dim=1), probs)

@@ -134,6 +134,14 @@ class ModelInfo(_Strict):
     evaluated_ids: tuple[int, ...] = Field(
         description="Ids frame-mAP is reported over (the ActivityNet 60, or all for a world)."
     )
+    output_activation: Literal["pose_softmax_sigmoid", "sigmoid"] = Field(
+        default="pose_softmax_sigmoid",
+        description="How head.onnx turns logits into the probabilities it outputs: "
+        "'pose_softmax_sigmoid' = one softmax over the pose_ids columns, a sigmoid per other "
+        "column (heads trained by avaserve); 'sigmoid' = a sigmoid per column, pose included "
+        "(heads imported from PySlowFast, pytorchvideo, MMAction2). Manifests written before "
+        "the field: 'pose_softmax_sigmoid'.",
+    )
     roi_sampling_ratio: int = Field(
         default=2,
         ge=0,
@@ -172,9 +180,17 @@ class ModelInfo(_Strict):
         return LabelMap(ids=self.class_ids, names=self.class_names)
 
     def pose_mask(self) -> tuple[bool, ...]:
-        """Per output column: True for the pose softmax group."""
+        """Per output column: True for the pose classes (the softmax group under
+        ``output_activation='pose_softmax_sigmoid'``)."""
         pose = set(self.pose_ids)
         return tuple(i in pose for i in self.class_ids)
+
+    def softmax_mask(self) -> tuple[bool, ...]:
+        """Per output column: True where head.onnx's probabilities come from one softmax
+        (the pose columns, or none under ``output_activation='sigmoid'``)."""
+        if self.output_activation == "sigmoid":
+            return tuple(False for _ in self.class_ids)
+        return self.pose_mask()
 
 
 class Preprocessing(_Strict):

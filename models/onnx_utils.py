@@ -173,8 +173,9 @@ class FeaturesGraph(nn.Module):
 
 class HeadGraph(nn.Module):
     """``ActionModel.head`` as a module: (person, global_per_person, bank, mask) ->
-    action (K, C) [, scene (K, C) with the global branch]; logits, or probabilities (pose
-    softmax + sigmoid) with ``probabilities=True``. ``output_names`` lists the outputs.
+    action (K, C) [, scene (K, C) with the global branch]; logits, or probabilities (the
+    model's ``output_activation``) with ``probabilities=True``. ``output_names`` lists the
+    outputs.
     """
 
     def __init__(self, model: ActionModel, *, probabilities: bool = False) -> None:

@@ -31,6 +31,7 @@ from models.ava import POSE_IDS
 from models.backbone import create_slowfast
 from models.lfb import LFB
 from models.preset_info import SLOWFAST_R50_AVA, SLOWFAST_R101_AVA, SLOWFAST_TINY, PresetInfo
+from models.probs import DEFAULT_OUTPUT_ACTIVATION
 from models.roi import DEFAULT_SAMPLING_RATIO, RoIHead, appearance_size, appearance_torso_cells
 
 __all__ = [
@@ -61,6 +62,7 @@ def build_action_model(
     lfb_recall_classes: int = 0,
     use_global: bool = False,
     appearance_grid: Sequence[int] | None = None,
+    output_activation: str = DEFAULT_OUTPUT_ACTIVATION,
     preset_info: PresetInfo | None = None,
 ) -> ActionModel:
     """Wrap a SlowFast backbone (``out_channels``, ``spatial_stride``) into an ActionModel.
@@ -73,7 +75,8 @@ def build_action_model(
     same-person cue (`models.action_model`). ``roi_aligned=False`` is the legacy unaligned
     RoIAlign that pytorchvideo's detection head (torchvision's default) and PySlowFast's
     Caffe2 AVA models (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set
-    it.
+    it. ``output_activation`` is ``models.probs``'s "pose_softmax_sigmoid" (heads trained
+    here) or "sigmoid" (imported upstream heads).
     """
     channels: tuple[int, int] = backbone.out_channels  # type: ignore[assignment]
     stride: int = backbone.spatial_stride  # type: ignore[assignment]
@@ -111,6 +114,7 @@ def build_action_model(
         pose_ids=pose_ids,
         preset_info=preset_info,
         appearance_grid=grid,
+        output_activation=output_activation,
     )
 
 

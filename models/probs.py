@@ -1,9 +1,17 @@
 """Action probabilities from logits, torch-free (the service runs this without PyTorch).
 
-AVA's pose classes (ids 1-14: stand, sit, walk, ...) are mutually exclusive — each person
-has exactly one pose — so they share one softmax; every other class is an independent
-sigmoid (DESIGN.md, "Losses"). ``models.action_model.ActionModel.probabilities`` is the
-same math in torch; a test checks that the two agree.
+A model's output activation is one of :data:`OUTPUT_ACTIVATIONS`, a property of the model
+(``ActionModel.output_activation``, the manifest's ``model.output_activation``):
+
+* ``"pose_softmax_sigmoid"`` (heads trained here): AVA's pose classes (ids 1-14: stand,
+  sit, walk, ...) are mutually exclusive — each person has exactly one pose — so they
+  share one softmax; every other class is an independent sigmoid (DESIGN.md, "Losses");
+* ``"sigmoid"``: an independent sigmoid per class, pose classes included — how
+  PySlowFast, pytorchvideo and MMAction2 train and score their AVA heads, so every
+  imported upstream head uses it.
+
+``models.action_model.ActionModel.probabilities`` is the same math in torch; a test checks
+that the two agree.
 """
 
 from __future__ import annotations
@@ -12,6 +20,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+
+POSE_SOFTMAX_SIGMOID = "pose_softmax_sigmoid"
+SIGMOID = "sigmoid"
+OUTPUT_ACTIVATIONS: tuple[str, ...] = (POSE_SOFTMAX_SIGMOID, SIGMOID)
+# What a model or manifest that does not name its activation means (everything before the
+# field existed was trained and exported with it).
+DEFAULT_OUTPUT_ACTIVATION = POSE_SOFTMAX_SIGMOID
+
+
+def check_output_activation(activation: str) -> str:
+    """``activation`` if it is one of :data:`OUTPUT_ACTIVATIONS`; else a ValueError."""
+    if activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(
+            f"output_activation must be one of {list(OUTPUT_ACTIVATIONS)}, got {activation!r}"
+        )
+    return activation
 
 
 def pose_columns(class_ids: Sequence[int], pose_ids: Sequence[int]) -> tuple[int, ...]:
@@ -45,23 +69,29 @@ def _pose_mask(
 
 
 def action_probabilities(
-    logits: npt.ArrayLike, pose_columns: Sequence[int] | npt.NDArray[np.generic]
+    logits: npt.ArrayLike,
+    pose_columns: Sequence[int] | npt.NDArray[np.generic],
+    activation: str = DEFAULT_OUTPUT_ACTIVATION,
 ) -> np.ndarray:
-    """Softmax over the pose columns, sigmoid over all other columns.
+    """Logits -> probabilities under the model's output ``activation``.
 
     Args:
         logits: (K, C) action logits, one row per person; K may be 0.
         pose_columns: column indices of the pose classes (see :func:`pose_columns`), or a
             boolean mask of length C.
+        activation: ``"pose_softmax_sigmoid"``: softmax over the pose columns, sigmoid over
+            the others; ``"sigmoid"``: sigmoid over every column (pose columns unused).
 
     Returns:
-        (K, C) float32 probabilities; the pose columns of each row sum to 1 (when there is
-        at least one pose column).
+        (K, C) float32 probabilities; with ``"pose_softmax_sigmoid"`` the pose columns of
+        each row sum to 1 (when there is at least one pose column).
     """
     x = np.asarray(logits, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"logits must be (K, C), got shape {x.shape}")
     mask = _pose_mask(pose_columns, x.shape[1])
+    if check_output_activation(activation) == SIGMOID:
+        mask = np.zeros_like(mask)
     # Numerically stable sigmoid: 1 / (1 + exp(-x)) = exp(-log(1 + exp(-x))).
     probs = np.exp(-np.logaddexp(np.float32(0.0), -x)).astype(np.float32)
     if mask.any() and x.shape[0]:

@@ -54,8 +54,9 @@ class Prediction:
     """One person at one keyframe.
 
     box: xyxy in pixels of the displayed frame; box_norm: the same box in [0, 1].
-    probs: (C,) float32 action probabilities, column k is ``labels.ids[k]`` (pose softmax +
-    sigmoids, as the bundle's head computes them).
+    probs: (C,) float32 action probabilities, column k is ``labels.ids[k]``, as the bundle's
+    head computes them (the manifest's ``model.output_activation``: pose softmax + sigmoids,
+    or a sigmoid per class for imported upstream heads).
     """
 
     video: str

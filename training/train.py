@@ -498,7 +498,9 @@ def train(
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    pose_mask = model.pose_mask
+    # The pose term's columns: the softmax group of the model's output activation (none
+    # with "sigmoid", where every column, pose included, takes the sigmoid loss).
+    pose_mask = model.softmax_mask
 
     # -- resume
     start = 0

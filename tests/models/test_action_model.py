@@ -136,6 +136,24 @@ def test_probabilities_torch_matches_numpy(
     assert action_probabilities(np.zeros((0, len(class_ids))), mask).shape == (0, len(class_ids))
 
 
+def test_sigmoid_activation_scores_every_column_independently() -> None:
+    """Imported upstream heads: a sigmoid per column, pose columns included."""
+    model = _model(output_activation="sigmoid")
+    assert model.pose_columns == tuple(range(14)) and model.softmax_columns == ()
+    assert not bool(model.softmax_mask.any()) and int(model.pose_mask.sum()) == 14
+    logits = torch.randn(4, 80) * 5
+    got = model.probabilities(logits)
+    assert torch.equal(got, torch.sigmoid(logits))
+    want = action_probabilities(logits.numpy(), model.pose_columns, "sigmoid")
+    assert np.abs(got.numpy() - want).max() <= 1e-6
+    # The default is today's pose softmax: the pose columns sum to 1.
+    assert np.allclose(action_probabilities(logits.numpy(), model.pose_columns)[:, :14].sum(1), 1)
+    with pytest.raises(ValueError, match="output_activation must be one of"):
+        _model(output_activation="softmax")
+    with pytest.raises(ValueError, match="output_activation must be one of"):
+        action_probabilities(logits.numpy(), (), "relu")
+
+
 @pytest.mark.parametrize(
     ("logits", "columns", "error"),
     [

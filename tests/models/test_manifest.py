@@ -195,11 +195,12 @@ def test_round_trip_and_validate(bundle: Path) -> None:
 def test_manifest_without_model_options_reads_as_before(bundle: Path) -> None:
     """A manifest written before the head options were recorded means what it meant then."""
     raw = json.loads((bundle / MANIFEST_NAME).read_text())
-    for name in ("roi_sampling_ratio",):
+    for name in ("roi_sampling_ratio", "output_activation"):
         raw["model"].pop(name)
     (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
     m = load_manifest(bundle).model
     assert m.roi_sampling_ratio == 2
+    assert m.output_activation == "pose_softmax_sigmoid" and m.softmax_mask() == m.pose_mask()
 
 
 def test_tensorrt_ep_options_carry_profiles(bundle: Path) -> None:

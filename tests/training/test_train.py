@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from training.config import TrainConfig, ava_r50_recipe, config_from_dict, tiny_world_recipe
-from training.train import learning_rate, train
+from training.train import _person_terms, learning_rate, train
 
 TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
 
@@ -65,6 +65,29 @@ def test_learning_rate(it: int, schedule: str, steps: tuple[int, ...], want: flo
         warmup_start_lr=0.01,
     )
     assert learning_rate(config, it) == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("activation", ["pose_softmax_sigmoid", "sigmoid"])
+def test_loss_follows_the_output_activation(activation: str) -> None:
+    """Pose softmax CE + BCE elsewhere, or (imported upstream heads) BCE on every column."""
+    from models.presets import slowfast_tiny
+
+    model = slowfast_tiny(output_activation=activation)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 80, generator=gen)
+    targets = (torch.rand(6, 80, generator=gen) < 0.1).float()
+    targets[:, :14] = 0
+    targets[torch.arange(6), torch.randint(0, 14, (6,), generator=gen)] = 1  # one pose each
+    pose, other = _person_terms(logits, targets, model.softmax_mask, tiny_world_recipe())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    if activation == "sigmoid":
+        assert float(pose) == 0.0
+        torch.testing.assert_close(other, bce(logits, targets))
+    else:
+        torch.testing.assert_close(
+            pose, torch.nn.functional.cross_entropy(logits[:, :14], targets[:, :14].argmax(1))
+        )
+        torch.testing.assert_close(other, bce(logits[:, 14:], targets[:, 14:]))
 
 
 def test_config_round_trip_and_recipes() -> None:
