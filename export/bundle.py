@@ -1216,6 +1216,7 @@ def build_bundle(
                 evaluated_ids=loaded.evaluated_ids,
                 output_activation=model.output_activation,
                 roi_sampling_ratio=model.roi_head.sampling_ratio,
+                roi_temporal_pool=model.roi_head.temporal_pool,
             ),
             preprocessing=Preprocessing(
                 short_side=info.short_side,
@@ -1352,7 +1353,8 @@ class _Summary:
             evaluated_classes=len(m.model.evaluated_ids),
             head=(
                 f"{m.model.output_activation} probabilities, RoIAlign sampling "
-                f"{m.model.roi_sampling_ratio or 'adaptive'}"
+                f"{m.model.roi_sampling_ratio or 'adaptive'}, temporal "
+                f"{m.model.roi_temporal_pool} pool"
             ),
             clip=(
                 f"{p.num_frames} fast / {p.num_slow_frames} slow frames every {p.sampling_rate} "

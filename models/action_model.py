@@ -8,7 +8,7 @@ from a feature bank (Wu et al., "Long-Term Feature Banks", CVPR 2019) and a clip
     slow (B,3,T_s,H,W), fast (B,3,T_f,H,W), boxes (K,5)
       -> backbone -> [(B,C_s,T_s,h,w), (B,C_f,T_f,h,w)]
            -> RoIHead(boxes)            person (K, D)
-           -> mean over T,h,w, concat   global (B, D)                      = features()
+           -> pool T (avg|max), mean h,w, concat  global (B, D)             = features()
     person (K,D), global_per_person (K,D), bank (K,W,Db), mask (K,W)
       -> concat[person, LFB(person, bank, mask) (K,d) if lfb, global_per_person if global]
       -> Linear                         action_logits (K, C)
@@ -46,7 +46,7 @@ from models.probs import (
     check_output_activation,
     pose_columns,
 )
-from models.roi import RoIHead, appearance_descriptor, appearance_size
+from models.roi import RoIHead, appearance_descriptor, appearance_size, temporal_pool
 
 AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
 
@@ -193,7 +193,11 @@ class ActionModel(nn.Module):
         A = `appearance_dim` (0 without an appearance grid)."""
         feats = self.backbone(slow, fast)  # [(B, C_s, T_s, h, w), (B, C_f, T_f, h, w)]
         person = self.roi_head(feats, boxes)  # (K, D)
-        glob = torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1)  # (B, D)
+        if self.roi_head.temporal_pool == "avg":
+            glob = torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1)  # (B, D)
+        else:  # the RoI head's temporal pool, then the spatial mean
+            pooled = [temporal_pool(f, self.roi_head.temporal_pool) for f in feats]
+            glob = torch.cat([p.mean(dim=(2, 3)) for p in pooled], dim=1)  # (B, D)
         if self._grid is not None:
             # Fast frame T_f // 2 is the keyframe of a centred clip (training, files); a causal
             # live clip's keyframe is its last frame, half a clip later (same person, the box

@@ -142,6 +142,13 @@ class ModelInfo(_Strict):
         "(heads imported from PySlowFast, pytorchvideo, MMAction2). Manifests written before "
         "the field: 'pose_softmax_sigmoid'.",
     )
+    roi_temporal_pool: Literal["avg", "max"] = Field(
+        default="avg",
+        description="How backbone.onnx pools each pathway's time axis before RoIAlign (and for "
+        "the global feature): 'avg' (PySlowFast, pytorchvideo, MMAction2's default) or 'max' "
+        "(MMAction2 temporal_pool_mode='max'). The graph embodies it. Manifests written before "
+        "the field: 'avg'.",
+    )
     roi_sampling_ratio: int = Field(
         default=2,
         ge=0,

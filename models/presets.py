@@ -52,6 +52,7 @@ def build_action_model(
     roi_output_size: tuple[int, int] = (7, 7),
     sampling_ratio: int = DEFAULT_SAMPLING_RATIO,
     roi_aligned: bool = True,
+    roi_temporal_pool: str = "avg",
     dropout: float = 0.5,
     use_lfb: bool = False,
     lfb_dim_bank: int | None = None,
@@ -75,8 +76,10 @@ def build_action_model(
     same-person cue (`models.action_model`). ``roi_aligned=False`` is the legacy unaligned
     RoIAlign that pytorchvideo's detection head (torchvision's default) and PySlowFast's
     Caffe2 AVA models (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set
-    it. ``output_activation`` is ``models.probs``'s "pose_softmax_sigmoid" (heads trained
-    here) or "sigmoid" (imported upstream heads).
+    it. ``sampling_ratio`` 0 is the adaptive RoIAlign sampling every upstream head runs;
+    ``roi_temporal_pool`` "max" is MMAction2's ``temporal_pool_mode='max'`` (the global
+    branch pools time the same way). ``output_activation`` is ``models.probs``'s
+    "pose_softmax_sigmoid" (heads trained here) or "sigmoid" (imported upstream heads).
     """
     channels: tuple[int, int] = backbone.out_channels  # type: ignore[assignment]
     stride: int = backbone.spatial_stride  # type: ignore[assignment]
@@ -87,6 +90,7 @@ def build_action_model(
         sampling_ratio=sampling_ratio,
         dropout=dropout,
         aligned=roi_aligned,
+        temporal_pool=roi_temporal_pool,
     )
     grid = None if appearance_grid is None else (int(appearance_grid[0]), int(appearance_grid[1]))
     app_dim = 0 if grid is None else appearance_size(grid)

@@ -69,6 +69,7 @@ def test_manifest_describes_what_was_exported(full_bundle: Path) -> None:
     assert len(m.model.evaluated_ids) == 60
     assert m.model.roi_sampling_ratio == 2  # the presets' fixed ratio
     assert m.model.output_activation == "pose_softmax_sigmoid"
+    assert m.model.roi_temporal_pool == "avg"
     p = m.preprocessing
     assert (p.short_side, p.num_frames, p.alpha, p.sampling_rate) == (64, 16, 4, 2)
     assert p.clip_alignment == "center" and p.mean == (0.45, 0.45, 0.45)
@@ -152,15 +153,20 @@ def test_parity_failure_refuses_to_write(
 
 
 def test_without_lfb_and_global_the_head_has_no_bank_or_scene(video: Path, tmp_path: Path) -> None:
-    """Also: adaptive RoIAlign sampling and the all-sigmoid activation (imported heads)
-    pass the parity gate, and the manifest records them."""
-    overrides = {**SMALL, "sampling_ratio": 0, "output_activation": "sigmoid"}
+    """Also: adaptive RoIAlign sampling, the all-sigmoid activation and a temporal max pool
+    (imported heads) pass the parity gate, and the manifest records them."""
+    overrides = {
+        **SMALL,
+        "sampling_ratio": 0,
+        "output_activation": "sigmoid",
+        "roi_temporal_pool": "max",
+    }
     loaded = random_init_model(
         "slowfast_tiny", use_lfb=False, use_global=False, overrides=overrides
     )
     build_bundle(loaded, tmp_path / "b", parity_video=video, parity_keyframes=1, slim=False)
     m = load_manifest(tmp_path / "b")
-    assert m.model.roi_sampling_ratio == 0
+    assert m.model.roi_sampling_ratio == 0 and m.model.roi_temporal_pool == "max"
     assert m.model.output_activation == "sigmoid" and not any(m.model.softmax_mask())
     head = m.graphs["head"]
     assert [t.name for t in head.outputs] == ["action"]

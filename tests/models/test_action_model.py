@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from models.action_model import ActionModel
 from models.ava import POSE_IDS
 from models.lfb import LFB
 from models.probs import action_probabilities, pose_columns
-from models.roi import RoIHead
+from models.roi import RoIHead, roi_align
 
 
 class StubBackbone(nn.Module):
@@ -92,6 +94,54 @@ def test_global_feature_reaches_the_right_person() -> None:
             person, glob[1 - boxes[:, 0].long()], torch.zeros(3, 1, 8), torch.zeros(3, 1)
         )
     assert not torch.allclose(a0, a1)
+
+
+def test_temporal_max_pool_reaches_person_and_global_features() -> None:
+    """roi_temporal_pool="max" (MMAction2 temporal_pool_mode='max'): each pathway's time
+    axis is max-pooled before RoIAlign and for the global feature."""
+    torch.manual_seed(0)
+    model = ActionModel(
+        backbone=StubBackbone(),
+        roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16, temporal_pool="max"),
+        use_global=True,
+    ).eval()
+    slow, fast, boxes = _clip()
+    with torch.no_grad():
+        person, glob = model.features(slow, fast, boxes)
+        feats = model.backbone(slow, fast)
+    want_glob = torch.cat([f.amax(dim=2).mean(dim=(2, 3)) for f in feats], dim=1)
+    torch.testing.assert_close(glob, want_glob)
+    fmap = torch.cat([f.amax(dim=2) for f in feats], dim=1)
+    want_person = roi_align(fmap, boxes, spatial_scale=1 / 16).amax(dim=(2, 3))
+    torch.testing.assert_close(person, want_person)
+    assert not torch.allclose(glob, torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1))
+
+
+def test_temporal_max_pool_exports_to_onnx(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from models.onnx_utils import FeaturesGraph, export_onnx
+
+    torch.manual_seed(0)
+    model = ActionModel(
+        backbone=StubBackbone(),
+        roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16, temporal_pool="max"),
+        use_global=True,
+    ).eval()
+    slow, fast, boxes = _clip()
+    path = export_onnx(
+        FeaturesGraph(model),
+        (slow, fast, boxes),
+        tmp_path / "features.onnx",
+        input_names=["slow", "fast", "boxes"],
+        output_names=["person", "global"],
+        dynamic_axes={"boxes": {0: "K"}, "person": {0: "K"}},
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"slow": slow.numpy(), "fast": fast.numpy(), "boxes": boxes.numpy()})
+    with torch.no_grad():
+        want = model.features(slow, fast, boxes)
+    for g, w in zip(got, want, strict=True):
+        assert np.abs(g - w.numpy()).max() <= 1e-5
 
 
 def test_no_bank_means_empty_window_and_zero_boxes() -> None:

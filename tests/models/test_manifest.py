@@ -195,11 +195,11 @@ def test_round_trip_and_validate(bundle: Path) -> None:
 def test_manifest_without_model_options_reads_as_before(bundle: Path) -> None:
     """A manifest written before the head options were recorded means what it meant then."""
     raw = json.loads((bundle / MANIFEST_NAME).read_text())
-    for name in ("roi_sampling_ratio", "output_activation"):
+    for name in ("roi_sampling_ratio", "output_activation", "roi_temporal_pool"):
         raw["model"].pop(name)
     (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
     m = load_manifest(bundle).model
-    assert m.roi_sampling_ratio == 2
+    assert m.roi_sampling_ratio == 2 and m.roi_temporal_pool == "avg"
     assert m.output_activation == "pose_softmax_sigmoid" and m.softmax_mask() == m.pose_mask()
 
 
@@ -234,6 +234,7 @@ def _edit(bundle: Path, path: list[str | int], value: Any) -> None:
         (["graphs", "head", "sha256"], "xyz", "graphs.head.sha256", "64 lower-case hex"),
         (["graphs", "head", "file"], "../head.onnx", "graphs.head.file", "bundle-relative"),
         (["keyframe_rate"], 0, "keyframe_rate", "greater than 0"),
+        (["model", "roi_temporal_pool"], "median", "model.roi_temporal_pool", "'max'"),
         (
             ["model", "roi_sampling_ratio"],
             -1,
