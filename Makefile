@@ -19,6 +19,10 @@ $(VENV_TEST)/.installed: pyproject.toml
 	# the tests stand in for the one torchvision op it uses.
 	$(VENV_TEST)/bin/pip install -q --no-deps pytorchvideo==0.1.5
 	$(VENV_TEST)/bin/pip install -q fvcore iopath parameterized
+	# PySlowFast (`slowfast` 1.0: its model builder, config, Caffe2 name converter and
+	# ava_evaluation), another reference the tests compare against. --no-deps: its
+	# detectron2 requirement cannot be met; the tests stand in for detectron2's RoIAlign.
+	$(VENV_TEST)/bin/pip install -q --no-deps slowfast==1.0 && $(VENV_TEST)/bin/pip install -q yacs simplejson termcolor
 	touch $@
 
 $(VENV_RUN)/.installed: pyproject.toml
