@@ -56,12 +56,16 @@ and maps rows 1..80 to AVA ids 1..80. A model trained on a custom class subset n
 
 **What the weights do not say.** Strides, dilations, RoI settings and pixel statistics are
 not in a state dict. Each format brings the preset overrides that match its published AVA
-configs (:data:`FORMAT_OVERRIDES`); the fusion kernel, conv-only laterals and non-local
-placement are read off the keys and shapes; a PySlowFast ``.pyth`` written by PySlowFast's
-trainer carries its config (``cfg``), from which alpha, strides, dilations, the RoI
-resolution and alignment and the non-local pool and instantiation are taken. PySlowFast's
-non-local default (and its AVA R101 config) is the ``dot_product`` instantiation, which our
-softmax ``NonLocalBlock`` cannot represent: such checkpoints are refused with that reason.
+configs (:data:`FORMAT_OVERRIDES`); the fusion kernel, conv-only laterals, stem widths
+(``stem_dim``, ``beta_inv``), every block's temporal kernel (PySlowFast's
+``NUM_BLOCK_TEMP_KERNEL``: R101 res4 blocks 6-22 are 1x1x1) and the non-local placement are
+read off the keys and shapes; a PySlowFast ``.pyth`` written by PySlowFast's trainer
+carries its config (``cfg``), from which alpha, strides, dilations, clip length, test
+scale, pixel statistics, the RoI resolution and alignment and the non-local pool and
+instantiation (``softmax`` or ``dot_product``) are taken. A file without a config (every
+Caffe2 ``.pkl``) gets the values of PySlowFast's published AVA configs, with a note giving
+the ``--set`` that changes each guess; a ``--set`` that contradicts the weights fails with
+the one that matches them.
 Remaining differences are listed in ``ImportReport.notes``: all three sources run RoIAlign
 with the adaptive ``sampling_ratio=0`` (box-size dependent), which a static ONNX graph
 cannot express, so our head uses a fixed ratio (``models.roi.DEFAULT_SAMPLING_RATIO``) and
@@ -467,6 +471,23 @@ def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
             raise CheckpointImportError(f"{path}: cannot read the pickle: {exc}") from None
 
 
+# The first pickle of torch's legacy (pre-zip) format is this magic number.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A torch.save file: a zip archive, or the legacy format's magic number first."""
+    with path.open("rb") as f:
+        if f.read(2) == b"PK":
+            return True
+        f.seek(0)
+        try:
+            first = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except Exception:  # not a pickle we read; the caller's loader reports it
+            return False
+    return isinstance(first, int) and first == _TORCH_LEGACY_MAGIC
+
+
 def _load_torch(path: Path, *, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
@@ -511,9 +532,11 @@ def read_source_state(
     path = Path(path)
     if not path.is_file():
         raise CheckpointImportError(f"{path}: no such checkpoint file")
-    if path.suffix == ".pkl":
+    if path.suffix == ".pkl" and not _is_torch_file(path):
         raw = _load_pickle(path, trust_pickle=trust_pickle)
     else:
+        # PySlowFast's zoo also has torch.save files named .pkl (configs with
+        # CHECKPOINT_TYPE: pytorch, e.g. SLOWFAST_32x2_R101_50_50.pkl).
         raw = _load_torch(path, trust_pickle=trust_pickle)
     if not isinstance(raw, Mapping):
         raise CheckpointImportError(f"{path}: expected a dict, found {type(raw).__name__}")

@@ -572,3 +572,14 @@ def test_pytorchvideo_detection_outputs_match_after_import(pytorchvideo_detectio
     diff = float((got - expected).abs().max())
     print(f"max abs diff vs pytorchvideo slowfast_r50_detection: {diff:.3g}")
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pyslowfast_torch_file_named_pkl(tmp_path: Path, zip_format: bool) -> None:
+    """PySlowFast's zoo has torch.save files named .pkl (CHECKPOINT_TYPE: pytorch, e.g.
+    SLOWFAST_32x2_R101_50_50.pkl); they read as PySlowFast state dicts, not Caffe2 blobs."""
+    path = tmp_path / "SLOWFAST_32x2_R101_50_50.pkl"
+    torch.save({"model_state": _tiny()}, path, _use_new_zipfile_serialization=zip_format)
+    source = read_source_state(path, "pyslowfast")
+    assert source.source_format == "pyslowfast"
+    assert import_state_dict(source, preset="slowfast_tiny").report.ok
