@@ -471,21 +471,16 @@ def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
             raise CheckpointImportError(f"{path}: cannot read the pickle: {exc}") from None
 
 
-# The first pickle of torch's legacy (pre-zip) format is this magic number.
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# torch's legacy (pre-zip) format starts with this magic number, pickled with protocol 2.
+_TORCH_LEGACY_HEAD = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # without STOP
 
 
 def _is_torch_file(path: Path) -> bool:
-    """A torch.save file: a zip archive, or the legacy format's magic number first."""
+    """A torch.save file: a zip archive, or the legacy format's magic number first (read
+    from the first bytes; a Caffe2 pickle is not loaded twice)."""
     with path.open("rb") as f:
-        if f.read(2) == b"PK":
-            return True
-        f.seek(0)
-        try:
-            first = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-        except Exception:  # not a pickle we read; the caller's loader reports it
-            return False
-    return isinstance(first, int) and first == _TORCH_LEGACY_MAGIC
+        head = f.read(len(_TORCH_LEGACY_HEAD))
+    return head.startswith(b"PK") or head == _TORCH_LEGACY_HEAD
 
 
 def _load_torch(path: Path, *, trust_pickle: bool) -> Any:
