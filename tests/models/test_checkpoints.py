@@ -583,3 +583,28 @@ def test_pyslowfast_torch_file_named_pkl(tmp_path: Path, zip_format: bool) -> No
     source = read_source_state(path, "pyslowfast")
     assert source.source_format == "pyslowfast"
     assert import_state_dict(source, preset="slowfast_tiny").report.ok
+
+
+@pytest.mark.parametrize(("overrides", "frames"), [({}, 32), ({"num_frames": 64}, 64)])
+def test_caffe2_r101_50_50_layout(overrides: dict[str, Any], frames: int) -> None:
+    """The zoo's SLOWFAST_{32,64}x2_R101_50_50 .pkl layout (Caffe2 names, non-local after
+    res4 blocks 6/13/20, res4 kernels 3 then 1, fusion kernel 5), at a small width: strict,
+    with the _50_50 non-local form assumed; 64x2 is the same network with 64 frames."""
+    arch = L.Arch(
+        depth=101,
+        stem_dim=8,
+        fusion_kernel=5,
+        nonlocal_blocks={2: (6, 13, 20)},
+        num_block_temp_kernel=(3, 4, 6, 3),
+    )
+    source = SourceState(L.random_state(L.layout("caffe2", arch)), "caffe2")
+    result = import_state_dict(source, preset="slowfast_r101_ava", overrides=overrides)
+    assert result.report.ok and result.report.unmapped == []
+    _assert_values_landed(source.tensors, result)
+    over = result.preset_overrides
+    assert over["roi_aligned"] is False and over["fusion_kernel"] == 5
+    assert over["nonlocal_instantiation"] == "dot_product" and over["nonlocal_pool"] == (2, 2, 2)
+    info = result.model.preset_info
+    assert info is not None and info.num_frames == frames and info.slow_frames == frames // 4
+    asks_for_frames = any("--set num_frames=64" in n for n in result.report.notes)
+    assert asks_for_frames == (frames == 32)
