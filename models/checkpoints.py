@@ -831,6 +831,10 @@ def _build_target(preset: str, overrides: Mapping[str, Any]) -> ActionModel:
         ) from None
 
 
+# The preset of each depth a public SlowFast AVA checkpoint has.
+_DEPTH_PRESETS = {18: "slowfast_tiny", 50: "slowfast_r50_ava", 101: "slowfast_r101_ava"}
+
+
 def _representability_hints(
     report: ImportReport,
     source_keys: Iterable[str],
@@ -847,13 +851,23 @@ def _representability_hints(
             )
     src_depths = _stage_depths(source_keys)
     dst_depths = _stage_depths(target_keys)
+    depth_differs = False
     for slot in sorted(set(src_depths) | set(dst_depths)):
         s, d = src_depths.get(slot, 0), dst_depths.get(slot, 0)
         if s != d:
+            depth_differs = True
             hints.append(
                 f"stage res{slot[0] + 2} {slot[1]} pathway: the checkpoint has {s} blocks, "
                 f"preset {report.preset!r} has {d}: pick the preset of the checkpoint's depth"
             )
+    if depth_differs:
+        from models.backbone import STAGE_DEPTHS
+
+        blocks = tuple(src_depths.get((s, "slow"), 0) for s in range(4))
+        depth = next((k for k, v in STAGE_DEPTHS.items() if v == blocks), None)
+        preset = _DEPTH_PRESETS.get(depth) if depth is not None else None
+        if preset is not None:
+            hints.append(f"the checkpoint is a depth-{depth} SlowFast: use --preset {preset}")
     cls = next((m for m in report.shape_mismatches if m[1] == "classifier.weight"), None)
     if cls is not None:
         hints.append(

@@ -243,7 +243,11 @@ FAILURES = [
         lambda: _tiny(arch=L.Arch(depth=50, stem_dim=8)),
         "pyslowfast",
         {"depth": 101, "stem_dim": 8},
-        ["stage res4 slow pathway: the checkpoint has 6 blocks", "has 23"],
+        [
+            "stage res4 slow pathway: the checkpoint has 6 blocks",
+            "has 23",
+            "depth-50 SlowFast: use --preset slowfast_r50_ava",
+        ],
     ),
     (
         "nonlocal-out-of-range",
