@@ -706,6 +706,10 @@ def _pyslowfast_checks(
     groups = get("RESNET", "NUM_GROUPS")
     if isinstance(groups, int) and groups != 1:
         report.unrepresentable.append(("RESNET.NUM_GROUPS", f"{groups}: ResNeXt groups"))
+    if get("AVA", "BGR") is True:
+        report.unrepresentable.append(
+            ("AVA.BGR", "True: the model was trained on BGR frames; our clips are RGB")
+        )
     arch = get("MODEL", "ARCH")
     if isinstance(arch, str) and arch != "slowfast":
         report.unrepresentable.append(

@@ -378,8 +378,9 @@ def test_pyslowfast_nonlocal_form_from_the_config(
         ("NONLOCAL:\n  INSTANTIATION: gaussian\n", "'gaussian'"),
         ("RESNET:\n  STRIDE_1X1: True\n", "RESNET.STRIDE_1X1"),
         ("MODEL:\n  ARCH: slow\n", "two-pathway SlowFast"),
+        ("AVA:\n  BGR: True\n", "AVA.BGR"),
     ],
-    ids=["group", "instantiation", "stride-1x1", "slow-only"],
+    ids=["group", "instantiation", "stride-1x1", "slow-only", "bgr"],
 )
 def test_pyslowfast_config_settings_we_cannot_run_are_refused(cfg: str, expected: str) -> None:
     source = SourceState(_tiny(arch=NL_ARCH), "pyslowfast", cfg)
