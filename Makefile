@@ -19,8 +19,9 @@ $(VENV_TEST)/.installed: pyproject.toml
 	# the tests stand in for the one torchvision op it uses.
 	$(VENV_TEST)/bin/pip install -q --no-deps pytorchvideo==0.1.5
 	$(VENV_TEST)/bin/pip install -q fvcore iopath parameterized
-	# slowfast ships ActivityNet's official AVA evaluation engine (slowfast.utils.ava_evaluation),
-	# which tests/training/test_evaluation_official.py compares `avaserve eval` against.
+	# slowfast (PySlowFast 1.0) is a reference: its ActivityNet AVA evaluation engine
+	# (tests/training/test_evaluation_official.py) and its model builder, config and Caffe2
+	# name converter (tests/models/test_pyslowfast_reference.py).
 	# --no-deps: its detectron2 requirement cannot be met on PyPI; only its pure-python
 	# modules are used.
 	$(VENV_TEST)/bin/pip install -q --no-deps slowfast==1.0 && $(VENV_TEST)/bin/pip install -q yacs simplejson termcolor

@@ -76,8 +76,9 @@ def import_checkpoint_command(
     overrides: list[str] = typer.Option(
         [],
         "--set",
-        help="Preset override KEY=VALUE (JSON value), e.g. --set alpha=8 for a 4x16 model; "
-        "repeatable. Wins over the format's defaults.",
+        help="Preset override KEY=VALUE (JSON value), e.g. --set alpha=8 for a 4x16 model, "
+        "--set num_frames=64 for PySlowFast's 64x2, --set nonlocal_instantiation=softmax; "
+        "repeatable. Wins over the format's defaults and the checkpoint's config.",
     ),
     trust_pickle: bool = typer.Option(
         False,

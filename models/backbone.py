@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from models.nonlocal_block import NonLocalBlock
+from models.nonlocal_block import Instantiation, NonLocalBlock
 
 __all__ = [
     "BasicBlock",
@@ -434,6 +434,7 @@ def create_slowfast(
     nonlocal_stages: Sequence[int] = (),
     nonlocal_blocks: Sequence[Sequence[int]] | None = None,
     nonlocal_pool: tuple[int, int, int] | None = (1, 2, 2),
+    nonlocal_instantiation: Instantiation = "softmax",
     nonlocal_zero_init: bool = True,
     zero_init_residual: bool = False,
     norm: NormBuilder = nn.BatchNorm3d,
@@ -470,7 +471,10 @@ def create_slowfast(
             which a non-local block sits; default every other block from 1 (1, 3, 5, ...,
             the C2D/I3D non-local placement of Wang et al.). PySlowFast's AVA R101 config
             uses res4 blocks (6, 13, 20).
-        nonlocal_pool: max-pool before the non-local keys/values; None for none.
+        nonlocal_pool: max-pool (t, h, w) before the non-local keys/values; None for none
+            (PySlowFast ``NONLOCAL.POOL``: (2, 2, 2) in its AVA R101 configs).
+        nonlocal_instantiation: ``"softmax"`` (embedded Gaussian) or ``"dot_product"``
+            (PySlowFast ``NONLOCAL.INSTANTIATION``; its AVA R101 models use it).
         nonlocal_zero_init: start each non-local block as the identity (output norm gamma 0).
         zero_init_residual: zero the gamma of each residual block's last norm, so blocks
             start as identities (Goyal et al. 2017); off in the published recipe.
@@ -576,7 +580,8 @@ def create_slowfast(
             nonlocals: dict[int, nn.Module] = {
                 b: NonLocalBlock(
                     out // div,
-                    pool_size=nonlocal_pool,
+                    pool_size=None if nonlocal_pool is None else _triple(nonlocal_pool),
+                    instantiation=nonlocal_instantiation,
                     norm=norm,
                     zero_init_final_norm=nonlocal_zero_init,
                 )
@@ -596,6 +601,15 @@ def create_slowfast(
     )
     _init_weights(model, zero_init_residual=zero_init_residual)
     return model
+
+
+def _triple(pool: Sequence[int]) -> tuple[int, int, int]:
+    if len(pool) != 3 or any(int(v) < 1 for v in pool):
+        raise ValueError(
+            f"create_slowfast: nonlocal_pool must be (t, h, w) of positive ints or None; got "
+            f"{tuple(pool)}"
+        )
+    return (int(pool[0]), int(pool[1]), int(pool[2]))
 
 
 def _nonlocal_placement(

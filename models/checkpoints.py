@@ -56,12 +56,16 @@ and maps rows 1..80 to AVA ids 1..80. A model trained on a custom class subset n
 
 **What the weights do not say.** Strides, dilations, RoI settings and pixel statistics are
 not in a state dict. Each format brings the preset overrides that match its published AVA
-configs (:data:`FORMAT_OVERRIDES`); the fusion kernel, conv-only laterals and non-local
-placement are read off the keys and shapes; a PySlowFast ``.pyth`` written by PySlowFast's
-trainer carries its config (``cfg``), from which alpha, strides, dilations, the RoI
-resolution and alignment and the non-local pool and instantiation are taken. PySlowFast's
-non-local default (and its AVA R101 config) is the ``dot_product`` instantiation, which our
-softmax ``NonLocalBlock`` cannot represent: such checkpoints are refused with that reason.
+configs (:data:`FORMAT_OVERRIDES`); the fusion kernel, conv-only laterals, stem widths
+(``stem_dim``, ``beta_inv``), every block's temporal kernel (PySlowFast's
+``NUM_BLOCK_TEMP_KERNEL``: R101 res4 blocks 6-22 are 1x1x1) and the non-local placement are
+read off the keys and shapes; a PySlowFast ``.pyth`` written by PySlowFast's trainer
+carries its config (``cfg``), from which alpha, strides, dilations, clip length, test
+scale, pixel statistics, the RoI resolution and alignment and the non-local pool and
+instantiation (``softmax`` or ``dot_product``) are taken. A file without a config (every
+Caffe2 ``.pkl``) gets the values of PySlowFast's published AVA configs, with a note giving
+the ``--set`` that changes each guess; a ``--set`` that contradicts the weights fails with
+the one that matches them.
 The head settings the weights do not show are set from the source (:func:`_head_settings`):
 RoIAlign sampling (all three sources sample adaptively, ``sampling_ratio=0``), alignment,
 the temporal pool (MMAction2's ``temporal_pool_mode``) and the output activation (every
@@ -79,6 +83,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -471,6 +476,18 @@ def _load_pickle(path: Path, *, trust_pickle: bool) -> Any:
             raise CheckpointImportError(f"{path}: cannot read the pickle: {exc}") from None
 
 
+# torch's legacy (pre-zip) format starts with this magic number, pickled with protocol 2.
+_TORCH_LEGACY_HEAD = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # without STOP
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A torch.save file: a zip archive, or the legacy format's magic number first (read
+    from the first bytes; a Caffe2 pickle is not loaded twice)."""
+    with path.open("rb") as f:
+        head = f.read(len(_TORCH_LEGACY_HEAD))
+    return head.startswith(b"PK") or head == _TORCH_LEGACY_HEAD
+
+
 def _load_torch(path: Path, *, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
@@ -515,9 +532,11 @@ def read_source_state(
     path = Path(path)
     if not path.is_file():
         raise CheckpointImportError(f"{path}: no such checkpoint file")
-    if path.suffix == ".pkl":
+    if path.suffix == ".pkl" and not _is_torch_file(path):
         raw = _load_pickle(path, trust_pickle=trust_pickle)
     else:
+        # PySlowFast's zoo also has torch.save files named .pkl (configs with
+        # CHECKPOINT_TYPE: pytorch, e.g. SLOWFAST_32x2_R101_50_50.pkl).
         raw = _load_torch(path, trust_pickle=trust_pickle)
     if not isinstance(raw, Mapping):
         raise CheckpointImportError(f"{path}: expected a dict, found {type(raw).__name__}")
@@ -577,14 +596,24 @@ def _preset_accepts(name: str) -> bool:
     return name in inspect.signature(create_slowfast).parameters
 
 
-def _infer_overrides(mapped: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Architecture facts visible in the mapped keys and shapes."""
+def _infer_overrides(mapped: Mapping[str, Tensor], *, all_kernels: bool = False) -> dict[str, Any]:
+    """Architecture facts visible in the mapped keys and shapes: the fusion kernel and norm,
+    the stem widths (``stem_dim``, ``beta_inv``), each block's temporal kernel and the
+    non-local placement."""
     inferred: dict[str, Any] = {}
     fusion = mapped.get("backbone.fusions.0.conv.weight")
     if fusion is not None and fusion.dim() == 5:
         inferred["fusion_kernel"] = int(fusion.shape[2])
     if fusion is not None:
         inferred["fusion_norm"] = "backbone.fusions.0.norm.weight" in mapped
+    slow_stem = mapped.get("backbone.stem.slow.conv.weight")
+    fast_stem = mapped.get("backbone.stem.fast.conv.weight")
+    if slow_stem is not None and fast_stem is not None and slow_stem.dim() == 5:
+        slow_c, fast_c = int(slow_stem.shape[0]), int(fast_stem.shape[0])
+        inferred["stem_dim"] = slow_c
+        if fast_c > 0 and slow_c % fast_c == 0:
+            inferred["beta_inv"] = slow_c // fast_c
+    inferred.update(_infer_temporal_kernels(mapped, keep_defaults=all_kernels))
     placement: dict[int, set[int]] = {}
     for key in mapped:
         if m := re.fullmatch(r"backbone\.stages\.(\d)\.slow\.nonlocals\.(\d+)\..+", key):
@@ -594,6 +623,41 @@ def _infer_overrides(mapped: Mapping[str, Tensor]) -> dict[str, Any]:
         inferred["nonlocal_stages"] = tuple(stages)
         inferred["nonlocal_blocks"] = tuple(tuple(sorted(placement[s])) for s in stages)
     return inferred
+
+
+def _infer_temporal_kernels(
+    mapped: Mapping[str, Tensor], *, keep_defaults: bool = False
+) -> dict[str, Any]:
+    """``slow_temporal_kernels`` / ``fast_temporal_kernels`` read off each block's first
+    conv (k x 1 x 1 or k x 3 x 3): one int per stage where every block agrees, else the
+    per-block tuple (PySlowFast's R101 ``NUM_BLOCK_TEMP_KERNEL`` gives res4 kernel 3 in
+    blocks 0-5 and 1 in blocks 6-22). Only set where they differ from the defaults, unless
+    ``keep_defaults``."""
+    from models.backbone import create_slowfast
+
+    per_block: dict[tuple[str, int], dict[int, int]] = {}
+    for key, tensor in mapped.items():
+        m = re.fullmatch(r"backbone\.stages\.(\d)\.(slow|fast)\.blocks\.(\d+)\.conv_a\.weight", key)
+        if m and tensor.dim() == 5:
+            per_block.setdefault((m[2], int(m[1])), {})[int(m[3])] = int(tensor.shape[2])
+    out: dict[str, Any] = {}
+    defaults = inspect.signature(create_slowfast).parameters
+    for pathway in _PATHWAYS:
+        name = f"{pathway}_temporal_kernels"
+        stages: list[int | tuple[int, ...]] = []
+        for s in range(4):
+            blocks = per_block.get((pathway, s))
+            if not blocks or sorted(blocks) != list(range(len(blocks))):
+                return {}  # not a four-stage layout we can read; leave it to the preset
+            ks = tuple(blocks[b] for b in range(len(blocks)))
+            stages.append(ks[0] if len(set(ks)) == 1 else ks)
+        default = [
+            spec if isinstance(spec, int) else (spec[0] if len(set(spec)) == 1 else tuple(spec))
+            for spec in defaults[name].default
+        ]
+        if keep_defaults or stages != default:
+            out[name] = tuple(stages)
+    return out
 
 
 def _stage_depths(keys: Iterable[str]) -> dict[tuple[int, str], int]:
@@ -621,7 +685,9 @@ def _parse_config(config: str | None, report: ImportReport) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
+def _pyslowfast_checks(
+    config: str | None, report: ImportReport, user: Mapping[str, Any] | None = None
+) -> None:
     """Settings of a PySlowFast model that its weights do not show: read them from the
     config stored in a ``.pyth`` (``cfg``), else assume PySlowFast's defaults."""
     cfg = _parse_config(config, report)
@@ -638,35 +704,46 @@ def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
         report.overrides.setdefault(name, value)
 
     if "nonlocal_stages" in report.overrides:
-        # PySlowFast's default, and its AVA R101 configs, use "dot_product": affinities
-        # divided by the number of positions, no softmax.
-        inst = get("NONLOCAL", "INSTANTIATION") or "dot_product"
-        if inst != "softmax" and _preset_accepts("nonlocal_instantiation"):
-            set_default("nonlocal_instantiation", inst)
-        elif inst != "softmax":
-            origin = "the checkpoint's config" if config else "PySlowFast's default; no config"
-            report.unrepresentable.append(
-                (
-                    "NONLOCAL.INSTANTIATION",
-                    f"{inst!r} non-local ({origin}); our NonLocalBlock implements the "
-                    "'softmax' instantiation only",
-                )
-            )
-        pools = get("NONLOCAL", "POOL")
-        if isinstance(pools, list):
-            # POOL[stage] is [t, h, w] or one [t, h, w] per pathway; ours are slow-only.
-            chosen = set()
-            for s in report.overrides["nonlocal_stages"]:
-                entry = pools[s]
-                chosen.add(
-                    tuple(int(v) for v in (entry[0] if isinstance(entry[0], list) else entry))
-                )
-            if len(chosen) == 1:
-                set_default("nonlocal_pool", chosen.pop())
-            else:
-                report.unrepresentable.append(
-                    ("NONLOCAL.POOL", f"different pools per stage {sorted(chosen)}; ours is one")
-                )
+        _pyslowfast_nonlocal(get, config is not None, report, user or {})
+    group = get("NONLOCAL", "GROUP")
+    if isinstance(group, list) and any(int(g) != 1 for st in group for g in _as_list(st)):
+        report.unrepresentable.append(
+            ("NONLOCAL.GROUP", f"{group}: grouped non-local (time split into groups) is not ours")
+        )
+    if get("RESNET", "STRIDE_1X1") is True:
+        report.unrepresentable.append(
+            ("RESNET.STRIDE_1X1", "True: the spatial stride sits in our 1x3x3 conv, not the 1x1")
+        )
+    groups = get("RESNET", "NUM_GROUPS")
+    if isinstance(groups, int) and groups != 1:
+        report.unrepresentable.append(("RESNET.NUM_GROUPS", f"{groups}: ResNeXt groups"))
+    if get("AVA", "BGR") is True:
+        report.unrepresentable.append(
+            ("AVA.BGR", "True: the model was trained on BGR frames; our clips are RGB")
+        )
+    arch = get("MODEL", "ARCH")
+    if isinstance(arch, str) and arch != "slowfast":
+        report.unrepresentable.append(
+            ("MODEL.ARCH", f"{arch!r}: our presets are two-pathway SlowFast models only")
+        )
+    # Clip sampling and preprocessing (DATA.*): in the config only.
+    for key, name in (("NUM_FRAMES", "num_frames"), ("SAMPLING_RATE", "sampling_rate")):
+        value = get("DATA", key)
+        if isinstance(value, int):
+            set_default(name, value)
+    crop = get("DATA", "TEST_CROP_SIZE")
+    if isinstance(crop, int):
+        set_default("short_side", crop)
+    for key, name in (("MEAN", "mean"), ("STD", "std")):
+        value = get("DATA", key)
+        if isinstance(value, list) and len(value) == 3:
+            set_default(name, tuple(float(v) for v in value))
+    if config is None and "num_frames" not in (user or {}):
+        report.notes.append(
+            "no PySlowFast config in the file: clip length and sampling (DATA.NUM_FRAMES, "
+            "SAMPLING_RATE) are the preset's 32x2; for SLOWFAST_64x2_R101_50_50 import with "
+            "--set num_frames=64"
+        )
     alpha = get("SLOWFAST", "ALPHA")
     if alpha is not None:
         set_default("alpha", int(alpha))
@@ -684,6 +761,60 @@ def _pyslowfast_checks(config: str | None, report: ImportReport) -> None:
         report.overrides["roi_aligned"] = False
     elif aligned is True:
         report.overrides.pop("roi_aligned", None)  # aligned is the presets' default
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _pyslowfast_nonlocal(
+    get: Callable[..., Any], has_config: bool, report: ImportReport, user: Mapping[str, Any]
+) -> None:
+    """Non-local form and pool: not in the weights. From the stored config, else PySlowFast's
+    published AVA R101 ``_50_50`` values (the only zoo models with non-local blocks), said
+    in a note with the ``--set`` that changes them."""
+    inst = get("NONLOCAL", "INSTANTIATION")
+    pools = get("NONLOCAL", "POOL")
+    if not has_config:
+        report.overrides.setdefault("nonlocal_instantiation", "dot_product")
+        report.overrides.setdefault("nonlocal_pool", (2, 2, 2))
+        if "nonlocal_instantiation" in user and "nonlocal_pool" in user:
+            return
+        report.notes.append(
+            "non-local form and pool are not in the weights and the file has no config: "
+            "assumed PySlowFast's AVA R101 _50_50 values (NONLOCAL.INSTANTIATION "
+            f"{report.overrides['nonlocal_instantiation']!r}, POOL "
+            f"{report.overrides['nonlocal_pool']}); for a model trained otherwise import "
+            "with e.g. --set nonlocal_instantiation=softmax --set nonlocal_pool=[1,2,2] "
+            "(--set nonlocal_pool=null for none)"
+        )
+        return
+    # A config without these keys runs PySlowFast's defaults (config/defaults.py).
+    inst = "dot_product" if inst is None else str(inst)
+    pools = pools if isinstance(pools, list) else [[1, 2, 2]] * 4
+    if inst in ("softmax", "dot_product"):
+        report.overrides.setdefault("nonlocal_instantiation", inst)
+    else:
+        report.unrepresentable.append(
+            ("NONLOCAL.INSTANTIATION", f"{inst!r}: ours are 'softmax' and 'dot_product'")
+        )
+    # POOL[stage] is [t, h, w] or one [t, h, w] per pathway; ours are slow-only.
+    chosen = set()
+    for s in report.overrides["nonlocal_stages"]:
+        entry = pools[s]
+        chosen.add(tuple(int(v) for v in (entry[0] if isinstance(entry[0], list) else entry)))
+    if len(chosen) == 1:
+        pool = chosen.pop()
+        report.overrides.setdefault("nonlocal_pool", None if pool == (1, 1, 1) else pool)
+    else:
+        report.unrepresentable.append(
+            ("NONLOCAL.POOL", f"different pools per stage {sorted(chosen)}; ours is one")
+        )
+
+
+def _json(value: Any) -> str:
+    """A preset override as ``--set`` takes it (JSON, tuples as lists, no spaces)."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 _HEAD_SETTINGS = ("sampling_ratio", "roi_aligned", "roi_temporal_pool", "output_activation")
@@ -866,19 +997,43 @@ def _build_target(preset: str, overrides: Mapping[str, Any]) -> ActionModel:
         ) from None
 
 
+# The preset of each depth a public SlowFast AVA checkpoint has.
+_DEPTH_PRESETS = {18: "slowfast_tiny", 50: "slowfast_r50_ava", 101: "slowfast_r101_ava"}
+
+
 def _representability_hints(
-    report: ImportReport, source_keys: Iterable[str], target_keys: Iterable[str]
+    report: ImportReport,
+    source_keys: Iterable[str],
+    target_keys: Iterable[str],
+    inferred: Mapping[str, Any],
+    user: Mapping[str, Any],
 ) -> list[str]:
     hints: list[str] = []
+    for name, value in inferred.items():
+        if name in user and user[name] != value:
+            hints.append(
+                f"{name}: the weights say {_json(value)}, --set gave {_json(user[name])}: "
+                f"drop it or use --set {name}={_json(value)}"
+            )
     src_depths = _stage_depths(source_keys)
     dst_depths = _stage_depths(target_keys)
+    depth_differs = False
     for slot in sorted(set(src_depths) | set(dst_depths)):
         s, d = src_depths.get(slot, 0), dst_depths.get(slot, 0)
         if s != d:
+            depth_differs = True
             hints.append(
                 f"stage res{slot[0] + 2} {slot[1]} pathway: the checkpoint has {s} blocks, "
                 f"preset {report.preset!r} has {d}: pick the preset of the checkpoint's depth"
             )
+    if depth_differs:
+        from models.backbone import STAGE_DEPTHS
+
+        blocks = tuple(src_depths.get((s, "slow"), 0) for s in range(4))
+        depth = next((k for k, v in STAGE_DEPTHS.items() if v == blocks), None)
+        preset = _DEPTH_PRESETS.get(depth) if depth is not None else None
+        if preset is not None:
+            hints.append(f"the checkpoint is a depth-{depth} SlowFast: use --preset {preset}")
     cls = next((m for m in report.shape_mismatches if m[1] == "classifier.weight"), None)
     if cls is not None:
         hints.append(
@@ -940,9 +1095,10 @@ def import_state_dict(
             mapped[target] = tensor
             origin[target] = key
 
-    report.overrides = {**FORMAT_OVERRIDES.get(fmt, {}), **_infer_overrides(mapped)}
+    inferred = _infer_overrides(mapped)
+    report.overrides = {**FORMAT_OVERRIDES.get(fmt, {}), **inferred}
     if fmt in ("pyslowfast", "caffe2"):
-        _pyslowfast_checks(config, report)
+        _pyslowfast_checks(config, report, overrides)
     _head_settings(fmt, config, report, overrides or {})
     for name in list(report.overrides):
         # A setting the source needs but the presets cannot express yet: say so, go on.
@@ -963,6 +1119,7 @@ def import_state_dict(
     try:
         model = _build_target(preset, report.overrides)
     except CheckpointImportError as exc:
+        report.unrepresentable.append(("preset overrides", str(exc)))
         nonlocal_keys = sorted({origin[k].rsplit(".", 2)[0] for k in mapped if ".nonlocals." in k})
         why = f"\nnon-local placement read from {nonlocal_keys}" if nonlocal_keys else ""
         raise CheckpointImportError(f"{exc}{why}\n{report.summary()}", report) from None
@@ -1000,7 +1157,8 @@ def import_state_dict(
         report.synthesised.append("*.num_batches_tracked (0; unused in eval)")
 
     if not report.ok and strict:
-        hints = _representability_hints(report, mapped, target_state)
+        seen = _infer_overrides(mapped, all_kernels=True)
+        hints = _representability_hints(report, mapped, target_state, seen, overrides or {})
         what = (
             f"preset {preset!r} cannot represent this {fmt} checkpoint exactly"
             if report.unrepresentable

@@ -1,8 +1,11 @@
 """Space-time non-local block (Wang et al., "Non-local Neural Networks", CVPR 2018).
 
-Embedded-Gaussian instantiation: attention weights are a softmax over dot products of two
-1x1x1 embeddings (Wang et al. eq. 3), scaled by ``dim_inner ** -0.5`` as in PySlowFast's
-"softmax" instantiation. The output goes through a 1x1x1 conv and a norm layer and is added
+Two instantiations of the pairwise function f (Wang et al. Sec. 3.2), as PySlowFast names
+them: ``"softmax"`` (embedded Gaussian, eq. 3: a softmax over dot products of two 1x1x1
+embeddings, scaled by ``dim_inner ** -0.5``) and ``"dot_product"`` (the raw dot products
+divided by the number of attended positions N, Wang et al.'s "Dot product" form, which
+PySlowFast's published AVA R101 models use). Weights do not show which one a checkpoint
+was trained with. The output goes through a 1x1x1 conv and a norm layer and is added
 to the input, so a block whose final norm has gamma = 0 is the identity at initialisation
 (Wang et al. Sec. 4.1), which lets it be inserted into a pretrained network without
 disturbing it.
@@ -14,9 +17,13 @@ to pytorchvideo's ``NonLocal`` and to PySlowFast's ``Nonlocal`` (``bn`` there).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+Instantiation = Literal["softmax", "dot_product"]
+INSTANTIATIONS: tuple[str, ...] = ("softmax", "dot_product")
 
 
 class NonLocalBlock(nn.Module):
@@ -28,7 +35,7 @@ class NonLocalBlock(nn.Module):
                         ├─ conv_theta ─────────────> q (B, C', THW)              │
                         ├─ pool ─ conv_phi ────────> k (B, C', T'H'W')           │
                         └─ pool ─ conv_g ──────────> v (B, C', T'H'W')           │
-             a = softmax(q^T k * C'^-1/2) (B, THW, T'H'W')                       │
+             a = softmax(q^T k * C'^-1/2)  or  q^T k / T'H'W'  (B, THW, T'H'W')  │
              y = v a^T (B, C', THW) -> conv_out -> norm (B, C, T, H, W) ─── + ──┘
 
     Args:
@@ -40,7 +47,9 @@ class NonLocalBlock(nn.Module):
         norm: builds the norm layer on the output, called as ``norm(dim)``.
         zero_init_final_norm: set the output norm's gamma to 0 so the block starts as the
             identity.
-        scale: divide the dot products by ``sqrt(C')`` before the softmax.
+        scale: divide the dot products by ``sqrt(C')`` before the softmax (``softmax``
+            only).
+        instantiation: ``"softmax"`` or ``"dot_product"`` (see the module docstring).
     """
 
     def __init__(
@@ -52,8 +61,15 @@ class NonLocalBlock(nn.Module):
         norm: Callable[[int], nn.Module] = nn.BatchNorm3d,
         zero_init_final_norm: bool = True,
         scale: bool = True,
+        instantiation: Instantiation = "softmax",
     ) -> None:
         super().__init__()
+        if instantiation not in INSTANTIATIONS:
+            raise ValueError(
+                f"NonLocalBlock: instantiation must be one of {INSTANTIATIONS}, got "
+                f"{instantiation!r}"
+            )
+        self.instantiation: str = instantiation
         inner = dim // 2 if dim_inner is None else dim_inner
         if inner < 1:
             raise ValueError(f"NonLocalBlock: dim_inner must be >= 1, got {inner} (dim={dim})")
@@ -93,9 +109,12 @@ class NonLocalBlock(nn.Module):
         k = self.conv_phi(pooled).flatten(2)  # (B, C', T'H'W')
         v = self.conv_g(pooled).flatten(2)  # (B, C', T'H'W')
         attn = torch.matmul(q.transpose(1, 2), k)  # (B, THW, T'H'W')
-        if self.scale:
-            attn = attn * (self.dim_inner**-0.5)
-        attn = attn.softmax(dim=-1)
+        if self.instantiation == "dot_product":
+            attn = attn / attn.shape[-1]  # divide by N = T'H'W', the attended positions
+        else:
+            if self.scale:
+                attn = attn * (self.dim_inner**-0.5)
+            attn = attn.softmax(dim=-1)
         y = torch.matmul(v, attn.transpose(1, 2))  # (B, C', THW)
         y = y.reshape(y.shape[0], y.shape[1], x.shape[2], x.shape[3], x.shape[4])  # (B,C',T,H,W)
         return x + self.norm(self.conv_out(y))  # (B, C, T, H, W)

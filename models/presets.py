@@ -154,8 +154,12 @@ def slowfast_r50_ava(**overrides: Any) -> ActionModel:
 def slowfast_r101_ava(**overrides: Any) -> ActionModel:
     """SlowFast 8x8 R101, AVA variant (as R50 with 23 res4 blocks); no non-local by default.
 
-    PySlowFast's AVA R101 config adds non-local blocks in res4: pass e.g.
-    ``nonlocal_stages=(2,), nonlocal_blocks=((6, 13, 20),)``.
+    PySlowFast's AVA ``SLOWFAST_*_R101_50_50`` models add dot-product non-local blocks
+    after res4 blocks 6, 13, 20 with a (2, 2, 2) pool, give res4 blocks 6-22 1x1x1 first
+    convs and use a fusion kernel of 5; ``import-checkpoint`` sets all of these from the
+    weights and the config (``nonlocal_stages=(2,), nonlocal_blocks=((6, 13, 20),),
+    nonlocal_instantiation="dot_product", nonlocal_pool=(2, 2, 2), fusion_kernel=5``, and
+    per-block ``slow_temporal_kernels`` / ``fast_temporal_kernels``).
     """
     return create_preset(SLOWFAST_R101_AVA, {"depth": 101}, overrides)
 

@@ -40,11 +40,19 @@ class Arch:
     fast_kernels: tuple[int, int, int, int] = (3, 3, 3, 3)
     nonlocal_blocks: dict[int, tuple[int, ...]] = field(default_factory=dict)
     num_classes: int = 80
+    # PySlowFast RESNET.NUM_BLOCK_TEMP_KERNEL: per stage, the first n blocks use the stage's
+    # temporal kernel and the rest 1 (both pathways); None = every block.
+    num_block_temp_kernel: tuple[int, int, int, int] | None = None
 
 
 # slowfast_tiny: depth 18 (basic blocks), 16 stem channels.
 TINY = Arch(depth=18, stem_dim=16)
 R50 = Arch()
+# PySlowFast SLOWFAST_32x2_R101_50_50: res4 blocks 6..22 have 1x1x1 first convs, fusion
+# kernel 5, non-local after res4 blocks 6, 13, 20.
+R101_50_50 = Arch(
+    depth=101, fusion_kernel=5, nonlocal_blocks={2: (6, 13, 20)}, num_block_temp_kernel=(3, 4, 6, 3)
+)
 
 
 def _conv(
@@ -81,19 +89,21 @@ def slots(arch: Arch) -> Iterator[tuple[Slot, tuple[int, ...]]]:
             inner, o = width // div, out // div
             for b in range(n):
                 c_in = dim_in if b == 0 else o
+                limit = arch.num_block_temp_kernel
+                k = kt if limit is None or b < limit[s] else 1
                 blk: Slot = ("block", s, p, b)
                 if b == 0 and (c_in != o or stride != 1):
                     yield from _conv(o, c_in, (1, 1, 1), (*blk, "1"))
                     yield from _bn(o, (*blk, "1"))
                 if bottleneck:
-                    yield from _conv(inner, c_in, (kt, 1, 1), (*blk, "a"))
+                    yield from _conv(inner, c_in, (k, 1, 1), (*blk, "a"))
                     yield from _bn(inner, (*blk, "a"))
                     yield from _conv(inner, inner, (1, 3, 3), (*blk, "b"))
                     yield from _bn(inner, (*blk, "b"))
                     yield from _conv(o, inner, (1, 1, 1), (*blk, "c"))
                     yield from _bn(o, (*blk, "c"))
                 else:
-                    yield from _conv(o, c_in, (kt, 3, 3), (*blk, "a"))
+                    yield from _conv(o, c_in, (k, 3, 3), (*blk, "a"))
                     yield from _bn(o, (*blk, "a"))
                     yield from _conv(o, o, (1, 3, 3), (*blk, "b"))
                     yield from _bn(o, (*blk, "b"))

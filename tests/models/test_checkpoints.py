@@ -244,7 +244,11 @@ FAILURES = [
         lambda: _tiny(arch=L.Arch(depth=50, stem_dim=8)),
         "pyslowfast",
         {"depth": 101, "stem_dim": 8},
-        ["stage res4 slow pathway: the checkpoint has 6 blocks", "has 23"],
+        [
+            "stage res4 slow pathway: the checkpoint has 6 blocks",
+            "has 23",
+            "depth-50 SlowFast: use --preset slowfast_r50_ava",
+        ],
     ),
     (
         "nonlocal-out-of-range",
@@ -261,19 +265,16 @@ FAILURES = [
         ["blocks.6.proj.weight", "clip classification head"],
     ),
     (
-        # No config: PySlowFast's default instantiation, "dot_product", is assumed.
-        "nonlocal-dot-product",
-        lambda: _tiny(arch=L.Arch(depth=18, stem_dim=16, nonlocal_blocks={2: (1,)})),
+        # The weights show every block's temporal kernel: a contradicting --set gets the fix.
+        "kernel-contradiction",
+        lambda: _tiny(),
         "pyslowfast",
-        {},
-        ["'dot_product' non-local (PySlowFast's default; no config)", "'softmax'"],
-    ),
-    (
-        "caffe2-nonlocal",
-        lambda: _tiny("caffe2", L.Arch(depth=18, stem_dim=16, nonlocal_blocks={2: (1,)})),
-        "caffe2",
-        {},
-        ["'dot_product' non-local"],
+        {"slow_temporal_kernels": (1, 1, 1, 3)},
+        [
+            "slow_temporal_kernels: the weights say",
+            "--set slow_temporal_kernels=",
+            "s4.pathway0_res0.branch2.a.weight [64, 40, 3, 3, 3]",
+        ],
     ),
     (
         "mmaction2-nonlocal",
@@ -325,13 +326,84 @@ def test_pyslowfast_pyth_with_config(tmp_path: Path) -> None:
     assert result.model.backbone.alpha == 8
 
 
-def test_pyslowfast_dot_product_nonlocal_is_unrepresentable(tmp_path: Path) -> None:
-    path = tmp_path / "r101_nl.pyth"
-    arch = L.Arch(depth=18, stem_dim=16, nonlocal_blocks={2: (1,)})
-    cfg = "NONLOCAL:\n  INSTANTIATION: dot_product\n"
-    torch.save({"model_state": _tiny(arch=arch), "cfg": cfg}, path)
-    with pytest.raises(CheckpointImportError, match="'dot_product' non-local"):
-        import_state_dict(read_source_state(path, "pyslowfast"), preset="slowfast_tiny")
+NL_ARCH = L.Arch(depth=18, stem_dim=16, nonlocal_blocks={2: (1,)})
+
+
+def test_pyslowfast_nonlocal_without_config_assumes_the_ava_r101_form(tmp_path: Path) -> None:
+    """A Caffe2 .pkl has no config: the non-local form and pool of PySlowFast's AVA R101
+    configs (dot_product, POOL [2, 2, 2]) are used, and a note gives the --set to change."""
+    blobs = L.as_caffe2_blobs(_tiny("caffe2", NL_ARCH))
+    result = import_state_dict(
+        read_source_state(_write_pkl(tmp_path / "nl.pkl", blobs), "pyslowfast"),
+        preset="slowfast_tiny",
+    )
+    over = result.preset_overrides
+    assert over["nonlocal_instantiation"] == "dot_product" and over["nonlocal_pool"] == (2, 2, 2)
+    block = result.model.backbone.stages[2].slow.nonlocals["1"]
+    assert block.instantiation == "dot_product"
+    assert any("--set nonlocal_instantiation=softmax" in n for n in result.report.notes)
+    assert any("--set num_frames=64" in n for n in result.report.notes)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "instantiation", "pool"),
+    [
+        ("NONLOCAL:\n  INSTANTIATION: softmax\n", "softmax", (1, 2, 2)),  # defaults.py POOL
+        (
+            "NONLOCAL:\n  INSTANTIATION: dot_product\n  POOL: [[[1, 1, 1], [1, 1, 1]], "
+            "[[1, 1, 1], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]]]\n",
+            "dot_product",
+            None,
+        ),
+    ],
+    ids=["softmax-default-pool", "dot-product-no-pool"],
+)
+def test_pyslowfast_nonlocal_form_from_the_config(
+    tmp_path: Path, cfg: str, instantiation: str, pool: Any
+) -> None:
+    path = tmp_path / "nl.pyth"
+    torch.save({"model_state": _tiny(arch=NL_ARCH), "cfg": cfg}, path)
+    result = import_state_dict(read_source_state(path, "pyslowfast"), preset="slowfast_tiny")
+    assert result.preset_overrides["nonlocal_instantiation"] == instantiation
+    assert result.preset_overrides["nonlocal_pool"] == pool
+    assert not any("non-local form" in n for n in result.report.notes)
+    block = result.model.backbone.stages[2].slow.nonlocals["1"]
+    assert block.instantiation == instantiation
+    assert isinstance(block.pool, nn.Identity) == (pool is None)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        ("NONLOCAL:\n  GROUP: [[1, 1], [1, 1], [2, 1], [1, 1]]\n", "NONLOCAL.GROUP"),
+        ("NONLOCAL:\n  INSTANTIATION: gaussian\n", "'gaussian'"),
+        ("RESNET:\n  STRIDE_1X1: True\n", "RESNET.STRIDE_1X1"),
+        ("MODEL:\n  ARCH: slow\n", "two-pathway SlowFast"),
+        ("AVA:\n  BGR: True\n", "AVA.BGR"),
+    ],
+    ids=["group", "instantiation", "stride-1x1", "slow-only", "bgr"],
+)
+def test_pyslowfast_config_settings_we_cannot_run_are_refused(cfg: str, expected: str) -> None:
+    source = SourceState(_tiny(arch=NL_ARCH), "pyslowfast", cfg)
+    with pytest.raises(CheckpointImportError, match="cannot represent") as info:
+        import_state_dict(source, preset="slowfast_tiny")
+    assert expected in str(info.value)
+
+
+def test_r101_temporal_kernels_are_read_from_the_weights() -> None:
+    """PySlowFast R101 (NUM_BLOCK_TEMP_KERNEL [[3,3],[4,4],[6,6],[3,3]]): res4 blocks 6-22
+    have 1x1x1 first convs in both pathways; once 34 shape mismatches, now inferred."""
+    arch = L.Arch(depth=101, stem_dim=8, fusion_kernel=5, num_block_temp_kernel=(3, 4, 6, 3))
+    source = L.random_state(L.layout("pyslowfast", arch))
+    result = import_state_dict(source, "pyslowfast", preset="slowfast_r101_ava")
+    over = result.preset_overrides
+    res4 = (3,) * 6 + (1,) * 17
+    assert over["slow_temporal_kernels"] == (1, 1, res4, 3)
+    assert over["fast_temporal_kernels"] == (3, 3, res4, 3)
+    assert over["stem_dim"] == 8 and over["beta_inv"] == 8 and over["fusion_kernel"] == 5
+    _assert_values_landed(source, result)
+    blocks = result.model.backbone.stages[2].fast.blocks
+    assert [blk.conv_a.kernel_size[0] for blk in blocks] == list(res4)
 
 
 def test_mmaction2_pth_with_meta_and_ddp_prefix(tmp_path: Path) -> None:
@@ -637,3 +709,39 @@ def test_pytorchvideo_detection_outputs_match_after_import(pytorchvideo_detectio
     diff = float((got - expected).abs().max())
     print(f"max abs diff vs pytorchvideo slowfast_r50_detection: {diff:.3g}")
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pyslowfast_torch_file_named_pkl(tmp_path: Path, zip_format: bool) -> None:
+    """PySlowFast's zoo has torch.save files named .pkl (CHECKPOINT_TYPE: pytorch, e.g.
+    SLOWFAST_32x2_R101_50_50.pkl); they read as PySlowFast state dicts, not Caffe2 blobs."""
+    path = tmp_path / "SLOWFAST_32x2_R101_50_50.pkl"
+    torch.save({"model_state": _tiny()}, path, _use_new_zipfile_serialization=zip_format)
+    source = read_source_state(path, "pyslowfast")
+    assert source.source_format == "pyslowfast"
+    assert import_state_dict(source, preset="slowfast_tiny").report.ok
+
+
+@pytest.mark.parametrize(("overrides", "frames"), [({}, 32), ({"num_frames": 64}, 64)])
+def test_caffe2_r101_50_50_layout(overrides: dict[str, Any], frames: int) -> None:
+    """The zoo's SLOWFAST_{32,64}x2_R101_50_50 .pkl layout (Caffe2 names, non-local after
+    res4 blocks 6/13/20, res4 kernels 3 then 1, fusion kernel 5), at a small width: strict,
+    with the _50_50 non-local form assumed; 64x2 is the same network with 64 frames."""
+    arch = L.Arch(
+        depth=101,
+        stem_dim=8,
+        fusion_kernel=5,
+        nonlocal_blocks={2: (6, 13, 20)},
+        num_block_temp_kernel=(3, 4, 6, 3),
+    )
+    source = SourceState(L.random_state(L.layout("caffe2", arch)), "caffe2")
+    result = import_state_dict(source, preset="slowfast_r101_ava", overrides=overrides)
+    assert result.report.ok and result.report.unmapped == []
+    _assert_values_landed(source.tensors, result)
+    over = result.preset_overrides
+    assert over["roi_aligned"] is False and over["fusion_kernel"] == 5
+    assert over["nonlocal_instantiation"] == "dot_product" and over["nonlocal_pool"] == (2, 2, 2)
+    info = result.model.preset_info
+    assert info is not None and info.num_frames == frames and info.slow_frames == frames // 4
+    asks_for_frames = any("--set num_frames=64" in n for n in result.report.notes)
+    assert asks_for_frames == (frames == 32)

@@ -268,3 +268,35 @@ def test_dynamo_exporter_option(tmp_path: Path) -> None:
         with torch.no_grad():
             want = roi_head([slow, fast], boxes).numpy()
         assert _max_abs(got, want) <= 1e-5
+
+
+def test_dot_product_nonlocal_exports_for_every_size(tmp_path: Path) -> None:
+    """PySlowFast's dot-product non-local divides by the number of attended positions, which
+    follows the clip size: with height/width dynamic (as ``avaserve export`` writes the
+    backbone), the graph must compute it, not keep the export size's."""
+    torch.manual_seed(0)
+    model = slowfast_tiny(
+        nonlocal_stages=(2,),
+        nonlocal_blocks=((1,),),
+        nonlocal_instantiation="dot_product",
+        nonlocal_pool=(2, 2, 2),
+        nonlocal_zero_init=False,  # a live block, not the identity
+    ).eval()
+    axes = {k: dict(v) for k, v in FEATURES_DYNAMIC_AXES.items()}
+    for name in ("slow", "fast"):
+        axes[name].update({3: "height", 4: "width"})
+    size = (128, 160)
+    slow, fast = _clips(model, 2, size, seed=1)
+    path = export_onnx(
+        FeaturesGraph(model),
+        (slow, fast, _boxes(3, 2, size, seed=2)),
+        tmp_path / "backbone.onnx",
+        input_names=FEATURES_INPUTS,
+        output_names=FEATURES_OUTPUTS,
+        dynamic_axes=axes,
+    )
+    diffs: dict[str, float] = {}
+    for other in (size, (96, 224)):
+        exp = Exported(model, path, path, (), other)
+        diffs |= {f"{other} {k}": v for k, v in _check_features(exp, [(2, 3)]).items()}
+    assert max(diffs.values()) <= TOL, diffs

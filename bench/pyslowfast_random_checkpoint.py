@@ -1,0 +1,126 @@
+"""Write an untrained PySlowFast AVA checkpoint, as PySlowFast publishes them, for trying the
+import -> export -> annotate path without the real weights (which cannot be downloaded here).
+
+    python bench/pyslowfast_random_checkpoint.py SLOWFAST_32x2_R101_50_50 OUT.pyth [--seed 0]
+
+Builds PySlowFast's own ``SlowFastModel`` (the ``slowfast`` 1.0 package, installed by the
+Makefile with ``--no-deps``) from the model values of ``configs/AVA/c2/<CONFIG>.yaml`` set
+in code, randomises its BatchNorm statistics and gammas (so no block is an identity), and
+saves ``{"model_state": ..., "cfg": cfg.dump()}`` like PySlowFast's trainer. The detection
+head's ``detectron2.layers.ROIAlign`` is only constructed here, never run, so a fake
+``detectron2`` module with a placeholder class is enough.
+
+Then, for example (README "Using real weights")::
+
+    avaserve import-checkpoint --format pyslowfast OUT.pyth --preset slowfast_r101_ava --out r101.pt
+    avaserve export --checkpoint r101.pt --detector yolox:yolox_nano.onnx \\
+        --parity-video VIDEO --out bundles/r101
+    avaserve annotate VIDEO --bundle bundles/r101
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+_COMMON: dict[str, Any] = {
+    "DETECTION.ENABLE": True,
+    "DETECTION.ALIGNED": False,
+    "SLOWFAST.ALPHA": 4,
+    "SLOWFAST.BETA_INV": 8,
+    "SLOWFAST.FUSION_CONV_CHANNEL_RATIO": 2,
+    "RESNET.WIDTH_PER_GROUP": 64,
+    "RESNET.NUM_GROUPS": 1,
+    "RESNET.TRANS_FUNC": "bottleneck_transform",
+    "RESNET.STRIDE_1X1": False,
+    "RESNET.NUM_BLOCK_TEMP_KERNEL": [[3, 3], [4, 4], [6, 6], [3, 3]],
+    "RESNET.SPATIAL_DILATIONS": [[1, 1], [1, 1], [1, 1], [2, 2]],
+    "RESNET.SPATIAL_STRIDES": [[1, 1], [2, 2], [2, 2], [1, 1]],
+    "NONLOCAL.GROUP": [[1, 1], [1, 1], [1, 1], [1, 1]],
+    "NONLOCAL.INSTANTIATION": "dot_product",
+    "MODEL.NUM_CLASSES": 80,
+    "MODEL.ARCH": "slowfast",
+    "DATA.SAMPLING_RATE": 2,
+    "DATA.TEST_CROP_SIZE": 256,
+}
+_R101_50_50 = {
+    **_COMMON,
+    "SLOWFAST.FUSION_KERNEL_SZ": 5,
+    "RESNET.DEPTH": 101,
+    "NONLOCAL.LOCATION": [[[], []], [[], []], [[6, 13, 20], []], [[], []]],
+    "NONLOCAL.POOL": [[[2, 2, 2], [2, 2, 2]]] * 4,
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "SLOWFAST_32x2_R101_50_50": {**_R101_50_50, "DATA.NUM_FRAMES": 32},
+    "SLOWFAST_64x2_R101_50_50": {**_R101_50_50, "DATA.NUM_FRAMES": 64},
+    "SLOWFAST_32x2_R50": {
+        **_COMMON,
+        "SLOWFAST.FUSION_KERNEL_SZ": 7,
+        "RESNET.DEPTH": 50,
+        "NONLOCAL.LOCATION": [[[], []]] * 4,
+        "NONLOCAL.POOL": [[[1, 2, 2], [1, 2, 2]]] * 4,
+        "DATA.NUM_FRAMES": 32,
+    },
+}
+
+
+class _PlaceholderRoIAlign(nn.Module):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        raise RuntimeError("placeholder: this script only builds and saves the model")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", choices=sorted(CONFIGS))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    detectron2 = types.ModuleType("detectron2")
+    layers = types.ModuleType("detectron2.layers")
+    layers.ROIAlign = _PlaceholderRoIAlign  # type: ignore[attr-defined]
+    detectron2.layers = layers  # type: ignore[attr-defined]
+    sys.modules.setdefault("detectron2", detectron2)
+    sys.modules.setdefault("detectron2.layers", layers)
+    from slowfast.config.defaults import get_cfg
+    from slowfast.models.video_model_builder import SlowFastModel
+
+    cfg = get_cfg()
+    for dotted, value in CONFIGS[args.config].items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+    torch.manual_seed(args.seed)
+    model = SlowFastModel(cfg).eval()
+    g = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm3d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            elif isinstance(m, nn.Conv3d) and "_nonlocal" in name:
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
+        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
+        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 0, "model_state": model.state_dict(), "cfg": cfg.dump()}, args.out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: untrained PySlowFast {args.config}, {params:,} parameters")
+
+
+if __name__ == "__main__":
+    main()
