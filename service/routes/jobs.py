@@ -17,7 +17,6 @@ that never existed, so ids cannot be probed for existence.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from service.admission import LimitExceeded, admit_job
 from service.auth import CurrentKey
 from service.decode import probe, sniff_format
 from service.errors import VideoInputError
-from service.jobs import Job, JobOptions, JobState, is_job_id
+from service.jobs import Job, JobMeta, JobOptions, JobState, is_job_id, write_meta
 from service.limits import DecodeLimits
 from service.routes.deps import ServiceDep
 
@@ -242,7 +241,10 @@ _UPLOAD_BODY = {
             "model": ErrorBody,
             "description": "This key has too many unfinished jobs or uploads in progress",
         },
-        503: {"model": ErrorBody, "description": "Service full, shutting down, or its job store (Redis) unreachable"},
+        503: {
+            "model": ErrorBody,
+            "description": "Service full, shutting down, or its job store (Redis) unreachable",
+        },
     },
 )
 async def create_job(
@@ -316,9 +318,9 @@ async def _receive_job(
         limits = DecodeLimits(max_file_bytes=limit)
         info = await asyncio.to_thread(probe, job.input_path, limits)
         video_id = _video_id(name)
-        meta = {"video_id": video_id, "duration_s": info.duration_s, "width": info.width,
-                "height": info.height, "fps": info.fps}  # fmt: skip
-        (work / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        meta = JobMeta(video_id=video_id, duration_s=info.duration_s, width=info.width,
+                       height=info.height, fps=info.fps)  # fmt: skip
+        write_meta(work, meta)
         await admit_job(
             service.store,
             job,
