@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from service.admission import LimitExceeded, admit_job
 from service.auth import CurrentKey
-from service.decode import probe, sniff_format
+from service.decode import SNIFF_BYTES, probe, sniff_format
 from service.errors import VideoInputError
 from service.jobs import Job, JobMeta, JobOptions, JobState, is_job_id, write_meta
 from service.limits import DecodeLimits
@@ -42,7 +42,6 @@ from service.routes.deps import ServiceDep
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._\-]+")
-_SNIFF_BYTES = 1024
 
 
 # ---------------------------------------------------------------------------- schemas
@@ -308,7 +307,7 @@ async def _receive_job(
         )
         os.replace(work / "upload.part", job.input_path)
         with open(job.input_path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+            head = fh.read(SNIFF_BYTES)
         if sniff_format(head) is None:
             raise VideoInputError(
                 "unsupported_format",
