@@ -34,8 +34,8 @@ Defences, outermost first:
 4. **Only common video codecs** are decoded (H.264/5, VP8/9, AV1, MPEG-1/2/4, MJPEG, ...):
    FFmpeg carries hundreds of rarely used decoders, and those are where fuzzers find bugs.
 5. **A separate decoder process** (`isolated=True`, the default): a fresh interpreter running
-   `python -m service.decode` (~0.2 s to start, mostly importing PyAV and numpy; `prestart()`
-   keeps one spare started ahead of need), not a fork of the threaded server. Before it touches
+   `python -m service.decode` (its start, mostly importing PyAV and numpy, is paid ahead of need:
+   `prestart()` keeps one spare started), not a fork of the threaded server. Before it touches
    the file it lowers its own limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE=0 (it cannot
    write a file), RLIMIT_CORE=0, nice +5; once the input is open, RLIMIT_NOFILE so it cannot
    open another file or socket. It streams frames back over a pipe whose capacity (1 MiB) is the

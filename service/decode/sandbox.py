@@ -154,8 +154,8 @@ def _grow_pipe(fd: int) -> None:
 class _Interpreter:
     """A started decoder interpreter that has not been sent its request yet.
 
-    Starting one costs ~0.3 s (interpreter start, importing PyAV and numpy), which is most of
-    the time to the first frame of a short upload. `prestart` pays it ahead of need; the child
+    Starting one (interpreter start, importing PyAV and numpy) is most of the time to the
+    first frame of a short upload. `prestart` pays it ahead of need; the child
     touches no file and lowers no limit until its request arrives, so a spare is the same as a
     freshly started child."""
 

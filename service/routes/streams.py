@@ -1,9 +1,11 @@
 """``/v1/streams/{stream_id}``: live annotation over a WebSocket (protocol: docs/api.md).
 
-Handshake (all before ``accept``; a refusal is HTTP 403 and no connection is ever opened)::
+Handshake (all before ``accept``; a refusal is an HTTP answer with the REST status and error
+body, sent as an ASGI denial response by service/app.py's ``WsRefusal`` handler (service/errors.py
+names the codes), and no connection is ever opened)::
 
-    query-string token / foreign Origin / missing or invalid key   -> refused (1008)
-    bad stream id, draining, stream id already open, over a limit   -> refused (1008 / 1013)
+    query-string token 400 / foreign Origin 403 / missing or invalid key 401
+    bad stream id 400 / draining 503 / stream id already open 409 / over a limit 429 or 503
     accept(subprotocol="avaserve.v1")        (the bearer.<key> entry is never echoed)
 
 Then, per connection, four tasks joined by bounded buffers::
@@ -16,11 +18,9 @@ Keyframes first: the reader queues JPEG frames still encoded (pts checked at onc
 pusher decodes and ingests the next frame only once the stream's in-flight keyframes are done
 (`LiveSession.keyframes_idle`, at most ``_INGEST_YIELD_S``). Frames after a keyframe feed the
 *next* keyframe's clip, a second later, so they can wait a few tens of milliseconds, while
-decoding them during a keyframe's graph runs would compete for the same cores. (On the
-2-core machine its effect on lag alone was within run-to-run noise; bench/bench_ws_lag.py.)
-The frame buffer holds encoded JPEGs, so its ``live_queue_frames`` bound costs ~15x less
-memory than decoded frames (measured 15.5x: 14.9 KB vs 230 KB per 320x240 world frame as
-`avaserve watch` encodes it).
+decoding them during a keyframe's graph runs would compete for the same cores
+(bench/bench_ws_lag.py measures the lag). The frame buffer holds encoded JPEGs, so its
+``live_queue_frames`` bound costs an order of magnitude less memory than decoded frames.
 
 Causal throughout: clips end at their keyframe, the bank window is ``[t - 60, t]``. The bank is
 keyed by (API key, stream id) and outlives the connection, so a client that reconnects with the
