@@ -23,7 +23,6 @@ import math
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.decode.live import PTS_HEADER, frame_message  # noqa: E402
 from service.serve_cli import encode_frame  # noqa: E402
 
 DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "basketball_2people.mp4"
@@ -70,7 +70,7 @@ def _frames(video: Path, fps: float, seconds: float) -> list[tuple[float, bytes]
 
 
 def _with_pts(payload: bytes, pts: float) -> bytes:
-    return struct.pack("<d", pts) + payload[8:]
+    return frame_message(pts, payload[PTS_HEADER.size :])
 
 
 def _healthz(port: int) -> int:

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO / "tests" / "service"))
 
 from redis_server import RedisServer, free_port  # noqa: E402
 
+from service.decode.live import PTS_HEADER, frame_message  # noqa: E402
 from service.serve_cli import encode_frame  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -95,8 +95,8 @@ def frames(video: Path, fps: float, short_side: int) -> tuple[list[tuple[float, 
     with decode_frames(video, short_side=short_side) as decoded:
         for frame in decoded:
             if frame.pts_seconds + 1e-6 >= next_pts:
-                # encode_frame prefixes the 8-byte pts; keep only the JPEG, re-stamped per loop.
-                out.append((frame.pts_seconds, encode_frame(frame.image, 0.0)[8:]))
+                # encode_frame prefixes the pts header; keep only the JPEG, re-stamped per loop.
+                out.append((frame.pts_seconds, encode_frame(frame.image, 0.0)[PTS_HEADER.size :]))
                 next_pts = frame.pts_seconds + 1.0 / fps
     return out, out[-1][0] + 1.0 / fps
 
@@ -133,7 +133,7 @@ async def live_stream(
                     delay = stream_start + (pts - first_pts) - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    await ws.send(struct.pack("<d", pts) + video[k][1])
+                    await ws.send(frame_message(pts, video[k][1]))
                     stats["frames"] += 1
                     i += 1
                 if not receiver.done():

@@ -21,8 +21,9 @@ with the ``Authorization`` header (non-browser clients) or through the subprotoc
 The server selects ``avaserve.v1`` on accept (``WsPrincipal.subprotocol``), never echoing the
 token back. A credential in the query string is refused outright, whatever the parameter is
 called (`query_credential`): URLs end up in access logs and browser history. Authentication
-and the Origin check happen *before* ``accept``; a refused handshake gets
-``WebSocketException(1008)``, which the ASGI server turns into HTTP 403.
+and the Origin check happen *before* ``accept``; a refused handshake raises ``WsRefusal``, which
+the app answers with the REST status and error body as an ASGI denial response (a bare close,
+HTTP 403, only behind a server without denial responses).
 
 Origins
 -------
@@ -340,7 +341,7 @@ def authenticate_websocket(
 ) -> WsPrincipal:
     """Check Origin and API key of a WebSocket handshake *before* ``accept``.
 
-    Raises ``WsRefusal`` (a ``WebSocketException``, close code 1008): HTTP 401 without a valid
+    Raises ``WsRefusal``, answered with an HTTP status: 401 without a valid
     key, 403 for a foreign Origin or a non-loopback caller when no key is configured, 400 for
     a credential in the query string (`query_credential`).
     """

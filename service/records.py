@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -270,12 +270,3 @@ def read_ava_csv(path: StrPath) -> list[AvaRow]:
             except ValueError as e:
                 raise ValueError(f"{path}:{n}: {e}") from None
     return rows
-
-
-def iter_tracks(predictions: Sequence[Prediction]) -> Iterator[tuple[int, list[Prediction]]]:
-    """Predictions grouped by track id, each group in time order."""
-    by: dict[int, list[Prediction]] = {}
-    for p in predictions:
-        by.setdefault(p.track_id, []).append(p)
-    for tid in sorted(by):
-        yield tid, sorted(by[tid], key=lambda p: p.time)

@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -298,9 +297,11 @@ def encode_frame(image: Any, pts: float, quality: int = 85) -> bytes:
 
     from PIL import Image
 
+    from service.decode.live import frame_message
+
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    return struct.pack("<d", pts) + buf.getvalue()
+    return frame_message(pts, buf.getvalue())
 
 
 async def stream_video(

@@ -17,7 +17,6 @@ that never existed, so ids cannot be probed for existence.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -34,16 +33,15 @@ from starlette.requests import ClientDisconnect
 
 from service.admission import LimitExceeded, admit_job
 from service.auth import CurrentKey
-from service.decode import probe, sniff_format
+from service.decode import SNIFF_BYTES, probe, sniff_format
 from service.errors import VideoInputError
-from service.jobs import Job, JobOptions, JobState, is_job_id
+from service.jobs import Job, JobMeta, JobOptions, JobState, is_job_id, write_meta
 from service.limits import DecodeLimits
 from service.routes.deps import ServiceDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._\-]+")
-_SNIFF_BYTES = 1024
 
 
 # ---------------------------------------------------------------------------- schemas
@@ -242,7 +240,10 @@ _UPLOAD_BODY = {
             "model": ErrorBody,
             "description": "This key has too many unfinished jobs or uploads in progress",
         },
-        503: {"model": ErrorBody, "description": "Service full, shutting down, or its job store (Redis) unreachable"},
+        503: {
+            "model": ErrorBody,
+            "description": "Service full, shutting down, or its job store (Redis) unreachable",
+        },
     },
 )
 async def create_job(
@@ -306,7 +307,7 @@ async def _receive_job(
         )
         os.replace(work / "upload.part", job.input_path)
         with open(job.input_path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+            head = fh.read(SNIFF_BYTES)
         if sniff_format(head) is None:
             raise VideoInputError(
                 "unsupported_format",
@@ -316,9 +317,9 @@ async def _receive_job(
         limits = DecodeLimits(max_file_bytes=limit)
         info = await asyncio.to_thread(probe, job.input_path, limits)
         video_id = _video_id(name)
-        meta = {"video_id": video_id, "duration_s": info.duration_s, "width": info.width,
-                "height": info.height, "fps": info.fps}  # fmt: skip
-        (work / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        meta = JobMeta(video_id=video_id, duration_s=info.duration_s, width=info.width,
+                       height=info.height, fps=info.fps)  # fmt: skip
+        write_meta(work, meta)
         await admit_job(
             service.store,
             job,

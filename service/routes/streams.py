@@ -1,9 +1,11 @@
 """``/v1/streams/{stream_id}``: live annotation over a WebSocket (protocol: docs/api.md).
 
-Handshake (all before ``accept``; a refusal is HTTP 403 and no connection is ever opened)::
+Handshake (all before ``accept``; a refusal is an HTTP answer with the REST status and error
+body, sent as an ASGI denial response by service/app.py's ``WsRefusal`` handler (service/errors.py
+names the codes), and no connection is ever opened)::
 
-    query-string token / foreign Origin / missing or invalid key   -> refused (1008)
-    bad stream id, draining, stream id already open, over a limit   -> refused (1008 / 1013)
+    query-string token 400 / foreign Origin 403 / missing or invalid key 401
+    bad stream id 400 / draining 503 / stream id already open 409 / over a limit 429 or 503
     accept(subprotocol="avaserve.v1")        (the bearer.<key> entry is never echoed)
 
 Then, per connection, four tasks joined by bounded buffers::
@@ -16,11 +18,9 @@ Keyframes first: the reader queues JPEG frames still encoded (pts checked at onc
 pusher decodes and ingests the next frame only once the stream's in-flight keyframes are done
 (`LiveSession.keyframes_idle`, at most ``_INGEST_YIELD_S``). Frames after a keyframe feed the
 *next* keyframe's clip, a second later, so they can wait a few tens of milliseconds, while
-decoding them during a keyframe's graph runs would compete for the same cores. (On the
-2-core machine its effect on lag alone was within run-to-run noise; bench/bench_ws_lag.py.)
-The frame buffer holds encoded JPEGs, so its ``live_queue_frames`` bound costs ~15x less
-memory than decoded frames (measured 15.5x: 14.9 KB vs 230 KB per 320x240 world frame as
-`avaserve watch` encodes it).
+decoding them during a keyframe's graph runs would compete for the same cores
+(bench/bench_ws_lag.py measures the lag). The frame buffer holds encoded JPEGs, so its
+``live_queue_frames`` bound costs an order of magnitude less memory than decoded frames.
 
 Causal throughout: clips end at their keyframe, the bank window is ``[t - 60, t]``. The bank is
 keyed by (API key, stream id) and outlives the connection, so a client that reconnects with the
@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import re
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +46,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.admission import LimitExceeded
 from service.auth import WsRefusal, authenticate_websocket
+from service.decode.live import (
+    MAX_FRAME_PIXELS,
+    PTS_HEADER,
+    FrameRefused,
+    decode_jpeg,
+    split_frame_message,
+)
 from service.errors import VideoInputError
 from service.routes.deps import ServiceState, get_service
 from service.scheduler import InvalidPts, check_pts
@@ -56,7 +61,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["streams"])
 
 _STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-PTS_HEADER = struct.Struct("<d")  # 8-byte little-endian float64 presentation time, seconds
 WS_NORMAL = 1000
 WS_UNSUPPORTED_DATA = 1003
 WS_POLICY = 1008
@@ -67,10 +71,6 @@ START_TIMEOUT_S = 10.0
 # Longest start message accepted: the real one is ~60 bytes; a few KB leave room for future
 # fields while a client cannot make the server parse megabytes of JSON before it is refused.
 MAX_START_BYTES = 4096
-# Largest live JPEG frame, width x height (4K UHD, as `DecodeLimits.max_pixels` for uploads)
-# and the smallest one the detector can use.
-MAX_FRAME_PIXELS = 3840 * 2160
-MIN_FRAME_SIDE = 16
 STATUS_EVERY_S = 2.0
 _MAX_CONTROL_MESSAGES = 8  # status/error/pong messages queued for a slow reader
 
@@ -173,35 +173,6 @@ class _Stats:
 
 # Longest a frame waits for the stream's in-flight keyframes before it is ingested anyway.
 _INGEST_YIELD_S = 0.25
-
-
-class FrameRefused(ValueError):
-    """A JPEG frame refused for its size; the message names the limit."""
-
-
-def _decode_jpeg(payload: bytes, max_pixels: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from one JPEG; `FrameRefused` naming the limit for a frame over
-    ``max_pixels`` or under 16 pixels a side, another exception for anything undecodable."""
-    from PIL import Image
-
-    try:
-        img = Image.open(io.BytesIO(payload), formats=["JPEG"])
-    except Image.DecompressionBombError as exc:  # PIL's own cap, far above ours
-        raise FrameRefused(
-            f"frame is over the pixel limit of {max_pixels} pixels ({exc})"
-        ) from None
-    with img:
-        w, h = img.size  # read from the header: no pixels decoded yet
-        if w * h > max_pixels:
-            raise FrameRefused(
-                f"frame {w}x{h} = {w * h} pixels is over the pixel limit of {max_pixels} "
-                "pixels; scale frames down before sending"
-            )
-        if min(w, h) < MIN_FRAME_SIDE:
-            raise FrameRefused(
-                f"frame {w}x{h} is under the minimum of {MIN_FRAME_SIDE} pixels a side"
-            )
-        return np.asarray(img.convert("RGB"))
 
 
 class _Connection:
@@ -344,18 +315,19 @@ class _Connection:
         return False
 
     async def _jpeg(self, data: bytes) -> None:
-        if len(data) <= PTS_HEADER.size:
+        frame = split_frame_message(data)
+        if frame is None:
             self.stats.bad_frames += 1
             self.post_error("bad_frame", "A frame is 8 bytes of LE float64 pts, then a JPEG")
             return
-        (pts,) = PTS_HEADER.unpack_from(data)
-        self.queue_frame(float(pts), data[PTS_HEADER.size :])  # checks pts  # decoded by the pusher
+        pts, jpeg = frame
+        self.queue_frame(pts, jpeg)  # checks pts; the JPEG is decoded by the pusher
 
     async def _decoded(self, image: np.ndarray | bytes) -> np.ndarray | None:
         if isinstance(image, np.ndarray):
             return image
         try:
-            return await asyncio.to_thread(_decode_jpeg, image, self.max_pixels)
+            return await asyncio.to_thread(decode_jpeg, image, self.max_pixels)
         except FrameRefused as exc:
             self.stats.bad_frames += 1
             self.post_error("bad_frame", str(exc))

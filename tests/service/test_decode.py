@@ -21,16 +21,10 @@ import hostile
 import numpy as np
 import pytest
 
-import service.decode as decode_module
-from service.decode import (
-    _FORMAT_WHITELIST,
-    DecodedFrame,
-    LiveDecoder,
-    _FrameShaper,
-    decode_frames,
-    probe,
-    sniff_format,
-)
+import service.decode.sandbox as decode_module
+from service.decode import DecodedFrame, LiveDecoder, decode_frames, probe, sniff_format
+from service.decode.session import _FrameShaper
+from service.decode.sniff import _FORMAT_WHITELIST
 from service.errors import VideoInputError
 from service.limits import DecodeLimits
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from track_metrics import Row, evaluate_tracks
 
-from service.track_metrics import Row, evaluate_tracks
 from service.tracker import ByteTracker, box_iou
 from service.types import Detections, TrackedPersons
 
