@@ -42,8 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.preprocess import pack_pathways, preprocess_clip, resize_short_side  # noqa: E402
-from models.sampling import nearest_frame_indices  # noqa: E402
+from core.preprocess import pack_pathways, preprocess_clip, resize_short_side  # noqa: E402
+from core.sampling import nearest_frame_indices  # noqa: E402
 from service.bank import InProcessBank  # noqa: E402
 from service.engine import Engine, EngineSettings  # noqa: E402
 from service.ringbuffer import ClipGeometry  # noqa: E402

@@ -9,7 +9,7 @@ What `build_bundle` does, in order (DESIGN.md, issue 5)::
     --detector yolox:PATH | onnx:PATH             -> detector.onnx (export/detector.py contract)
     each graph: opset 17, IR 8, onnxslim when importable, PARITY GATE (ONNX Runtime vs the
     reference on clips decoded from a real video) before and after slimming
-    manifest.json (models/manifest.py) -> validate_bundle -> move into place
+    manifest.json (core/manifest.py) -> validate_bundle -> move into place
     [--tensorrt fp16|int8 engines] [--triton DIR repository]
 
 Everything is written into a temporary directory beside ``out`` and renamed into place only
@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from models.ava import EVALUATED_IDS, POSE_IDS, LabelMap
-from models.bank_layout import slot_offsets
-from models.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
-from models.manifest import (
+from core.ava import EVALUATED_IDS, POSE_IDS, LabelMap
+from core.bank_layout import slot_offsets
+from core.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
+from core.manifest import (
     BankSpec,
     BundleCheck,
     BundleManifest,
@@ -73,7 +73,7 @@ from models.manifest import (
     validate_bundle,
     write_manifest,
 )
-from models.preset_info import PresetInfo
+from core.preset_info import PresetInfo
 
 if TYPE_CHECKING:
     from models.action_model import ActionModel
@@ -478,7 +478,7 @@ class ParityClip:
 
 
 def _keyframe_index(info: PresetInfo) -> int:
-    from models.sampling import clip_offsets
+    from core.sampling import clip_offsets
 
     offsets = clip_offsets(info.num_frames, info.sampling_rate, info.alignment)
     return int(np.argmin(np.abs(offsets)))
@@ -991,7 +991,7 @@ def _yolox_reference(src: Path, spec: DetectorSpec) -> Reference:
 
 
 def _detector_samples(clips: Sequence[ParityClip], spec: DetectorSpec) -> list[dict[str, Array]]:
-    from models.detector_io import preprocess
+    from core.detector_io import preprocess
 
     return [{"images": preprocess(np.ascontiguousarray(c.keyframe), spec)[0]} for c in clips]
 

@@ -1,7 +1,7 @@
 """``avaserve export`` and ``avaserve bundle validate|info``.
 
 Nothing heavy is imported at module level (only typer). ``bundle validate`` and ``bundle
-info`` need only ``models.manifest`` and ONNX Runtime, so they run on a service install
+info`` need only ``core.manifest`` and ONNX Runtime, so they run on a service install
 without PyTorch; ``export`` imports torch inside its body.
 
 Exit codes: 0 ok; 1 the export failed (parity gate, bad checkpoint, ...) or the bundle is
@@ -112,6 +112,7 @@ def export_command(
         _fail(f"--tensorrt {tensorrt!r}: choose fp16 or int8", 2)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
+    from core.manifest import BundleError
     from export.bundle import (
         ExportError,
         build_bundle,
@@ -122,7 +123,6 @@ def export_command(
     from export.parity import ParityError
     from export.tensorrt import TensorRTBuildError, TensorRTUnavailable
     from export.triton import TritonError
-    from models.manifest import BundleError
 
     try:
         if tensorrt is not None:
@@ -178,7 +178,7 @@ def validate_command(
     ),
 ) -> None:
     """Check a bundle: manifest, sha256 of every file, graph I/O names/shapes in ONNX Runtime."""
-    from models.manifest import BundleError, validate_bundle
+    from core.manifest import BundleError, validate_bundle
 
     try:
         checks = validate_bundle(bundle, load_graphs=not no_load)
@@ -195,8 +195,8 @@ def validate_command(
 @bundle_app.command("info")
 def info_command(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
     """Summarise a bundle: model, preprocessing, detector, bank, graphs, parity, provenance."""
+    from core.manifest import BundleError, load_manifest
     from export.bundle import describe_bundle
-    from models.manifest import BundleError, load_manifest
 
     try:
         summary = describe_bundle(load_manifest(bundle))

@@ -1,6 +1,6 @@
 """``detector.onnx``: one output signature for every person detector the service runs.
 
-Contract (also in models.manifest.DetectorSpec, which records the preprocessing)::
+Contract (also in core.manifest.DetectorSpec, which records the preprocessing)::
 
     images       (B, 3, H, W) float32   the detector's own preprocessing (YOLOX: BGR 0-255,
                                         letterboxed top-left with pad 114, no normalisation)
@@ -43,7 +43,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
-from models.manifest import (
+from core.manifest import (
     DETECTOR_INPUT,
     DETECTOR_OUTPUTS,
     DetectorSpec,

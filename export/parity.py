@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.manifest import ParityRecord
+from core.manifest import ParityRecord
 
 __all__ = [
     "DEFAULT_TOLERANCE",

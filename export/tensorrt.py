@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from models.manifest import EngineSpec, GraphSpec, sha256_file
+from core.manifest import EngineSpec, GraphSpec, sha256_file
 
 __all__ = [
     "CalibrationCache",

@@ -32,7 +32,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Literal
 
-from models.manifest import BundleManifest, GraphSpec, TensorSpec, load_manifest
+from core.manifest import BundleManifest, GraphSpec, TensorSpec, load_manifest
 
 __all__ = [
     "TritonError",

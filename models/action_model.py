@@ -37,15 +37,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.ava import POSE_IDS
-from models.lfb import LFB
-from models.preset_info import PresetInfo
-from models.probs import (
+from core.ava import POSE_IDS
+from core.preset_info import PresetInfo
+from core.probs import (
     DEFAULT_OUTPUT_ACTIVATION,
     POSE_SOFTMAX_SIGMOID,
     check_output_activation,
     pose_columns,
 )
+from models.lfb import LFB
 from models.roi import RoIHead, appearance_descriptor, appearance_size, temporal_pool
 
 AVA_CLASS_IDS: tuple[int, ...] = tuple(range(1, 81))
@@ -83,7 +83,7 @@ class ActionModel(nn.Module):
         preset_info: preprocessing facts of the preset that built the model, if any.
         appearance_grid: append the box colour descriptor on this (rows, cols) grid to the
             person features (see the module docstring); None = plain RoI features.
-        output_activation: how logits become probabilities (``models.probs``):
+        output_activation: how logits become probabilities (``core.probs``):
             "pose_softmax_sigmoid" (one softmax over the pose columns, sigmoid elsewhere;
             heads trained here) or "sigmoid" (every column; imported upstream heads). The
             training loss, evaluation, the exported head graph and the manifest follow it.
@@ -259,7 +259,7 @@ class ActionModel(nn.Module):
         """(K, C) logits -> probabilities under ``output_activation``: softmax over the
         pose columns and sigmoid elsewhere, or sigmoid everywhere.
 
-        Same math as the torch-free ``models.probs.action_probabilities``.
+        Same math as the torch-free ``core.probs.action_probabilities``.
         """
         probs = torch.sigmoid(action_logits)
         if not self.softmax_columns:

@@ -391,7 +391,7 @@ def _check_inputs(slow: Tensor, fast: Tensor, alpha: int) -> None:
     if fast.shape[2] != alpha * slow.shape[2]:
         raise ValueError(
             f"SlowFast: fast frames must be alpha={alpha} x slow frames; got T_s={slow.shape[2]}, "
-            f"T_f={fast.shape[2]}. Sample T_f = alpha * T_s frames (models/sampling.py)."
+            f"T_f={fast.shape[2]}. Sample T_f = alpha * T_s frames (core/sampling.py)."
         )
     if slow.shape[0] != fast.shape[0] or slow.shape[3:] != fast.shape[3:]:
         raise ValueError(

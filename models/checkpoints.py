@@ -584,7 +584,7 @@ def _preset_accepts(name: str) -> bool:
     format override the presets do not support yet degrades to a note, not a crash."""
     import dataclasses
 
-    from models.preset_info import PresetInfo
+    from core.preset_info import PresetInfo
     from models.presets import build_action_model
 
     if name in inspect.signature(build_action_model).parameters:

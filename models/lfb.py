@@ -30,13 +30,13 @@ Slot times (an addition to Wu et al.). Attention is permutation-invariant: the p
 operator sees the window as an unordered set, so it cannot tell an event 20 s ago from one
 20 s ahead. Classes whose meaning is "this happened 10-30 s ago" need that order. With
 ``slot_offsets`` (seconds relative to the keyframe of each of the W slots, fixed by the
-slot-aligned layout of `models.bank_layout`), the reduced bank gets a learned projection of
+slot-aligned layout of `core.bank_layout`), the reduced bank gets a learned projection of
 a sin/cos encoding of its slot's time::
 
     l = Linear(dropout(bank)) + Linear_t(enc(slot_offsets))        (1, W, d) broadcast
 
 and the window must then arrive slot-aligned with exactly W slots (training's bank reader
-and the service both lay it out with `models.bank_layout`).
+and the service both lay it out with `core.bank_layout`).
 
 Same-person cue (another addition, ``appearance_dim`` A > 0). Attention over features
 trained to recognise actions cannot tell *whose* event a bank row was. The action model can
@@ -75,7 +75,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from models.bank_layout import TIME_ENCODING_DIM, TIME_ENCODING_PERIODS_S
+from core.bank_layout import TIME_ENCODING_DIM, TIME_ENCODING_PERIODS_S
 
 # Logit given to masked slots before the softmax. Finite on purpose: with -inf a fully
 # masked row would be softmax(-inf, ..., -inf) = NaN. exp(-1e4 - max) underflows to exactly

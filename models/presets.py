@@ -4,11 +4,11 @@ Each returns an :class:`~models.action_model.ActionModel` whose defaults are 80 
 classes, RoI head only: no non-local blocks, no feature bank, no global branch — the
 configuration of pytorchvideo's ``slowfast_r50_detection`` (33,828,888 parameters), which
 the R50 preset matches exactly. ``model.preset_info`` carries the preprocessing facts
-(``models.preset_info``, torch-free) that the export tool copies into the manifest.
+(``core.preset_info``, torch-free) that the export tool copies into the manifest.
 
 Keyword overrides are split three ways:
 
-* :class:`~models.preset_info.PresetInfo` fields (``num_frames``, ``alpha``,
+* :class:`~core.preset_info.PresetInfo` fields (``num_frames``, ``alpha``,
   ``sampling_rate``, ``short_side``, ...) update the info; ``alpha`` also goes to the
   backbone, so the two cannot disagree;
 * head options (the keyword arguments of :func:`build_action_model` below:
@@ -26,12 +26,12 @@ from typing import Any
 
 from torch import nn
 
+from core.ava import POSE_IDS
+from core.preset_info import SLOWFAST_R50_AVA, SLOWFAST_R101_AVA, SLOWFAST_TINY, PresetInfo
+from core.probs import DEFAULT_OUTPUT_ACTIVATION
 from models.action_model import AVA_CLASS_IDS, ActionModel
-from models.ava import POSE_IDS
 from models.backbone import create_slowfast
 from models.lfb import LFB
-from models.preset_info import SLOWFAST_R50_AVA, SLOWFAST_R101_AVA, SLOWFAST_TINY, PresetInfo
-from models.probs import DEFAULT_OUTPUT_ACTIVATION
 from models.roi import DEFAULT_SAMPLING_RATIO, RoIHead, appearance_size, appearance_torso_cells
 
 __all__ = [
@@ -78,7 +78,7 @@ def build_action_model(
     Caffe2 AVA models (``DETECTION.ALIGNED: False``) run; imported checkpoints of those set
     it. ``sampling_ratio`` 0 is the adaptive RoIAlign sampling every upstream head runs;
     ``roi_temporal_pool`` "max" is MMAction2's ``temporal_pool_mode='max'`` (the global
-    branch pools time the same way). ``output_activation`` is ``models.probs``'s
+    branch pools time the same way). ``output_activation`` is ``core.probs``'s
     "pose_softmax_sigmoid" (heads trained here) or "sigmoid" (imported upstream heads).
     """
     channels: tuple[int, int] = backbone.out_channels  # type: ignore[assignment]

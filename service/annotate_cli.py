@@ -81,7 +81,7 @@ def annotate_command(
     """Find every person, track them and name their actions once per second."""
     import asyncio
 
-    from models.manifest import BundleError
+    from core.manifest import BundleError
     from service.errors import VideoInputError
     from service.runtime import RuntimeLoadError
 

@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from models.bank_layout import layout_window
+from core.bank_layout import layout_window
 
 LIVE_WINDOW = (-60, 0)  # causal [t-60, t]
 FILE_WINDOW = (-30, 30)  # second pass [t-30, t+30], as in training
@@ -63,7 +63,7 @@ class BankWindow:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The time-aware head's input: (seconds * persons, D) slot-aligned, and its mask.
 
-        The same layout function as training's bank reader (models.bank_layout).
+        The same layout function as training's bank reader (core.bank_layout).
         """
         return layout_window(self.times, self.features, t, origin_s, seconds, persons)
 

@@ -1,11 +1,11 @@
 """Keyframe person detection through the bundle's ``detector.onnx`` (both formats) or a user's own.
 
-Graph contract (models.manifest.DetectorSpec; both ``avaserve`` and ``yolox`` formats)::
+Graph contract (core.manifest.DetectorSpec; both ``avaserve`` and ``yolox`` formats)::
 
     images (B, 3, H, W) float32 -> boxes (N, 4) canvas pixels, scores (N,), class_ids (N,),
                                    batch_index (N,)        after NMS
 
-The spec says how to letterbox/normalise a frame (models.detector_io) and which class is a
+The spec says how to letterbox/normalise a frame (core.detector_io) and which class is a
 person. `PersonDetector.detect(frames)` returns one `Detections` per frame in **frame
 pixels**, persons only, down to the graph's low NMS floor: the tracker uses the low tier to
 continue tracks, and the pipeline keeps only persons at or above ``score_threshold`` (the
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.detector_io import LetterboxTransform, preprocess, unletterbox_boxes
-from models.manifest import DETECTOR_INPUT, DETECTOR_OUTPUTS, BundleError, DetectorSpec
+from core.detector_io import LetterboxTransform, preprocess, unletterbox_boxes
+from core.manifest import DETECTOR_INPUT, DETECTOR_OUTPUTS, BundleError, DetectorSpec
 from service.runtime import OnnxRuntime, Runtime, RuntimeLoadError
 from service.types import Detections
 
@@ -242,7 +242,7 @@ def load_user_detector(
                 p.name,
                 None,
                 f"--detector {p}: dynamic input size and no {spec_path.name} with its "
-                "DetectorSpec; write one (see models/manifest.py DetectorSpec)",
+                "DetectorSpec; write one (see core/manifest.py DetectorSpec)",
             )
         return PersonDetector(runtime, spec, score_threshold=score_threshold)
     if len(ins) == 1 and len(outs) == 1 and len(hw) == 2 and all(isinstance(d, int) for d in hw):

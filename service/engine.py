@@ -66,8 +66,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.manifest import BundleError, BundleManifest, load_manifest
-from models.sampling import Alignment
+from core.manifest import BundleError, BundleManifest, load_manifest
+from core.sampling import Alignment
 from service.bank import BankWindow, FeatureBank, InProcessBank
 from service.batching import Batcher, Dropped
 from service.detector import PersonDetector, load_user_detector

@@ -31,7 +31,7 @@ from typing import IO, Literal
 
 import numpy as np
 
-from models.ava import LabelMap
+from core.ava import LabelMap
 
 __all__ = [
     "Context",

@@ -4,18 +4,18 @@ Data flow for one stream::
 
     decoded frame (h, w, 3) uint8 RGB, pts seconds
         -> update(): kept only if it can be the nearest frame to some clip sample time
-           -> resized ONCE so the short side is ``short_side`` (models.preprocess)
+           -> resized ONCE so the short side is ``short_side`` (core.preprocess)
               -> stored as (H', W', 3) uint8 with its pts
-        -> clip(t): models.sampling picks the frames (the same function training uses)
-           -> models.preprocess.preprocess_clip + pack_pathways (the same functions training
+        -> clip(t): core.sampling picks the frames (the same function training uses)
+           -> core.preprocess.preprocess_clip + pack_pathways (the same functions training
               uses) -> fast (3, T_f, H', W') and slow (3, T_f // alpha, H', W') float32
 
 **Train/serve skew.** Training (training/clips.py, its frame cache) and this buffer call the
-same torch-free functions in ``models.preprocess`` on the same decoded frames: the resize to
+same torch-free functions in ``core.preprocess`` on the same decoded frames: the resize to
 the short side (uint8 out) and the normalisation. So the served tensors are bit-identical to
 training's (tests/service/test_ringbuffer.py compares them). The resize is per frame here and
 per clip in training; it is elementwise, so both give the same bytes. The sampling rule is
-shared code too (`models.sampling`).
+shared code too (`core.sampling`).
 
 **Which frames are kept.** Keyframes are at ``n / keyframe_rate`` and a clip's samples at
 fixed offsets from its keyframe, so the set of all sample times is known in advance. A frame
@@ -26,7 +26,7 @@ half of them. Picking the nearest frame among the kept frames gives the same fra
 all frames, since the true nearest frame is always kept.
 
 **Padding.** A sample time before the first frame takes the first frame and one after the last
-frame takes the last frame (edge frames repeat), exactly as `models.sampling` and training do.
+frame takes the last frame (edge frames repeat), exactly as `core.sampling` and training do.
 At a stream's end call `finish()` so the last frame is kept.
 
 **Memory.** `release_before(time)` drops frames no pending clip can use (the engine calls it
@@ -46,15 +46,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import Preprocessing
-from models.preprocess import pack_pathways, preprocess_clip, resize_short_side
-from models.sampling import Alignment, clip_offsets, nearest_frame_indices
+from core.manifest import Preprocessing
+from core.preprocess import pack_pathways, preprocess_clip, resize_short_side
+from core.sampling import Alignment, clip_offsets, nearest_frame_indices
 
 __all__ = ["Clip", "ClipGeometry", "FrameRing"]
 
 Float32 = npt.NDArray[np.float32]
 Uint8 = npt.NDArray[np.uint8]
-# Cell edges are widened by this much (1 us, as models.sampling's tie tolerance): a frame
+# Cell edges are widened by this much (1 us, as core.sampling's tie tolerance): a frame
 # whose cell touches a sample time is kept, so float noise can only keep an extra frame.
 _EPS = 1e-6
 
@@ -93,7 +93,7 @@ class ClipGeometry:
         return float(self.offsets_s[-1])
 
     def times(self, keyframe_time: float) -> npt.NDArray[np.float64]:
-        # Same arithmetic as models.sampling.clip_times (keyframe + offsets / fps).
+        # Same arithmetic as core.sampling.clip_times (keyframe + offsets / fps).
         return float(keyframe_time) + self.offsets_s
 
     def any_sample_in(self, lo: float, hi: float) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from models.manifest import BundleError, BundleManifest, tensorrt_ep_options
+from core.manifest import BundleError, BundleManifest, tensorrt_ep_options
 
 __all__ = [
     "PROVIDER_ALIASES",
@@ -111,7 +111,7 @@ class OnnxRuntime:
     """An ONNX graph in an ``onnxruntime.InferenceSession``.
 
     ``provider_options`` maps a provider's full name to its options (e.g. the manifest's
-    TensorRT EP profile shapes from `models.manifest.tensorrt_ep_options`).
+    TensorRT EP profile shapes from `core.manifest.tensorrt_ep_options`).
     """
 
     def __init__(

@@ -16,7 +16,7 @@ results / detections   ``video_id,timestamp,x1,y1,x2,y2,action_id,score`` -- the
 Timestamps are whole seconds of the source movie (AVA: 902..1798); ``dataset.json``'s
 ``time_offset`` turns them into times inside the video file.
 
-Every problem raises `models.ava.AvaFormatError` naming the file, the 1-based line and
+Every problem raises `core.ava.AvaFormatError` naming the file, the 1-based line and
 the field. Rows are grouped into one `KeyframeAnnotation` per (video, timestamp) with
 one entry per person box and a set of action ids per box.
 """
@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from models.ava import AVA_NAMES, AvaFormatError, LabelMap
+from core.ava import AVA_NAMES, AvaFormatError, LabelMap
 
 __all__ = [
     "AnnotationRow",

@@ -56,7 +56,7 @@ def plot_cooccurrence_command(
     """Balance an AVA CSV with CP-IA then LS and plot the co-occurrence matrix before/after."""
     import numpy as np
 
-    from models.ava import AvaFormatError, LabelMap, read_label_map_pbtxt
+    from core.ava import AvaFormatError, LabelMap, read_label_map_pbtxt
     from training.ava_data import read_keyframes
     from training.balancing import balance, cooccurrence_matrix
     from training.plots import plot_cooccurrence

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.bank_layout import layout_window
+from core.bank_layout import layout_window
 from training.ava_data import KeyframeProposals
 
 __all__ = ["FeatureBank", "VideoBank", "extract_bank", "load_bank"]
@@ -99,7 +99,7 @@ class FeatureBank:
                 np.zeros(slots * persons, np.float32),
             )
         sel = np.flatnonzero(np.abs(vb.times - timestamp) <= half_width)
-        # The service lays its windows out with the same function (models.bank_layout).
+        # The service lays its windows out with the same function (core.bank_layout).
         feats, mask = layout_window(
             vb.times[sel], vb.features[sel], timestamp, -half_width, slots, persons
         )

@@ -53,11 +53,11 @@ def detector_boxes(
 
     Preprocessing (letterbox, normalisation) and the person class come from the
     `DetectorSpec` that `training.detector.export` stores in the graph's metadata -- the
-    same rule the service applies (models.detector_io). Boxes are normalised here.
+    same rule the service applies (core.detector_io). Boxes are normalised here.
     """
     import onnxruntime as ort
 
-    from models.detector_io import preprocess, unletterbox_boxes
+    from core.detector_io import preprocess, unletterbox_boxes
     from training.detector.export import read_spec
     from training.frame_cache import FrameCache
 

@@ -1,6 +1,6 @@
 """Clips around keyframes, decoded with PyAV from video files or read from frame folders.
 
-Which frames make up a clip is decided by `models.sampling` only (the rule the service
+Which frames make up a clip is decided by `core.sampling` only (the rule the service
 uses too): `clip_times` gives the sample times around the keyframe and
 `nearest_frame_indices` maps them to decoded frames by presentation time, repeating the
 first/last frame for times before the start / after the end of the video.
@@ -17,8 +17,8 @@ Three ways to get the same frames:
 
 All return uint8 RGB ``(T, H, W, 3)`` at the source resolution. `preprocess_clip` resizes
 the short side and normalises to float32 ``(3, T, H, W)``; `pack_pathways` splits it into
-the slow and fast pathways with `models.sampling.slow_indices`. Both come from
-`models.preprocess`, the implementation the service shares. Nothing here imports torch.
+the slow and fast pathways with `core.sampling.slow_indices`. Both come from
+`core.preprocess`, the implementation the service shares. Nothing here imports torch.
 
 Frame times are seconds from the start of the video stream (``pts * time_base`` minus
 the stream's start time), so frame ``k`` of a constant-rate video is at ``k / fps`` just
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.ava import AvaFormatError
-from models.preprocess import pack_pathways, preprocess_clip, resize_short_side
-from models.sampling import Alignment, clip_times, nearest_frame_indices
+from core.ava import AvaFormatError
+from core.preprocess import pack_pathways, preprocess_clip, resize_short_side
+from core.sampling import Alignment, clip_times, nearest_frame_indices
 
 __all__ = [
     "ClipSpec",
@@ -70,7 +70,7 @@ class VideoDecodeError(AvaFormatError):
 @dataclass(frozen=True)
 class ClipSpec:
     """Which frames form a clip: ``num_frames`` samples ``sampling_rate`` frames apart on
-    a ``target_fps`` grid, placed by ``alignment`` around the keyframe (models.sampling).
+    a ``target_fps`` grid, placed by ``alignment`` around the keyframe (core.sampling).
 
     Usually built from a preset with `ClipSpec.from_preset`.
     """
@@ -82,7 +82,7 @@ class ClipSpec:
 
     @classmethod
     def from_preset(cls, info: Any) -> ClipSpec:
-        """From a `models.preset_info.PresetInfo` (or anything with the same fields)."""
+        """From a `core.preset_info.PresetInfo` (or anything with the same fields)."""
         return cls(
             num_frames=int(info.num_frames),
             sampling_rate=int(info.sampling_rate),
@@ -329,7 +329,7 @@ class FrameFolder:
 
 # -- preprocessing (numpy only) --------------------------------------------------------------
 
-# resize_short_side, preprocess_clip and pack_pathways live in models.preprocess (imported
+# resize_short_side, preprocess_clip and pack_pathways live in core.preprocess (imported
 # above and re-exported here): the service runs the very same functions, so training and
 # serving cannot drift apart.
 

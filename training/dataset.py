@@ -4,7 +4,7 @@ One item is one keyframe: the clip around it, every annotated (or proposed) pers
 and, for training, the multi-hot targets::
 
     FrameCache (uint8 frames at the cache short side)
-      -> clip (T, H, W, 3) by models.sampling      boxes (K, 4) normalised -> pixels
+      -> clip (T, H, W, 3) by core.sampling      boxes (K, 4) normalised -> pixels
       -> [train] scale jitter, flip, box jitter, colour jitter (training.augment)
       -> normalise (3, T, H, W) -> pack_pathways: slow (3, T_s, H, W), fast (3, T_f, H, W)
 
@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.ava import LabelMap
-from models.preset_info import PresetInfo
+from core.ava import LabelMap
+from core.preset_info import PresetInfo
 from training import augment
 from training.ava_data import DatasetInfo, KeyframeAnnotation
 from training.bank_extract import FeatureBank

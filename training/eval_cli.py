@@ -27,7 +27,7 @@ import typer
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from models.ava import LabelMap
+    from core.ava import LabelMap
     from training.eval_csv import EvalInputs
     from training.evaluation import EvalResult
 
@@ -127,7 +127,7 @@ def eval_command(
     ),
 ) -> None:
     """Frame-mAP at IoU 0.5 with the ActivityNet AVA protocol. Last line: mAP@0.5IOU: <value>."""
-    from models.ava import AvaFormatError
+    from core.ava import AvaFormatError
 
     if checkpoint:
         _model_eval(
@@ -193,7 +193,7 @@ def _model_eval(
             raise typer.BadParameter(f"{c} is not a file", param_hint="--checkpoint")
     from rich.progress import Progress
 
-    from models.ava import AvaFormatError
+    from core.ava import AvaFormatError
     from training.run_eval import long_term_ids, run_evaluation, sweep_thresholds
 
     scale_list: list[int] | None = None
@@ -206,7 +206,7 @@ def _model_eval(
         import torch
 
         state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
-        from models.preset_info import preset_info
+        from core.preset_info import preset_info
 
         short = int(
             state["config"].get("preset_overrides", {}).get("short_side")
@@ -258,7 +258,7 @@ def _resolve_inputs(
     max_per_keyframe: int,
 ) -> tuple[LabelMap, EvalInputs]:
     """Read what the options name. Raises AvaFormatError with file/line/field on bad input."""
-    from models.ava import read_label_map_pbtxt
+    from core.ava import read_label_map_pbtxt
     from training.eval_csv import read_eval_inputs
 
     if gt is None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from models.ava import AvaFormatError, LabelMap
+from core.ava import AvaFormatError, LabelMap
 from training.evaluation import (
     MAX_DETECTIONS_PER_KEYFRAME,
     ImageKey,

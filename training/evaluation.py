@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.ava import LabelMap
+from core.ava import LabelMap
 from training.ava_data import AnnotationRow, DetectionRow, KeyframeKey
 
 __all__ = [

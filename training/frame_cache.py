@@ -7,7 +7,7 @@ resized to the short side the model trains at, and kept as a ``(N, H, W, 3)`` ui
 array -- in memory, or as an ``np.memmap`` under ``DIR/cache/`` that later runs (and
 DataLoader workers, which share the page cache) reuse.
 
-Which frames form a clip is still decided by `models.sampling` (`nearest_frame_indices`
+Which frames form a clip is still decided by `core.sampling` (`nearest_frame_indices`
 on the decoded frames' presentation times), and frames and times come from
 `training.clips`' own decoder, so a cached clip has exactly the frames `decode_clip`
 gives (only resized earlier; `tests/training/test_frame_cache.py` checks this).
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.preprocess import resize_short_side
-from models.sampling import nearest_frame_indices
+from core.preprocess import resize_short_side
+from core.sampling import nearest_frame_indices
 from training import clips
 from training.clips import ClipSpec, FrameFolder, VideoDecodeError, find_video
 
@@ -82,7 +82,7 @@ def _resize_u8(
     arr = np.stack(frames)  # (n, H, W, 3)
     if short_side is None or min(arr.shape[1:3]) == short_side:
         return arr
-    return resize_short_side(arr, short_side)  # uint8: models.preprocess, as the service
+    return resize_short_side(arr, short_side)  # uint8: core.preprocess, as the service
 
 
 def _iter_source(

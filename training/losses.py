@@ -39,7 +39,7 @@ def _pose_mask(
     pose_columns: Sequence[int] | torch.Tensor, num_classes: int, device: torch.device
 ) -> torch.Tensor:
     """(C,) bool mask from column indices, or from a (C,) bool mask (a tensor or a sequence
-    of bools such as `models.ava.LabelMap.pose_mask`)."""
+    of bools such as `core.ava.LabelMap.pose_mask`)."""
     if not isinstance(pose_columns, torch.Tensor):
         pose_columns = torch.tensor(list(pose_columns))
     if pose_columns.dtype == torch.bool:

@@ -172,7 +172,7 @@ def to_rows(
 
 def evaluate_rows(rows: Sequence[DetectionRow], data_dir: StrPath, split: str) -> EvalResult:
     """Frame-mAP of results rows against the split's ground truth (excluded keyframes out)."""
-    from models.ava import read_label_map_pbtxt
+    from core.ava import read_label_map_pbtxt
     from training.ava_data import read_excluded_timestamps
 
     data_dir = Path(data_dir)

@@ -35,8 +35,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from core.ava import POSE_IDS, LabelMap, read_label_map_pbtxt
 from models.action_model import ActionModel
-from models.ava import POSE_IDS, LabelMap, read_label_map_pbtxt
 from training.ava_data import (
     DatasetInfo,
     KeyframeAnnotation,
@@ -259,7 +259,7 @@ def build_action_model(
     if config.stage == "stage2":
         head.update(use_lfb=True, lfb_dim_bank=bank_dim, use_global=config.use_global)
         if config.bank_time:
-            from models.bank_layout import slot_offsets
+            from core.bank_layout import slot_offsets
 
             w = config.bank_window
             head["lfb_slot_offsets"] = slot_offsets(-w, 2 * w + 1, config.bank_persons_per_second)

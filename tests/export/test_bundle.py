@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import export.bundle as bundle_mod
+from core.manifest import load_manifest, validate_bundle
 from export.bundle import (
     CheckpointError,
     ExportError,
@@ -22,7 +23,6 @@ from export.bundle import (
 )
 from export.detector import graph_domains
 from export.parity import ParityError
-from models.manifest import load_manifest, validate_bundle
 from models.onnx_utils import HEAD_INPUTS
 from models.presets import slowfast_tiny
 
@@ -254,7 +254,7 @@ def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> Non
     from typer.testing import CliRunner
 
     from avaserve.cli import app
-    from models.preset_info import preset_info
+    from core.preset_info import preset_info
     from training.ava_data import read_keyframes
 
     world = tmp_path / "world"
@@ -276,7 +276,7 @@ def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> Non
 def test_synthetic_fallback_warns(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from models.preset_info import preset_info
+    from core.preset_info import preset_info
 
     monkeypatch.setattr(bundle_mod, "DEFAULT_VIDEO_FILE", Path("/nonexistent.mp4"))
     clips, source = bundle_mod.parity_clips(preset_info("slowfast_tiny"), count=1)
@@ -333,7 +333,7 @@ TIMED_CONFIG = {
 def _timed_checkpoint(path: Path, seed: int, **head: object) -> tuple[torch.nn.Module, Path]:
     """A time-aware stage-2 tiny model (LFB + global, TIMED_CONFIG's slots) saved as a
     training checkpoint; ``head`` adds preset options (e.g. ``appearance_grid``)."""
-    from models.bank_layout import slot_offsets
+    from core.bank_layout import slot_offsets
 
     torch.manual_seed(seed)
     model = slowfast_tiny(

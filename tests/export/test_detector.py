@@ -11,6 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from core.detector_io import preprocess, unletterbox_boxes
+from core.manifest import DETECTOR_OUTPUTS, DetectorSpec
 from export.detector import (
     DetectorExportError,
     build_yolox_detector,
@@ -21,8 +23,6 @@ from export.detector import (
     yolox_grid,
     yolox_postprocess_numpy,
 )
-from models.detector_io import preprocess, unletterbox_boxes
-from models.manifest import DETECTOR_OUTPUTS, DetectorSpec
 
 KEYFRAME_SECONDS = (5, 10, 20, 30, 60, 70)  # people in view at each (3-10 walk through)
 

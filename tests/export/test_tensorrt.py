@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.manifest import GraphSpec, ShapeRange, TensorSpec
 from export.tensorrt import (
     CalibrationCache,
     ProfileShapes,
@@ -26,7 +27,6 @@ from export.tensorrt import (
     profile_shapes,
     require_tensorrt,
 )
-from models.manifest import GraphSpec, ShapeRange, TensorSpec
 
 SHA = "ab" * 32
 

@@ -14,8 +14,7 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from export.triton import TritonError, TritonOptions, triton_batch_axis, write_triton_repository
-from models.manifest import (
+from core.manifest import (
     BankSpec,
     BundleManifest,
     EngineSpec,
@@ -28,6 +27,7 @@ from models.manifest import (
     describe_graph,
     write_manifest,
 )
+from export.triton import TritonError, TritonOptions, triton_batch_axis, write_triton_repository
 
 
 def _model_config_pb2() -> ModuleType:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from core.ava import POSE_IDS
+from core.probs import action_probabilities, pose_columns
 from models.action_model import ActionModel
-from models.ava import POSE_IDS
 from models.lfb import LFB
-from models.probs import action_probabilities, pose_columns
 from models.roi import RoIHead, roi_align
 
 

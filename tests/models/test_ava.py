@@ -1,4 +1,4 @@
-"""models.ava: AVA facts, LabelMap, and the label-map / names readers."""
+"""core.ava: AVA facts, LabelMap, and the label-map / names readers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.ava import (
+from core.ava import (
     AVA_NAMES,
     EVALUATED_IDS,
     POSE_IDS,

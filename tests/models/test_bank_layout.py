@@ -1,11 +1,11 @@
-"""models/bank_layout.py: the slot-aligned bank window shared by training and the service."""
+"""core/bank_layout.py: the slot-aligned bank window shared by training and the service."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.bank_layout import (
+from core.bank_layout import (
     TIME_ENCODING_DIM,
     TIME_ENCODING_PERIODS_S,
     layout_window,

@@ -1,4 +1,4 @@
-"""models/detector_io.py: letterbox geometry round trips and the preprocessing it prescribes."""
+"""core/detector_io.py: letterbox geometry round trips and the preprocessing it prescribes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.detector_io import letterbox_transform, preprocess, unletterbox_boxes
-from models.manifest import DetectorSpec
+from core.detector_io import letterbox_transform, preprocess, unletterbox_boxes
+from core.manifest import DetectorSpec
 
 
 def _spec(**kw: object) -> DetectorSpec:
@@ -91,7 +91,7 @@ def test_detector_spec_round_trips_through_onnx_metadata(tmp_path: Path) -> None
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from models.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
+    from core.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])

@@ -93,7 +93,7 @@ def test_dropout_active_in_train_mode(lfb: LFB) -> None:
 def test_wu_lfb_sees_a_set_but_the_time_aware_one_sees_when() -> None:
     """Reordering the window's slots leaves Wu et al.'s operator unchanged; with slot times
     the same features at other seconds give another output."""
-    from models.bank_layout import slot_offsets
+    from core.bank_layout import slot_offsets
 
     torch.manual_seed(0)
     offsets = slot_offsets(-3, 7, 2)  # W = 14
@@ -175,7 +175,7 @@ def _recall_lfb(offsets: list[float] | None) -> LFB:
 def test_recall_finds_this_persons_evidence_in_its_time_bin() -> None:
     """Recall answers "did this person do class c long ago / recently / now / ahead": the
     evidence row counts only when it looks like the query, and lands in the bin of its slot."""
-    from models.bank_layout import slot_offsets
+    from core.bank_layout import slot_offsets
     from models.lfb import RECALL_BIN_EDGES_S
 
     offsets = slot_offsets(-30, 61, 1)  # W = 61, one person a second

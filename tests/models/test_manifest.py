@@ -1,4 +1,4 @@
-"""models/manifest.py: schema rules, round trip, and `validate_bundle` on real ONNX files."""
+"""core/manifest.py: schema rules, round trip, and `validate_bundle` on real ONNX files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.manifest import (
+from core.manifest import (
     MANIFEST_NAME,
     BankSpec,
     BundleError,
@@ -309,7 +309,7 @@ def test_renamed_output_is_refused(bundle: Path) -> None:
         node.output[:] = ["action_scores" if o == "action_probs" else o for o in node.output]
     model.graph.output[0].name = "action_scores"
     onnx.save(model, str(bundle / "head.onnx"))
-    from models.manifest import sha256_file
+    from core.manifest import sha256_file
 
     _edit(bundle, ["graphs", "head", "sha256"], sha256_file(bundle / "head.onnx"))
     with pytest.raises(BundleError) as info:
@@ -358,7 +358,7 @@ def test_missing_file_and_unloadable_graph(bundle: Path) -> None:
         validate_bundle(bundle)
     (bundle / "other.onnx").rename(bundle / "backbone.onnx")
     (bundle / "head.onnx").write_bytes(b"not an onnx file")
-    from models.manifest import sha256_file
+    from core.manifest import sha256_file
 
     _edit(bundle, ["graphs", "head", "sha256"], sha256_file(bundle / "head.onnx"))
     with pytest.raises(BundleError) as info:
@@ -382,7 +382,7 @@ def test_bundle_with_detector(tmp_path: Path, assets: Path) -> None:
 
 def test_manifest_module_is_torch_and_onnx_free() -> None:
     code = (
-        "import sys, models.manifest, models.detector_io; "
+        "import sys, core.manifest, core.detector_io; "
         "bad = [m for m in ('torch', 'onnx') if m in sys.modules]; "
         "assert not bad, bad"
     )

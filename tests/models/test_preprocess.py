@@ -1,11 +1,11 @@
-"""models.preprocess: the one resize + normalisation training and the service share."""
+"""core.preprocess: the one resize + normalisation training and the service share."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.preprocess import (
+from core.preprocess import (
     normalise_clip,
     pack_pathways,
     preprocess_clip,

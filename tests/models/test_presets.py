@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
+from core.preset_info import PRESET_INFOS, PresetInfo, preset_info
 from models.nonlocal_block import NonLocalBlock
-from models.preset_info import PRESET_INFOS, PresetInfo, preset_info
 from models.presets import PRESETS, slowfast_r50_ava, slowfast_r101_ava, slowfast_tiny
 
 # What pytorchvideo 0.1.5 builds for the same configuration (measured by the lead):
@@ -74,7 +74,7 @@ def test_overrides_are_routed() -> None:
 
 def test_preset_info_is_torch_free_and_complete() -> None:
     code = (
-        "import sys, models.preset_info as p; "
+        "import sys, core.preset_info as p; "
         "assert 'torch' not in sys.modules, 'preset_info imported torch'; "
         "print(sorted(p.PRESET_INFOS))"
     )

@@ -35,8 +35,8 @@ from roi_reference import roi_align_np
 from torch import nn
 from typer.testing import CliRunner
 
+from core.probs import action_probabilities
 from models.checkpoints import build_model, load_checkpoint
-from models.probs import action_probabilities
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("slowfast") is None,

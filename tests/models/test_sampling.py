@@ -1,4 +1,4 @@
-"""models.sampling: the one clip-sampling rule (start, middle, end of a video; alignment)."""
+"""core.sampling: the one clip-sampling rule (start, middle, end of a video; alignment)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from models.sampling import (
+from core.sampling import (
     clip_frame_indices,
     clip_offsets,
     clip_times,
@@ -136,6 +136,6 @@ def test_slow_indices_match_torch_linspace_long() -> None:
 
 
 def test_torch_free_import() -> None:
-    code = "import sys, models.ava, models.sampling; print('torch' in sys.modules)"
+    code = "import sys, core.ava, core.sampling; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -36,10 +36,10 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 from upstream_env import mmaction_importable, torchvision_stand_in
 
+from core.manifest import load_manifest
 from export.bundle import build_bundle, load_checkpoint_models
 from export.import_cli import register
 from models.checkpoints import build_model, load_checkpoint
-from models.manifest import load_manifest
 from service.runtime import create_runtime
 
 TOL = 1e-5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tiny_bundle as tb
 
-from models.manifest import BundleError, load_manifest
+from core.manifest import BundleError, load_manifest
 from service.decode import decode_frames
 from service.detector import PersonDetector, load_user_detector, nms_person
 from service.runtime import OnnxRuntime, RuntimeLoadError

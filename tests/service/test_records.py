@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.ava import LabelMap
+from core.ava import LabelMap
 from service.records import Prediction, read_ava_csv, read_jsonl, write_ava_csv, write_jsonl
 
 LABELS = LabelMap(

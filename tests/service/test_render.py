@@ -8,7 +8,7 @@ import av
 import numpy as np
 import tiny_bundle as tb
 
-from models.ava import LabelMap
+from core.ava import LabelMap
 from service.records import Prediction
 from service.render import draw_predictions, render_video, track_colour
 

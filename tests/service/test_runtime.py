@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiny_bundle as tb
 
-from models.manifest import BundleError, load_manifest
+from core.manifest import BundleError, load_manifest
 from service.runtime import (
     OnnxRuntime,
     Runtime,

@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.ava import AVA_NAMES
-from models.manifest import (
+from core.ava import AVA_NAMES
+from core.manifest import (
     BankSpec,
     BundleManifest,
     DetectorSpec,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.ava import AvaFormatError, LabelMap, read_label_map_pbtxt
+from core.ava import AvaFormatError, LabelMap, read_label_map_pbtxt
 from training.ava_data import (
     DatasetInfo,
     DetectionRow,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.ava import AvaFormatError
+from core.ava import AvaFormatError
 from training.clips import (
     ClipSpec,
     FrameFolder,
@@ -127,7 +127,7 @@ def test_find_video(tmp_path: Path, video: Path) -> None:
 
 
 def test_clip_spec_from_preset() -> None:
-    info = pytest.importorskip("models.preset_info")
+    info = pytest.importorskip("core.preset_info")
     spec = ClipSpec.from_preset(info.SLOWFAST_R50_AVA)
     assert spec == ClipSpec(num_frames=32, sampling_rate=2, target_fps=30.0, alignment="center")
 
@@ -142,7 +142,7 @@ def test_resize_matches_torch_bilinear() -> None:
         ref = torch.nn.functional.interpolate(
             x, size=ours.shape[1:3], mode="bilinear", align_corners=False
         ).permute(0, 2, 3, 1)
-        # uint8 out (models.preprocess): torch's numbers rounded to the nearest level
+        # uint8 out (core.preprocess): torch's numbers rounded to the nearest level
         np.testing.assert_allclose(ours, ref.numpy(), atol=0.5 + 1e-3)
     assert resize_short_side(frames, 16).shape == (3, 16, 23, 3)  # round(53 * 16 / 37) = 23
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.preset_info import preset_info
+from core.preset_info import preset_info
 from training.dataset import (
     ActionDataset,
     Augmentation,

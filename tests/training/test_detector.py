@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.detector_io import preprocess
 from export.detector import nms_numpy
-from models.detector_io import preprocess
 from training.detector.data import KeyframeImage, augment, to_canvas
 from training.detector.eval import DetectionSet, match_detections, person_ap
 from training.detector.model import (

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core.detector_io import preprocess
 from export.detector import check_detector_signature, graph_domains
-from models.detector_io import preprocess
 from training.detector.export import (
     DetectorParityError,
     export_detector_onnx,

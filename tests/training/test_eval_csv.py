@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.ava import AvaFormatError, LabelMap
+from core.ava import AvaFormatError, LabelMap
 from training.eval_csv import read_eval_inputs
 from training.evaluation import evaluate_tables
 

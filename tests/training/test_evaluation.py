@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.ava import LabelMap, read_label_map_pbtxt
+from core.ava import LabelMap, read_label_map_pbtxt
 from training.ava_data import (
     AnnotationRow,
     DetectionRow,

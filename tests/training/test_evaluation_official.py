@@ -33,7 +33,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from models.ava import LabelMap, read_label_map_pbtxt, write_label_map_pbtxt
+from core.ava import LabelMap, read_label_map_pbtxt, write_label_map_pbtxt
 from training.eval_cli import register
 from training.eval_csv import read_eval_inputs
 from training.evaluation import evaluate_tables

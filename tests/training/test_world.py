@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from models.ava import AVA_NAMES, POSE_IDS
+from core.ava import AVA_NAMES, POSE_IDS
 from training.world import classes as C
 from training.world.figures import NUM_JOINTS, pose_at, skeleton
 from training.world.generate import class_counts, imbalance_ratio, item_seed

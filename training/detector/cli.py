@@ -43,7 +43,7 @@ def train_detector_command(
     ),
 ) -> None:
     """Train the person detector on a dataset's keyframe boxes; prints val person AP@0.5."""
-    from models.ava import AvaFormatError
+    from core.ava import AvaFormatError
     from training.detector.train import TrainConfig, train_detector
 
     config = TrainConfig(
@@ -101,7 +101,7 @@ def eval_detector_command(
         raise typer.Exit(code=2)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from models.ava import AvaFormatError
+    from core.ava import AvaFormatError
     from training.detector.data import load_keyframe_images
     from training.detector.eval import (
         person_ap,

@@ -5,7 +5,7 @@ on exactly those frames. Each `KeyframeImage` is the decoded keyframe (uint8 RGB
 source resolution) and its deduplicated person boxes: AVA repeats a box on one row per
 action, and `training.ava_data.group_keyframes` already merges rows of one (box, person).
 
-Augmentation happens on the letterbox canvas the graph sees (models.detector_io): the
+Augmentation happens on the letterbox canvas the graph sees (core.detector_io): the
 frame is scaled by ``r * U(scale_range)`` (``r`` the letterbox scale), placed at a random
 position (so the model sees people at every position and at the padded border), mirrored
 with p = 0.5 and colour-jittered. Boxes follow the same affine map and are clipped to the
@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from models.manifest import DetectorSpec
+from core.manifest import DetectorSpec
 from training.augment import color_jitter
 
 __all__ = ["KeyframeImage", "augment", "load_keyframe_images", "stack_batch", "to_canvas"]
@@ -133,10 +133,10 @@ def to_canvas(
 
     ``scale`` multiplies the letterbox scale; ``offset`` is the (x, y) of the frame's
     top-left corner on the canvas (default: the spec's letterbox placement). With the
-    defaults this is `models.detector_io.preprocess` (same resize, same pad), which the
+    defaults this is `core.detector_io.preprocess` (same resize, same pad), which the
     tests check, so training sees what the service feeds. ``rng``: colour jitter.
     """
-    from models.detector_io import letterbox_transform
+    from core.detector_io import letterbox_transform
 
     h, w = image.shape[:2]
     t = letterbox_transform((h, w), spec)
@@ -191,7 +191,7 @@ def augment(
     scale_range: tuple[float, float] = (0.7, 1.3),
 ) -> tuple[FloatArray, FloatArray]:
     """A random training view: (``(3, H, W)`` input, boxes ``(M, 4)`` canvas pixels)."""
-    from models.detector_io import letterbox_transform
+    from core.detector_io import letterbox_transform
 
     h, w = item.image.shape[:2]
     t = letterbox_transform((h, w), spec)

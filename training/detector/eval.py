@@ -14,7 +14,7 @@ evaluation can run on detected boxes.
 
 Two runners give the same `DetectionSet`: a PyTorch checkpoint (`run_checkpoint`) and an
 exported ``detector.onnx`` through ONNX Runtime (`run_onnx`), both fed by
-`models.detector_io.preprocess`, the service's own preprocessing.
+`core.detector_io.preprocess`, the service's own preprocessing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import DetectorSpec
+from core.manifest import DetectorSpec
 from training.detector.data import KeyframeImage
 
 __all__ = [
@@ -178,7 +178,7 @@ def _run(
     predict: Predictor,
     progress: Callable[[int], None] | None = None,
 ) -> list[DetectionSet]:
-    from models.detector_io import preprocess, unletterbox_boxes
+    from core.detector_io import preprocess, unletterbox_boxes
 
     out = []
     for i, item in enumerate(items):

@@ -1,6 +1,6 @@
 """Export a trained person detector to ``detector.onnx`` with the uniform signature.
 
-Contract (export/detector.py, models.manifest.DetectorSpec)::
+Contract (export/detector.py, core.manifest.DetectorSpec)::
 
     images       (B, 3, H, W) float32   RGB, letterboxed top-left (pad 114), /255, mean/std
     boxes        (N, 4) float32         x1, y1, x2, y2 in input (canvas) pixels
@@ -46,8 +46,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from models.detector_io import SPEC_METADATA_KEY
-from models.manifest import DETECTOR_INPUT, DetectorSpec, GraphSpec, describe_graph
+from core.detector_io import SPEC_METADATA_KEY
+from core.manifest import DETECTOR_INPUT, DetectorSpec, GraphSpec, describe_graph
 from training.detector.model import PersonDetector, decode, detect, detector_spec
 
 __all__ = [
@@ -269,13 +269,13 @@ def export_detector_onnx(
     """Write ``detector.onnx`` for a checkpoint (or a model) after the parity gate.
 
     ``frames``: RGB ``(h, w, 3)`` uint8 frames for the parity check, preprocessed with
-    `models.detector_io.preprocess` (the service's path); ``None`` uses 4 random images.
+    `core.detector_io.preprocess` (the service's path); ``None`` uses 4 random images.
     ``score_threshold`` is the service's keep threshold recorded in the spec; ``None`` takes
     the best-F1 threshold of the val sweep `train_detector` stored in the checkpoint
     (0.5 when there is none). Override it with the action model's detector-threshold
     sweep when that is known. The batch axis is dynamic.
     """
-    from models.detector_io import preprocess
+    from core.detector_io import preprocess
     from models.onnx_utils import export_onnx
     from training.detector.train import checkpoint_metrics, load_checkpoint
 

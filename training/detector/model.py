@@ -3,7 +3,7 @@ PyTorch.
 
 Data flow (``s = 4``, the output stride)::
 
-    images (B, 3, H, W)  RGB, /255, (x - mean) / std, letterboxed (models.detector_io)
+    images (B, 3, H, W)  RGB, /255, (x - mean) / std, letterboxed (core.detector_io)
       -> backbone: conv stem to s4, residual stages at s8, s16, s32
       -> top-down neck (nearest 2x upsampling + lateral 1x1) back to s4
       -> head at s4:  heat (B, 1, H/s, W/s)  person-centre logits
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.manifest import DetectorSpec
+from core.manifest import DetectorSpec
 
 __all__ = [
     "DetectorConfig",

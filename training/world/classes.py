@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.ava import AVA_NAMES, POSE_IDS, LabelMap
+from core.ava import AVA_NAMES, POSE_IDS, LabelMap
 
 
 @dataclass(frozen=True)

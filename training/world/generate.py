@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.ava import write_label_map_pbtxt
+from core.ava import write_label_map_pbtxt
 from training.world import classes as C
 from training.world.render import encode_mp4, render_frames
 from training.world.scenario import (

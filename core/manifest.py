@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.ava import LabelMap
+from core.ava import LabelMap
 
 __all__ = [
     "DETECTOR_INPUT",
@@ -205,7 +205,7 @@ class Preprocessing(_Strict):
 
     A clip for keyframe time ``t`` is ``num_frames`` frames at ``target_fps``, spaced
     ``sampling_rate`` frames apart, placed around ``t`` by ``clip_alignment`` (see
-    models/sampling.py); the slow pathway takes every ``alpha``-th of them. Pixels are RGB,
+    core/sampling.py); the slow pathway takes every ``alpha``-th of them. Pixels are RGB,
     divided by ``pixel_scale`` then normalised with ``mean``/``std`` per channel.
     """
 
@@ -291,7 +291,7 @@ class DetectorSpec(_Strict):
     Rows are after NMS, ordered by (image, class, descending score). The graph keeps rows
     above ``nms_score_threshold`` (low, so a ByteTrack-style tracker can use the low tier);
     the service keeps persons above ``score_threshold``. Map boxes back to frame pixels with
-    models.detector_io.unletterbox_boxes.
+    core.detector_io.unletterbox_boxes.
     """
 
     format: Literal["avaserve", "yolox"] = Field(
@@ -403,7 +403,7 @@ class BankSpec(_Strict):
     layout: Literal["unordered", "slots"] = Field(
         default="unordered",
         description="unordered: the window's rows in any order, padded (Wu et al.'s LFB sees a "
-        "set). slots: the time-aware LFB's slot-aligned layout (models.bank_layout): slot "
+        "set). slots: the time-aware LFB's slot-aligned layout (core.bank_layout): slot "
         "(s, j) is the j-th person of second t + slot_origin_s + s.",
     )
     slot_origin_s: int = Field(

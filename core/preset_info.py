@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.sampling import Alignment
+from core.sampling import Alignment
 
 # Kinetics pixel statistics on [0, 1] RGB used by PySlowFast's and pytorchvideo's SlowFast
 # configs (DATA.MEAN / DATA.STD); AVA fine-tuning keeps them.
@@ -24,12 +24,12 @@ class PresetInfo:
     name: preset name, e.g. ``"slowfast_r50_ava"``.
     num_frames: fast-pathway frames T_f per clip.
     alpha: T_f / T_s; the slow pathway takes ``num_frames // alpha`` of them
-        (``models.sampling.slow_indices``).
+        (``core.sampling.slow_indices``).
     sampling_rate: fast-pathway stride, in frames at ``target_fps``.
     short_side: resize the frame's short side to this many pixels (test scale).
     target_fps: the frame grid clip sampling works on (AVA videos are resampled to 30).
     mean, std: per-channel normalisation of [0, 1] RGB pixels.
-    alignment: where the keyframe sits in the clip (see ``models.sampling``).
+    alignment: where the keyframe sits in the clip (see ``core.sampling``).
     """
 
     name: str

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.sampling import slow_indices
+from core.sampling import slow_indices
 
 __all__ = [
     "normalise_clip",
@@ -159,7 +159,7 @@ def preprocess_clip(
 def pack_pathways(clip: npt.NDArray[Any], alpha: int) -> tuple[F32, F32]:
     """``(3, T_f, H, W)`` -> (slow ``(3, T_f // alpha, H, W)``, fast ``(3, T_f, H, W)``).
 
-    The slow frames are `models.sampling.slow_indices` of the fast ones; ``fast`` is ``clip``.
+    The slow frames are `core.sampling.slow_indices` of the fast ones; ``fast`` is ``clip``.
     """
     slow = clip[:, slow_indices(int(clip.shape[1]), alpha)]
     return np.ascontiguousarray(slow, dtype=np.float32), clip

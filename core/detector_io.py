@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from models.manifest import DetectorSpec
+from core.manifest import DetectorSpec
 
 __all__ = ["LetterboxTransform", "letterbox_transform", "preprocess", "unletterbox_boxes"]
 
