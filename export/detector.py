@@ -43,6 +43,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
+from core.boxes import batched_nms
 from core.manifest import (
     DETECTOR_INPUT,
     DETECTOR_OUTPUTS,
@@ -57,7 +58,6 @@ __all__ = [
     "build_yolox_detector",
     "check_detector_signature",
     "graph_domains",
-    "nms_numpy",
     "probe_yolox_layout",
     "yolox_decode_numpy",
     "yolox_grid",
@@ -127,51 +127,6 @@ def yolox_decode_numpy(
     return boxes.astype(np.float32), (obj * cls).astype(np.float32)
 
 
-def _iou_one_to_many(box: NDArray[np.float32], others: NDArray[np.float32]) -> NDArray[np.float32]:
-    # Corners are re-ordered (min/max) as ONNX NonMaxSuppression does for center_point_box=0.
-    x1a, x2a = min(box[0], box[2]), max(box[0], box[2])
-    y1a, y2a = min(box[1], box[3]), max(box[1], box[3])
-    x1b, x2b = np.minimum(others[:, 0], others[:, 2]), np.maximum(others[:, 0], others[:, 2])
-    y1b, y2b = np.minimum(others[:, 1], others[:, 3]), np.maximum(others[:, 1], others[:, 3])
-    iw = np.clip(np.minimum(x2a, x2b) - np.maximum(x1a, x1b), 0, None)
-    ih = np.clip(np.minimum(y2a, y2b) - np.maximum(y1a, y1b), 0, None)
-    inter = iw * ih
-    union = (x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0).astype(np.float32)
-
-
-def nms_numpy(
-    boxes: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    *,
-    iou_threshold: float,
-    score_threshold: float,
-    max_per_class: int,
-) -> NDArray[np.int64]:
-    """Greedy per-class NMS with ONNX ``NonMaxSuppression`` semantics.
-
-    boxes ``(B, A, 4)`` xyxy, scores ``(B, K, A)`` -> selected ``(M, 3)`` rows of
-    ``(batch, class, anchor)``, ordered by batch, class, descending score. Keeps boxes with
-    score > ``score_threshold``; suppresses those with IoU > ``iou_threshold``.
-    """
-    rows: list[tuple[int, int, int]] = []
-    for b in range(boxes.shape[0]):
-        for k in range(scores.shape[1]):
-            s = scores[b, k]
-            cand = np.flatnonzero(s > np.float32(score_threshold))
-            order = cand[np.argsort(-s[cand], kind="stable")]
-            kept: list[int] = []
-            while order.size and len(kept) < max_per_class:
-                i = int(order[0])
-                kept.append(i)
-                rest = order[1:]
-                iou = _iou_one_to_many(boxes[b, i], boxes[b, rest])
-                order = rest[iou <= np.float32(iou_threshold)]
-            rows.extend((b, k, i) for i in kept)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-
-
 def yolox_postprocess_numpy(
     raw: NDArray[np.float32], spec: DetectorSpec, layout: YoloxLayout | None = None
 ) -> dict[str, NDArray[np.generic]]:
@@ -185,7 +140,7 @@ def yolox_postprocess_numpy(
         apply_sigmoid=not layout.sigmoid_applied,
     )
     scores_t = scores.transpose(0, 2, 1)  # (B, K, A)
-    sel = nms_numpy(
+    sel = batched_nms(
         boxes,
         scores_t,
         iou_threshold=spec.nms_iou,

@@ -35,41 +35,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from core.boxes import nms
 from core.detector_io import LetterboxTransform, preprocess, unletterbox_boxes
 from core.manifest import DETECTOR_INPUT, DETECTOR_OUTPUTS, BundleError, DetectorSpec
 from service.runtime import OnnxRuntime, Runtime, RuntimeLoadError
 from service.types import Detections
 
-__all__ = ["PersonDetector", "RawYolox", "load_user_detector", "nms_person"]
+__all__ = ["PersonDetector", "RawYolox", "load_user_detector"]
 
 StrPath = str | PathLike[str]
 YOLOX_STRIDES = (8, 16, 32)
-
-
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9), dtype=np.float32)
-
-
-def nms_person(
-    boxes: np.ndarray, scores: np.ndarray, *, iou: float, floor: float, max_keep: int
-) -> np.ndarray:
-    """Greedy NMS (ONNX NonMaxSuppression's rule: suppress IoU > iou). Returns kept indices."""
-    order = np.flatnonzero(scores > floor)
-    order = order[np.argsort(-scores[order], kind="stable")]
-    keep: list[int] = []
-    while order.size and len(keep) < max_keep:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        order = rest[_iou(boxes[i], boxes[rest]) <= iou]
-    return np.asarray(keep, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -106,11 +81,11 @@ class RawYolox:
         scores = (obj * cls).astype(np.float32)  # (B, A)
         out_b, out_s, out_bi = [], [], []
         for b in range(raw.shape[0]):
-            keep = nms_person(
+            keep = nms(
                 boxes[b],
                 scores[b],
-                iou=spec.nms_iou,
-                floor=spec.nms_score_threshold,
+                iou_threshold=spec.nms_iou,
+                score_threshold=spec.nms_score_threshold,
                 max_keep=spec.max_detections,
             )
             out_b.append(boxes[b, keep])

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.bank_layout import layout_window
+from core.boxes import iou_matrix
 from training.ava_data import KeyframeProposals
 
 __all__ = ["FeatureBank", "VideoBank", "extract_bank", "load_bank"]
@@ -118,7 +119,7 @@ class FeatureBank:
         rows = np.flatnonzero(vb.times == timestamp)
         if rows.size == 0:
             return None
-        iou = _iou(np.asarray(boxes, np.float32).reshape(-1, 4), vb.boxes[rows])  # (K, R)
+        iou = iou_matrix(np.asarray(boxes, np.float32).reshape(-1, 4), vb.boxes[rows])  # (K, R)
         best = iou.argmax(axis=1)
         if np.any(iou[np.arange(len(best)), best] < 0.9):
             return None
@@ -136,15 +137,6 @@ class FeatureBank:
         assert vb is not None
         i = int(np.argmin(np.abs(vb.global_times - timestamp)))
         return vb.global_features[i].astype(np.float32)  # (D,)
-
-
-def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
 def load_bank(bank_dir: StrPath, split: str) -> FeatureBank:

@@ -17,7 +17,7 @@ finishes YOLOX. Appending keeps the PyTorch side free of export-only tricks (a c
 symbolic would tie the model to the TorchScript exporter, which is deprecated, and the
 dynamo exporter needs onnxscript), and every op is in the default domain, so ONNX
 Runtime and TensorRT's parser both take the file. In eager PyTorch the same step is
-`training.detector.model.nms`, written to ONNX NMS semantics.
+`core.boxes.nms` (numpy), written to ONNX NMS semantics.
 
 Parity gate: before writing, ONNX Runtime runs the candidate graph and the final graph on
 real frames (or random ones when none are given) and compares them with PyTorch: the
