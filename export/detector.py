@@ -22,8 +22,8 @@ parser both take it)::
     xy = (raw_xy + grid) * stride,  wh = exp(raw_wh) * stride,  score = obj * cls
 
 The layout of a given file (already decoded? sigmoid already applied?) is probed by running
-it, not assumed: `probe_yolox_layout`. `yolox_postprocess_numpy` is the reference the tests
-hold the graph to.
+it, not assumed: `probe_yolox_layout`. `yolox_postprocess_numpy` (the numpy decoder of
+core/yolox.py, then core.boxes.batched_nms) is the reference the tests hold the graph to.
 
 The project's own detector (``format="avaserve"``, a torchvision-style detector from the
 detector fine-tuning issue) is exported by its own code with the same input and output names;
@@ -33,7 +33,6 @@ detector fine-tuning issue) is exported by its own code with the same input and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -51,23 +50,27 @@ from core.manifest import (
     GraphSpec,
     describe_graph,
 )
+from core.yolox import (
+    YOLOX_STRIDES,
+    YoloxLayout,
+    decode_yolox,
+    layout_from_probes,
+    probe_images,
+    yolox_grid,
+)
 
 __all__ = [
     "DetectorExportError",
-    "YoloxLayout",
     "build_yolox_detector",
     "check_detector_signature",
     "graph_domains",
     "probe_yolox_layout",
-    "yolox_decode_numpy",
-    "yolox_grid",
     "yolox_postprocess_numpy",
 ]
 
 StrPath = str | PathLike[str]
 
 DEFAULT_OPSET = 17
-YOLOX_STRIDES = (8, 16, 32)
 
 
 class DetectorExportError(ValueError):
@@ -77,68 +80,12 @@ class DetectorExportError(ValueError):
 # -- numpy reference -------------------------------------------------------------------------
 
 
-def yolox_grid(
-    input_hw: tuple[int, int], strides: Sequence[int] = YOLOX_STRIDES
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Per-anchor grid cell ``(A, 2)`` as (x, y) and stride ``(A, 1)``, in YOLOX's anchor order.
-
-    Levels in stride order; inside a level, row-major over (y, x) with x fastest, which is
-    how YOLOX flattens each level's (h, w) feature map.
-    """
-    grids, steps = [], []
-    for s in strides:
-        h, w = input_hw[0] // s, input_hw[1] // s
-        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        grids.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-        steps.append(np.full((h * w, 1), s))
-    return (
-        np.concatenate(grids).astype(np.float32),
-        np.concatenate(steps).astype(np.float32),
-    )
-
-
-def yolox_decode_numpy(
-    raw: NDArray[np.float32],
-    input_hw: tuple[int, int],
-    *,
-    class_ids: Sequence[int] = (0,),
-    strides: Sequence[int] = YOLOX_STRIDES,
-    decoded: bool = False,
-    apply_sigmoid: bool = False,
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """YOLOX head output ``(B, A, 5 + C)`` -> boxes ``(B, A, 4)`` xyxy and scores ``(B, A, K)``.
-
-    ``K = len(class_ids)``: scores of the kept classes only, ``obj * cls``.
-    """
-    raw = raw.astype(np.float32)
-    if decoded:
-        ctr, size = raw[..., 0:2], raw[..., 2:4]
-    else:
-        grid, stride = yolox_grid(input_hw, strides)
-        ctr = (raw[..., 0:2] + grid) * stride
-        size = np.exp(raw[..., 2:4]) * stride
-    half = size * np.float32(0.5)
-    boxes = np.concatenate([ctr - half, ctr + half], axis=-1)
-    obj = raw[..., 4:5]
-    cls = raw[..., [5 + c for c in class_ids]]
-    if apply_sigmoid:
-        obj = (1 / (1 + np.exp(-obj))).astype(np.float32)
-        cls = (1 / (1 + np.exp(-cls))).astype(np.float32)
-    return boxes.astype(np.float32), (obj * cls).astype(np.float32)
-
-
 def yolox_postprocess_numpy(
     raw: NDArray[np.float32], spec: DetectorSpec, layout: YoloxLayout | None = None
 ) -> dict[str, NDArray[np.generic]]:
     """The whole appended graph in numpy: the reference `build_yolox_detector` is tested against."""
     layout = layout or YoloxLayout(decoded=False, sigmoid_applied=True)
-    boxes, scores = yolox_decode_numpy(
-        raw,
-        spec.input_size,
-        class_ids=spec.class_ids,
-        decoded=layout.decoded,
-        apply_sigmoid=not layout.sigmoid_applied,
-    )
+    boxes, scores = decode_yolox(raw, spec.input_size, layout, class_ids=spec.class_ids)
     scores_t = scores.transpose(0, 2, 1)  # (B, K, A)
     sel = batched_nms(
         boxes,
@@ -159,40 +106,16 @@ def yolox_postprocess_numpy(
 # -- probing the source model ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class YoloxLayout:
-    """What a YOLOX ONNX head output already contains.
-
-    ``decoded``: boxes already in pixels (exported with decode_in_inference) rather than
-    raw grid offsets. ``sigmoid_applied``: objectness and class columns already probabilities.
-    """
-
-    decoded: bool
-    sigmoid_applied: bool
-
-
 def probe_yolox_layout(model: onnx.ModelProto, input_hw: tuple[int, int]) -> YoloxLayout:
-    """Run the model on a few inputs and read the layout off the numbers.
-
-    Raw xy offsets are cell-relative (|x| of a few units); decoded centres reach hundreds of
-    pixels. Sigmoid outputs stay in [0, 1]; logits do not (they go negative).
-    """
+    """Run the model in ONNX Runtime on `core.yolox.probe_images` and read the layout off
+    the numbers (`core.yolox.layout_from_probes`)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    rng = np.random.default_rng(0)
-    h, w = input_hw
-    probes = [
-        rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32),
-        np.full((1, 3, h, w), 114, np.float32),
-    ]
-    outs = np.concatenate([sess.run(None, {name: x})[0] for x in probes], axis=1)
-    xy_max = float(np.abs(outs[..., 0:2]).max())
-    conf = outs[..., 4:]
-    return YoloxLayout(
-        decoded=xy_max > max(YOLOX_STRIDES),
-        sigmoid_applied=bool(conf.min() >= 0.0 and conf.max() <= 1.0),
+    probes = probe_images(*input_hw)
+    return layout_from_probes(
+        np.concatenate([sess.run(None, {name: x})[0] for x in probes], axis=1)
     )
 
 

@@ -19,7 +19,8 @@ to rebuild a graph:
 * a graph already in the contract above (e.g. made by ``avaserve export``), with its
   `DetectorSpec` in ``PATH.json`` if present (otherwise YOLOX preprocessing is assumed);
 * a raw YOLOX export (``images (1, 3, H, W) -> output (B, A, 5 + C)``, the public YOLOX ONNX
-  files): the grid decode, person scores (objectness x class) and NMS run in numpy here.
+  files): the grid decode (core/yolox.py), person scores (objectness x class) and NMS
+  (core/boxes.py) run in numpy here.
   Only the person column is decoded and suppressed, which is cheap (a few thousand anchors).
   Whether the file already decodes boxes or applies sigmoids is read off two probe runs.
 """
@@ -38,13 +39,13 @@ import numpy.typing as npt
 from core.boxes import nms
 from core.detector_io import LetterboxTransform, preprocess, unletterbox_boxes
 from core.manifest import DETECTOR_INPUT, DETECTOR_OUTPUTS, BundleError, DetectorSpec
+from core.yolox import YoloxLayout, decode_yolox, layout_from_probes, probe_images
 from service.runtime import OnnxRuntime, Runtime, RuntimeLoadError
 from service.types import Detections
 
 __all__ = ["PersonDetector", "RawYolox", "load_user_detector"]
 
 StrPath = str | PathLike[str]
-YOLOX_STRIDES = (8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -52,35 +53,18 @@ class RawYolox:
     """How to decode a raw YOLOX head output ``(B, A, 5 + C)`` (read off probe runs)."""
 
     output: str
-    decoded: bool
-    sigmoid_applied: bool
+    layout: YoloxLayout
 
     def rows(
         self, raw: np.ndarray, spec: DetectorSpec
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """-> boxes (N, 4) canvas px, scores (N,), class_ids (N,), batch_index (N,)."""
-        raw = raw.astype(np.float32)
-        h, w = spec.input_size
-        if self.decoded:
-            ctr, size = raw[..., 0:2], raw[..., 2:4]
-        else:
-            grids, steps = [], []
-            for s in YOLOX_STRIDES:
-                ys, xs = np.meshgrid(np.arange(h // s), np.arange(w // s), indexing="ij")
-                grids.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-                steps.append(np.full((xs.size, 1), s))
-            grid = np.concatenate(grids).astype(np.float32)  # (A, 2) x, y
-            stride = np.concatenate(steps).astype(np.float32)  # (A, 1)
-            ctr = (raw[..., 0:2] + grid) * stride  # YOLOX: xy = (raw + cell) * stride
-            size = np.exp(raw[..., 2:4]) * stride  # wh = exp(raw) * stride
-        boxes = np.concatenate([ctr - size / 2, ctr + size / 2], axis=-1)  # (B, A, 4)
-        obj = raw[..., 4]
-        cls = raw[..., 5 + spec.person_class_id]
-        if not self.sigmoid_applied:
-            obj, cls = 1 / (1 + np.exp(-obj)), 1 / (1 + np.exp(-cls))
-        scores = (obj * cls).astype(np.float32)  # (B, A)
+        boxes, person = decode_yolox(
+            raw, spec.input_size, self.layout, class_ids=(spec.person_class_id,)
+        )  # (B, A, 4), (B, A, 1)
+        scores = person[..., 0]  # (B, A)
         out_b, out_s, out_bi = [], [], []
-        for b in range(raw.shape[0]):
+        for b in range(boxes.shape[0]):
             keep = nms(
                 boxes[b],
                 scores[b],
@@ -233,20 +217,9 @@ def load_user_detector(
 
 
 def _probe_yolox(runtime: Runtime, h: int, w: int) -> RawYolox:
-    # Raw xy offsets are a few cells at most; decoded centres reach hundreds of pixels.
-    # Sigmoid outputs stay inside [0, 1]; logits go negative.
     name, out = runtime.input_names[0], runtime.output_names[0]
-    rng = np.random.default_rng(0)
-    probes = [
-        rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32),
-        np.full((1, 3, h, w), 114, np.float32),
-    ]
-    res = np.concatenate([runtime.run({name: x})[out] for x in probes], axis=1)
-    if res.ndim != 3 or res.shape[2] < 6:
-        raise RuntimeLoadError(f"YOLOX output has shape {res.shape}, expected (B, A, 5 + C)")
-    conf = res[..., 4:]
-    return RawYolox(
-        output=out,
-        decoded=float(np.abs(res[..., 0:2]).max()) > max(YOLOX_STRIDES),
-        sigmoid_applied=bool(conf.min() >= 0.0 and conf.max() <= 1.0),
-    )
+    res = np.concatenate([runtime.run({name: x})[out] for x in probe_images(h, w)], axis=1)
+    try:
+        return RawYolox(output=out, layout=layout_from_probes(res))
+    except ValueError as exc:
+        raise RuntimeLoadError(str(exc)) from None

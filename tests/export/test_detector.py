@@ -14,13 +14,13 @@ from onnx import TensorProto, helper
 from core.boxes import batched_nms
 from core.detector_io import preprocess, unletterbox_boxes
 from core.manifest import DETECTOR_OUTPUTS, DetectorSpec
+from core.yolox import yolox_grid
 from export.detector import (
     DetectorExportError,
     build_yolox_detector,
     check_detector_signature,
     graph_domains,
     probe_yolox_layout,
-    yolox_grid,
     yolox_postprocess_numpy,
 )
 

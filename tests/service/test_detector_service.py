@@ -65,7 +65,7 @@ def test_yolox_format_finds_people(assets: Path, tmp_path: Path) -> None:
 
     # The raw YOLOX file decoded in numpy (the --detector path) gives the same persons.
     raw = load_user_detector(assets / "detector" / "yolox_nano.onnx", score_threshold=0.8)
-    assert raw.raw_yolox is not None and raw.raw_yolox.sigmoid_applied
+    assert raw.raw_yolox is not None and raw.raw_yolox.layout.sigmoid_applied
     for a, b in zip(out, raw.detect(frames), strict=True):
         a, b = a[a.scores >= 0.5], b[b.scores >= 0.5]
         assert len(a) == len(b)
