@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from core.boxes import batched_nms
 from core.manifest import (
@@ -58,6 +58,7 @@ from core.yolox import (
     probe_images,
     yolox_grid,
 )
+from models.onnx_utils import append_nms_outputs
 
 __all__ = [
     "DetectorExportError",
@@ -155,13 +156,6 @@ def _append_yolox_postprocess(
             _const(p + "s5", np.array([5], np.int64)),
             _const(p + "ax2", np.array([2], np.int64)),
             _const(p + "score_cols", score_cols),
-            _const(p + "class_table", np.asarray(spec.class_ids, dtype=np.int64)),
-            _const(p + "max_out", np.array([spec.max_detections], np.int64)),
-            _const(p + "iou", np.array([spec.nms_iou], np.float32)),
-            _const(p + "score_thr", np.array([spec.nms_score_threshold], np.float32)),
-            _const(p + "col_b", np.array(0, np.int64)),
-            _const(p + "col_k", np.array(1, np.int64)),
-            _const(p + "cols_ba", np.array([0, 2], np.int64)),
         ]
     )
     # (B, A, 5 + C) -> xy, wh (B, A, 2), obj (B, A, 1), cls (B, A, K)
@@ -182,31 +176,7 @@ def _append_yolox_postprocess(
     boxes_all = n("Concat", [x1y1, x2y2], "boxes_all", axis=2)  # (B, A, 4) xyxy
     scores_all = n("Mul", [obj, cls], "scores_all")  # (B, A, K)
     scores_t = n("Transpose", [scores_all], "scores_t", perm=[0, 2, 1])  # (B, K, A)
-    sel = n(
-        "NonMaxSuppression",
-        [boxes_all, scores_t, p + "max_out", p + "iou", p + "score_thr"],
-        "selected",
-        center_point_box=0,
-    )  # (N, 3) int64: batch, class, anchor
-    batch_ba = n("Gather", [sel, p + "cols_ba"], "sel_ba", axis=1)  # (N, 2)
-    g.node.append(helper.make_node("GatherND", [boxes_all, batch_ba], ["boxes"], name="boxes"))
-    g.node.append(helper.make_node("GatherND", [scores_t, sel], ["scores"], name="scores"))
-    k = n("Gather", [sel, p + "col_k"], "sel_k", axis=1)  # (N,)
-    g.node.append(
-        helper.make_node("Gather", [p + "class_table", k], ["class_ids"], name="class_ids", axis=0)
-    )
-    g.node.append(
-        helper.make_node("Gather", [sel, p + "col_b"], ["batch_index"], name="batch_index", axis=1)
-    )
-    del g.output[:]
-    g.output.extend(
-        [
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"]),
-            helper.make_tensor_value_info("class_ids", TensorProto.INT64, ["N"]),
-            helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["N"]),
-        ]
-    )
+    append_nms_outputs(model, boxes_all, scores_t, spec, prefix=p)
 
 
 def build_yolox_detector(
