@@ -12,7 +12,7 @@ Layout, ``BANKDIR/<split>/``::
                        global_times (S,), global_features (S, D) float16 -- one per second
 
 fp16 halves the files; the features are post-ReLU magnitudes far inside fp16's range.
-`FeatureBank.window` gives the (W, D) window ``[t - 30, t + 30]`` with up to 5 persons per
+`ExtractedBank.window` gives the (W, D) window ``[t - 30, t + 30]`` with up to 5 persons per
 second (W = 61 * 5 = 305), zero-padded with a mask, the LFB's input.
 """
 
@@ -31,7 +31,7 @@ from core.bank_layout import layout_window
 from core.boxes import iou_matrix
 from training.ava_data import KeyframeProposals
 
-__all__ = ["FeatureBank", "VideoBank", "extract_bank", "load_bank"]
+__all__ = ["ExtractedBank", "VideoBank", "extract_bank", "load_bank"]
 
 StrPath = str | PathLike[str]
 
@@ -57,7 +57,7 @@ class VideoBank:
             return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
-class FeatureBank:
+class ExtractedBank:
     """Read side of a bank split: windows, person rows, clip features."""
 
     def __init__(self, folder: StrPath) -> None:
@@ -139,8 +139,8 @@ class FeatureBank:
         return vb.global_features[i].astype(np.float32)  # (D,)
 
 
-def load_bank(bank_dir: StrPath, split: str) -> FeatureBank:
-    return FeatureBank(Path(bank_dir) / split)
+def load_bank(bank_dir: StrPath, split: str) -> ExtractedBank:
+    return ExtractedBank(Path(bank_dir) / split)
 
 
 def extract_bank(

@@ -11,7 +11,7 @@ from training.detector.data import KeyframeImage, augment, to_canvas
 from training.detector.eval import DetectionSet, match_detections, person_ap
 from training.detector.model import (
     DetectorConfig,
-    PersonDetector,
+    PersonDetectorNet,
     cell_centres,
     decode,
     detector_spec,
@@ -23,7 +23,7 @@ TINY = DetectorConfig(input_hw=(64, 96), widths=(8, 8, 16, 16, 16), head_width=8
 
 
 def test_output_shapes() -> None:
-    model = PersonDetector(TINY).eval()
+    model = PersonDetectorNet(TINY).eval()
     heat, ltrb = model(torch.randn(2, 3, 64, 96))
     assert heat.shape == (2, 1, 16, 24)
     assert ltrb.shape == (2, 4, 16, 24)

@@ -48,7 +48,7 @@ from torch import nn
 from core.detector_io import SPEC_METADATA_KEY
 from core.manifest import DETECTOR_INPUT, DetectorSpec, GraphSpec, describe_graph
 from models.onnx_utils import append_nms_outputs
-from training.detector.model import PersonDetector, decode, detect, detector_spec
+from training.detector.model import PersonDetectorNet, decode, detect, detector_spec
 
 __all__ = [
     "DetectorExport",
@@ -89,7 +89,7 @@ class CandidateGraph(nn.Module):
     ``cand_scores`` has the class axis ONNX NonMaxSuppression wants (B, classes, boxes).
     """
 
-    def __init__(self, model: PersonDetector) -> None:
+    def __init__(self, model: PersonDetectorNet) -> None:
         super().__init__()
         self.model = model
 
@@ -149,7 +149,7 @@ def _matched_diff(
 def _parity(
     candidates: onnx.ModelProto,
     final: onnx.ModelProto,
-    model: PersonDetector,
+    model: PersonDetectorNet,
     inputs: Sequence[npt.NDArray[np.float32]],
     tolerance: float,
     spec: DetectorSpec,
@@ -214,7 +214,7 @@ def _parity(
 
 
 def export_detector_onnx(
-    checkpoint: StrPath | PersonDetector,
+    checkpoint: StrPath | PersonDetectorNet,
     path: StrPath,
     *,
     frames: Sequence[npt.NDArray[np.uint8]] | None = None,
@@ -235,7 +235,7 @@ def export_detector_onnx(
     from models.onnx_utils import export_onnx
     from training.detector.train import checkpoint_metrics, load_checkpoint
 
-    if isinstance(checkpoint, PersonDetector):
+    if isinstance(checkpoint, PersonDetectorNet):
         model, stored = checkpoint.eval(), None
     else:
         model = load_checkpoint(checkpoint)

@@ -11,7 +11,7 @@ Data flow (``s = 4``, the output stride)::
                                              the box's left, top, right, bottom edges
       -> decode: sigmoid, top-K cells           -> candidates (B, K, 4) xyxy input pixels,
                                                   scores (B, K)
-      -> greedy NMS (`core.boxes.nms`, ONNX NonMaxSuppression semantics) -> Detections
+      -> greedy NMS (`core.boxes.nms`, ONNX NonMaxSuppression semantics) -> BatchDetections
 
 Why this design: one heatmap peak per person needs no anchors (CenterNet, Zhou et al.
 2019); the decode is a max-pool plus a top-K, both plain ONNX ops; with one class the head
@@ -52,8 +52,8 @@ from core.manifest import DetectorSpec
 
 __all__ = [
     "DetectorConfig",
-    "Detections",
-    "PersonDetector",
+    "BatchDetections",
+    "PersonDetectorNet",
     "decode",
     "detect",
     "detector_spec",
@@ -138,7 +138,7 @@ class _Residual(nn.Module):
         return F.relu(x + self.conv2(self.conv1(x)))
 
 
-class PersonDetector(nn.Module):
+class PersonDetectorNet(nn.Module):
     """images (B, 3, H, W) -> (heat (B, 1, h, w) logits, ltrb (B, 4, h, w) log-distances).
 
     ``h, w = H / 4, W / 4``. The forward returns a plain tuple so the TorchScript exporter
@@ -282,7 +282,7 @@ def decode(
 
 
 @dataclass(frozen=True)
-class Detections:
+class BatchDetections:
     """Person boxes of a batch after NMS: the graph's outputs, in eager PyTorch.
 
     ``boxes (N, 4)`` xyxy input pixels, ``scores (N,)``, ``class_ids (N,)`` int64 (all 0:
@@ -302,16 +302,16 @@ class Detections:
             or self.batch_index.shape != (n,)
         ):
             raise ValueError(
-                f"Detections: boxes {tuple(self.boxes.shape)}, scores ({n},), class_ids "
+                f"BatchDetections: boxes {tuple(self.boxes.shape)}, scores ({n},), class_ids "
                 f"{tuple(self.class_ids.shape)}, batch_index {tuple(self.batch_index.shape)}"
             )
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def image(self, i: int) -> Detections:
+    def image(self, i: int) -> BatchDetections:
         keep = self.batch_index == i
-        return Detections(
+        return BatchDetections(
             self.boxes[keep], self.scores[keep], self.class_ids[keep], self.batch_index[keep]
         )
 
@@ -323,8 +323,8 @@ def postprocess(
     iou_threshold: float,
     score_threshold: float,
     max_output: int,
-) -> Detections:
-    """Candidates (B, K, 4), (B, K) -> `Detections` after per-image NMS."""
+) -> BatchDetections:
+    """Candidates (B, K, 4), (B, K) -> `BatchDetections` after per-image NMS."""
     out_b, out_s, out_i = [], [], []
     for i in range(boxes.shape[0]):
         # NMS in numpy (core.boxes, ONNX NonMaxSuppression rules): the same float32
@@ -342,7 +342,7 @@ def postprocess(
         out_s.append(scores[i][keep])
         out_i.append(torch.full((keep.numel(),), i, dtype=torch.int64))
     n = sum(int(s.numel()) for s in out_s)
-    return Detections(
+    return BatchDetections(
         torch.cat(out_b).reshape(-1, 4) if out_b else boxes.new_zeros(0, 4),
         torch.cat(out_s) if out_s else scores.new_zeros(0),
         torch.zeros(n, dtype=torch.int64),
@@ -352,8 +352,8 @@ def postprocess(
 
 @torch.no_grad()
 def detect(
-    model: PersonDetector, images: torch.Tensor, *, score_threshold: float | None = None
-) -> Detections:
+    model: PersonDetectorNet, images: torch.Tensor, *, score_threshold: float | None = None
+) -> BatchDetections:
     """Eager inference with the config's post-processing: what ``detector.onnx`` computes.
 
     ``score_threshold``: NMS score floor; default the config's ``nms_score_threshold``
