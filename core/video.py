@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -127,6 +127,7 @@ def iter_rgb_frames(
     clock = FrameClock.for_stream(stream)
     try:
         for frame in container.decode(stream):
-            yield clock(frame), rgb.reformat(frame, format="rgb24").to_ndarray()
+            image = cast(npt.NDArray[np.uint8], rgb.reformat(frame, format="rgb24").to_ndarray())
+            yield clock(frame), image
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(path, f"decoding failed: {exc}") from None
