@@ -715,6 +715,8 @@ def write_manifest(bundle_dir: StrPath, manifest: BundleManifest) -> Path:
 
 
 def sha256_file(path: StrPath, *, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, streamed: the one file hash of the project (bundle files,
+    checkpoints and imported weights of hundreds of MB alike)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -22,8 +22,8 @@ parser both take it)::
     xy = (raw_xy + grid) * stride,  wh = exp(raw_wh) * stride,  score = obj * cls
 
 The layout of a given file (already decoded? sigmoid already applied?) is probed by running
-it, not assumed: `probe_yolox_layout`. `yolox_postprocess_numpy` is the reference the tests
-hold the graph to.
+it, not assumed: `probe_yolox_layout`. `yolox_postprocess_numpy` (the numpy decoder of
+core/yolox.py, then core.boxes.batched_nms) is the reference the tests hold the graph to.
 
 The project's own detector (``format="avaserve"``, a torchvision-style detector from the
 detector fine-tuning issue) is exported by its own code with the same input and output names;
@@ -33,7 +33,6 @@ detector fine-tuning issue) is exported by its own code with the same input and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,9 @@ from typing import Any
 import numpy as np
 import onnx
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
+from core.boxes import batched_nms
 from core.manifest import (
     DETECTOR_INPUT,
     DETECTOR_OUTPUTS,
@@ -50,24 +50,28 @@ from core.manifest import (
     GraphSpec,
     describe_graph,
 )
+from core.yolox import (
+    YOLOX_STRIDES,
+    YoloxLayout,
+    decode_yolox,
+    layout_from_probes,
+    probe_images,
+    yolox_grid,
+)
+from models.onnx_utils import append_nms_outputs
 
 __all__ = [
     "DetectorExportError",
-    "YoloxLayout",
     "build_yolox_detector",
     "check_detector_signature",
     "graph_domains",
-    "nms_numpy",
     "probe_yolox_layout",
-    "yolox_decode_numpy",
-    "yolox_grid",
     "yolox_postprocess_numpy",
 ]
 
 StrPath = str | PathLike[str]
 
 DEFAULT_OPSET = 17
-YOLOX_STRIDES = (8, 16, 32)
 
 
 class DetectorExportError(ValueError):
@@ -77,115 +81,14 @@ class DetectorExportError(ValueError):
 # -- numpy reference -------------------------------------------------------------------------
 
 
-def yolox_grid(
-    input_hw: tuple[int, int], strides: Sequence[int] = YOLOX_STRIDES
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Per-anchor grid cell ``(A, 2)`` as (x, y) and stride ``(A, 1)``, in YOLOX's anchor order.
-
-    Levels in stride order; inside a level, row-major over (y, x) with x fastest, which is
-    how YOLOX flattens each level's (h, w) feature map.
-    """
-    grids, steps = [], []
-    for s in strides:
-        h, w = input_hw[0] // s, input_hw[1] // s
-        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        grids.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-        steps.append(np.full((h * w, 1), s))
-    return (
-        np.concatenate(grids).astype(np.float32),
-        np.concatenate(steps).astype(np.float32),
-    )
-
-
-def yolox_decode_numpy(
-    raw: NDArray[np.float32],
-    input_hw: tuple[int, int],
-    *,
-    class_ids: Sequence[int] = (0,),
-    strides: Sequence[int] = YOLOX_STRIDES,
-    decoded: bool = False,
-    apply_sigmoid: bool = False,
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """YOLOX head output ``(B, A, 5 + C)`` -> boxes ``(B, A, 4)`` xyxy and scores ``(B, A, K)``.
-
-    ``K = len(class_ids)``: scores of the kept classes only, ``obj * cls``.
-    """
-    raw = raw.astype(np.float32)
-    if decoded:
-        ctr, size = raw[..., 0:2], raw[..., 2:4]
-    else:
-        grid, stride = yolox_grid(input_hw, strides)
-        ctr = (raw[..., 0:2] + grid) * stride
-        size = np.exp(raw[..., 2:4]) * stride
-    half = size * np.float32(0.5)
-    boxes = np.concatenate([ctr - half, ctr + half], axis=-1)
-    obj = raw[..., 4:5]
-    cls = raw[..., [5 + c for c in class_ids]]
-    if apply_sigmoid:
-        obj = (1 / (1 + np.exp(-obj))).astype(np.float32)
-        cls = (1 / (1 + np.exp(-cls))).astype(np.float32)
-    return boxes.astype(np.float32), (obj * cls).astype(np.float32)
-
-
-def _iou_one_to_many(box: NDArray[np.float32], others: NDArray[np.float32]) -> NDArray[np.float32]:
-    # Corners are re-ordered (min/max) as ONNX NonMaxSuppression does for center_point_box=0.
-    x1a, x2a = min(box[0], box[2]), max(box[0], box[2])
-    y1a, y2a = min(box[1], box[3]), max(box[1], box[3])
-    x1b, x2b = np.minimum(others[:, 0], others[:, 2]), np.maximum(others[:, 0], others[:, 2])
-    y1b, y2b = np.minimum(others[:, 1], others[:, 3]), np.maximum(others[:, 1], others[:, 3])
-    iw = np.clip(np.minimum(x2a, x2b) - np.maximum(x1a, x1b), 0, None)
-    ih = np.clip(np.minimum(y2a, y2b) - np.maximum(y1a, y1b), 0, None)
-    inter = iw * ih
-    union = (x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0).astype(np.float32)
-
-
-def nms_numpy(
-    boxes: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    *,
-    iou_threshold: float,
-    score_threshold: float,
-    max_per_class: int,
-) -> NDArray[np.int64]:
-    """Greedy per-class NMS with ONNX ``NonMaxSuppression`` semantics.
-
-    boxes ``(B, A, 4)`` xyxy, scores ``(B, K, A)`` -> selected ``(M, 3)`` rows of
-    ``(batch, class, anchor)``, ordered by batch, class, descending score. Keeps boxes with
-    score > ``score_threshold``; suppresses those with IoU > ``iou_threshold``.
-    """
-    rows: list[tuple[int, int, int]] = []
-    for b in range(boxes.shape[0]):
-        for k in range(scores.shape[1]):
-            s = scores[b, k]
-            cand = np.flatnonzero(s > np.float32(score_threshold))
-            order = cand[np.argsort(-s[cand], kind="stable")]
-            kept: list[int] = []
-            while order.size and len(kept) < max_per_class:
-                i = int(order[0])
-                kept.append(i)
-                rest = order[1:]
-                iou = _iou_one_to_many(boxes[b, i], boxes[b, rest])
-                order = rest[iou <= np.float32(iou_threshold)]
-            rows.extend((b, k, i) for i in kept)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-
-
 def yolox_postprocess_numpy(
     raw: NDArray[np.float32], spec: DetectorSpec, layout: YoloxLayout | None = None
 ) -> dict[str, NDArray[np.generic]]:
     """The whole appended graph in numpy: the reference `build_yolox_detector` is tested against."""
     layout = layout or YoloxLayout(decoded=False, sigmoid_applied=True)
-    boxes, scores = yolox_decode_numpy(
-        raw,
-        spec.input_size,
-        class_ids=spec.class_ids,
-        decoded=layout.decoded,
-        apply_sigmoid=not layout.sigmoid_applied,
-    )
+    boxes, scores = decode_yolox(raw, spec.input_size, layout, class_ids=spec.class_ids)
     scores_t = scores.transpose(0, 2, 1)  # (B, K, A)
-    sel = nms_numpy(
+    sel = batched_nms(
         boxes,
         scores_t,
         iou_threshold=spec.nms_iou,
@@ -204,40 +107,16 @@ def yolox_postprocess_numpy(
 # -- probing the source model ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class YoloxLayout:
-    """What a YOLOX ONNX head output already contains.
-
-    ``decoded``: boxes already in pixels (exported with decode_in_inference) rather than
-    raw grid offsets. ``sigmoid_applied``: objectness and class columns already probabilities.
-    """
-
-    decoded: bool
-    sigmoid_applied: bool
-
-
 def probe_yolox_layout(model: onnx.ModelProto, input_hw: tuple[int, int]) -> YoloxLayout:
-    """Run the model on a few inputs and read the layout off the numbers.
-
-    Raw xy offsets are cell-relative (|x| of a few units); decoded centres reach hundreds of
-    pixels. Sigmoid outputs stay in [0, 1]; logits do not (they go negative).
-    """
+    """Run the model in ONNX Runtime on `core.yolox.probe_images` and read the layout off
+    the numbers (`core.yolox.layout_from_probes`)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    rng = np.random.default_rng(0)
-    h, w = input_hw
-    probes = [
-        rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32),
-        np.full((1, 3, h, w), 114, np.float32),
-    ]
-    outs = np.concatenate([sess.run(None, {name: x})[0] for x in probes], axis=1)
-    xy_max = float(np.abs(outs[..., 0:2]).max())
-    conf = outs[..., 4:]
-    return YoloxLayout(
-        decoded=xy_max > max(YOLOX_STRIDES),
-        sigmoid_applied=bool(conf.min() >= 0.0 and conf.max() <= 1.0),
+    probes = probe_images(*input_hw)
+    return layout_from_probes(
+        np.concatenate([sess.run(None, {name: x})[0] for x in probes], axis=1)
     )
 
 
@@ -277,13 +156,6 @@ def _append_yolox_postprocess(
             _const(p + "s5", np.array([5], np.int64)),
             _const(p + "ax2", np.array([2], np.int64)),
             _const(p + "score_cols", score_cols),
-            _const(p + "class_table", np.asarray(spec.class_ids, dtype=np.int64)),
-            _const(p + "max_out", np.array([spec.max_detections], np.int64)),
-            _const(p + "iou", np.array([spec.nms_iou], np.float32)),
-            _const(p + "score_thr", np.array([spec.nms_score_threshold], np.float32)),
-            _const(p + "col_b", np.array(0, np.int64)),
-            _const(p + "col_k", np.array(1, np.int64)),
-            _const(p + "cols_ba", np.array([0, 2], np.int64)),
         ]
     )
     # (B, A, 5 + C) -> xy, wh (B, A, 2), obj (B, A, 1), cls (B, A, K)
@@ -304,31 +176,7 @@ def _append_yolox_postprocess(
     boxes_all = n("Concat", [x1y1, x2y2], "boxes_all", axis=2)  # (B, A, 4) xyxy
     scores_all = n("Mul", [obj, cls], "scores_all")  # (B, A, K)
     scores_t = n("Transpose", [scores_all], "scores_t", perm=[0, 2, 1])  # (B, K, A)
-    sel = n(
-        "NonMaxSuppression",
-        [boxes_all, scores_t, p + "max_out", p + "iou", p + "score_thr"],
-        "selected",
-        center_point_box=0,
-    )  # (N, 3) int64: batch, class, anchor
-    batch_ba = n("Gather", [sel, p + "cols_ba"], "sel_ba", axis=1)  # (N, 2)
-    g.node.append(helper.make_node("GatherND", [boxes_all, batch_ba], ["boxes"], name="boxes"))
-    g.node.append(helper.make_node("GatherND", [scores_t, sel], ["scores"], name="scores"))
-    k = n("Gather", [sel, p + "col_k"], "sel_k", axis=1)  # (N,)
-    g.node.append(
-        helper.make_node("Gather", [p + "class_table", k], ["class_ids"], name="class_ids", axis=0)
-    )
-    g.node.append(
-        helper.make_node("Gather", [sel, p + "col_b"], ["batch_index"], name="batch_index", axis=1)
-    )
-    del g.output[:]
-    g.output.extend(
-        [
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"]),
-            helper.make_tensor_value_info("class_ids", TensorProto.INT64, ["N"]),
-            helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["N"]),
-        ]
-    )
+    append_nms_outputs(model, boxes_all, scores_t, spec, prefix=p)
 
 
 def build_yolox_detector(

@@ -93,10 +93,10 @@ def import_checkpoint_command(
         )
     user_overrides = parse_overrides(overrides)
 
+    from core.manifest import sha256_file
     from models.checkpoints import (
         Checkpoint,
         CheckpointImportError,
-        file_sha256,
         import_checkpoint,
         save_checkpoint,
     )
@@ -128,7 +128,7 @@ def import_checkpoint_command(
             source={
                 "format": result.report.source_format,
                 "file": file.name,
-                "sha256": file_sha256(file),
+                "sha256": sha256_file(file),
             },
         ),
     )

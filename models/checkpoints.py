@@ -81,7 +81,6 @@ numpy arrays and nothing else, and torch files load with ``weights_only=True`` u
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import pickle
@@ -110,7 +109,6 @@ __all__ = [
     "SourceState",
     "build_model",
     "caffe2_to_pyslowfast",
-    "file_sha256",
     "import_checkpoint",
     "import_state_dict",
     "load_checkpoint",
@@ -1283,12 +1281,3 @@ def build_model(checkpoint: Checkpoint) -> ActionModel:
             f"{columns[:5]}...; set preset_overrides['class_ids']"
         )
     return model.eval()
-
-
-def file_sha256(path: StrPath) -> str:
-    """sha256 of a file, streamed (public checkpoints are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -20,11 +20,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from core.manifest import DetectorSpec
 from models.action_model import ActionModel
+
+if TYPE_CHECKING:
+    import onnx
 
 DEFAULT_OPSET = 17
 
@@ -131,6 +136,62 @@ def onnx_ops(path: str | Path) -> set[tuple[str, str]]:
     for function in model.functions:
         visit(function.node)
     return found
+
+
+def append_nms_outputs(
+    model: onnx.ModelProto, boxes: str, scores: str, spec: DetectorSpec, *, prefix: str
+) -> None:
+    """End a detector graph with ONNX ``NonMaxSuppression`` and the detector contract's outputs.
+
+    ``boxes (B, A, 4)`` xyxy and ``scores (B, K, A)`` (tensors of ``model``'s graph) ->
+    ``boxes (N, 4)``, ``scores (N,)``, ``class_ids (N,)`` (``spec.class_ids`` indexed by the
+    class column) and ``batch_index (N,)``, which replace the graph's outputs. NMS takes the
+    spec's ``max_detections`` per class, ``nms_iou`` and ``nms_score_threshold``
+    (``center_point_box=0``; `core.boxes.batched_nms` is its numpy twin). ``prefix`` keeps the
+    new tensor names clear of the source graph's. Used by the YOLOX export
+    (export/detector.py) and the project's own detector (training/detector/export.py).
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+
+    def const(name: str, value: np.ndarray) -> str:
+        g.initializer.append(numpy_helper.from_array(value, name=prefix + name))
+        return prefix + name
+
+    def node(op: str, ins: list[str], out: str, **attrs: Any) -> str:
+        g.node.append(helper.make_node(op, ins, [out], name=out, **attrs))
+        return out
+
+    max_out = const("max_out", np.array([spec.max_detections], np.int64))
+    iou = const("iou", np.array([spec.nms_iou], np.float32))
+    score_thr = const("score_thr", np.array([spec.nms_score_threshold], np.float32))
+    class_table = const("class_table", np.asarray(spec.class_ids, np.int64))
+    cols_ba = const("cols_ba", np.array([0, 2], np.int64))
+    col_b = const("col_b", np.array(0, np.int64))
+    col_k = const("col_k", np.array(1, np.int64))
+    sel = node(
+        "NonMaxSuppression",
+        [boxes, scores, max_out, iou, score_thr],
+        prefix + "selected",
+        center_point_box=0,
+    )  # (N, 3) int64: batch, class, index
+    ba = node("Gather", [sel, cols_ba], prefix + "sel_ba", axis=1)  # (N, 2)
+    node("GatherND", [boxes, ba], "boxes")  # (N, 4)
+    node("GatherND", [scores, sel], "scores")  # (N,)
+    k = node("Gather", [sel, col_k], prefix + "sel_k", axis=1)  # (N,)
+    node("Gather", [class_table, k], "class_ids", axis=0)
+    node("Gather", [sel, col_b], "batch_index", axis=1)
+    del g.output[:]
+    g.output.extend(
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("class_ids", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["N"]),
+        ]
+    )
 
 
 # Graph signatures of the two halves of an ActionModel (issue 5: backbone.onnx, head.onnx).

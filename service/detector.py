@@ -19,7 +19,8 @@ to rebuild a graph:
 * a graph already in the contract above (e.g. made by ``avaserve export``), with its
   `DetectorSpec` in ``PATH.json`` if present (otherwise YOLOX preprocessing is assumed);
 * a raw YOLOX export (``images (1, 3, H, W) -> output (B, A, 5 + C)``, the public YOLOX ONNX
-  files): the grid decode, person scores (objectness x class) and NMS run in numpy here.
+  files): the grid decode (core/yolox.py), person scores (objectness x class) and NMS
+  (core/boxes.py) run in numpy here.
   Only the person column is decoded and suppressed, which is cheap (a few thousand anchors).
   Whether the file already decodes boxes or applies sigmoids is read off two probe runs.
 """
@@ -35,41 +36,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from core.boxes import nms
 from core.detector_io import LetterboxTransform, preprocess, unletterbox_boxes
 from core.manifest import DETECTOR_INPUT, DETECTOR_OUTPUTS, BundleError, DetectorSpec
+from core.yolox import YoloxLayout, decode_yolox, layout_from_probes, probe_images
 from service.runtime import OnnxRuntime, Runtime, RuntimeLoadError
 from service.types import Detections
 
-__all__ = ["PersonDetector", "RawYolox", "load_user_detector", "nms_person"]
+__all__ = ["PersonDetector", "RawYolox", "load_user_detector"]
 
 StrPath = str | PathLike[str]
-YOLOX_STRIDES = (8, 16, 32)
-
-
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return np.asarray(inter / np.maximum(area + areas - inter, 1e-9), dtype=np.float32)
-
-
-def nms_person(
-    boxes: np.ndarray, scores: np.ndarray, *, iou: float, floor: float, max_keep: int
-) -> np.ndarray:
-    """Greedy NMS (ONNX NonMaxSuppression's rule: suppress IoU > iou). Returns kept indices."""
-    order = np.flatnonzero(scores > floor)
-    order = order[np.argsort(-scores[order], kind="stable")]
-    keep: list[int] = []
-    while order.size and len(keep) < max_keep:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        order = rest[_iou(boxes[i], boxes[rest]) <= iou]
-    return np.asarray(keep, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -77,40 +53,23 @@ class RawYolox:
     """How to decode a raw YOLOX head output ``(B, A, 5 + C)`` (read off probe runs)."""
 
     output: str
-    decoded: bool
-    sigmoid_applied: bool
+    layout: YoloxLayout
 
     def rows(
         self, raw: np.ndarray, spec: DetectorSpec
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """-> boxes (N, 4) canvas px, scores (N,), class_ids (N,), batch_index (N,)."""
-        raw = raw.astype(np.float32)
-        h, w = spec.input_size
-        if self.decoded:
-            ctr, size = raw[..., 0:2], raw[..., 2:4]
-        else:
-            grids, steps = [], []
-            for s in YOLOX_STRIDES:
-                ys, xs = np.meshgrid(np.arange(h // s), np.arange(w // s), indexing="ij")
-                grids.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-                steps.append(np.full((xs.size, 1), s))
-            grid = np.concatenate(grids).astype(np.float32)  # (A, 2) x, y
-            stride = np.concatenate(steps).astype(np.float32)  # (A, 1)
-            ctr = (raw[..., 0:2] + grid) * stride  # YOLOX: xy = (raw + cell) * stride
-            size = np.exp(raw[..., 2:4]) * stride  # wh = exp(raw) * stride
-        boxes = np.concatenate([ctr - size / 2, ctr + size / 2], axis=-1)  # (B, A, 4)
-        obj = raw[..., 4]
-        cls = raw[..., 5 + spec.person_class_id]
-        if not self.sigmoid_applied:
-            obj, cls = 1 / (1 + np.exp(-obj)), 1 / (1 + np.exp(-cls))
-        scores = (obj * cls).astype(np.float32)  # (B, A)
+        boxes, person = decode_yolox(
+            raw, spec.input_size, self.layout, class_ids=(spec.person_class_id,)
+        )  # (B, A, 4), (B, A, 1)
+        scores = person[..., 0]  # (B, A)
         out_b, out_s, out_bi = [], [], []
-        for b in range(raw.shape[0]):
-            keep = nms_person(
+        for b in range(boxes.shape[0]):
+            keep = nms(
                 boxes[b],
                 scores[b],
-                iou=spec.nms_iou,
-                floor=spec.nms_score_threshold,
+                iou_threshold=spec.nms_iou,
+                score_threshold=spec.nms_score_threshold,
                 max_keep=spec.max_detections,
             )
             out_b.append(boxes[b, keep])
@@ -258,20 +217,9 @@ def load_user_detector(
 
 
 def _probe_yolox(runtime: Runtime, h: int, w: int) -> RawYolox:
-    # Raw xy offsets are a few cells at most; decoded centres reach hundreds of pixels.
-    # Sigmoid outputs stay inside [0, 1]; logits go negative.
     name, out = runtime.input_names[0], runtime.output_names[0]
-    rng = np.random.default_rng(0)
-    probes = [
-        rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32),
-        np.full((1, 3, h, w), 114, np.float32),
-    ]
-    res = np.concatenate([runtime.run({name: x})[out] for x in probes], axis=1)
-    if res.ndim != 3 or res.shape[2] < 6:
-        raise RuntimeLoadError(f"YOLOX output has shape {res.shape}, expected (B, A, 5 + C)")
-    conf = res[..., 4:]
-    return RawYolox(
-        output=out,
-        decoded=float(np.abs(res[..., 0:2]).max()) > max(YOLOX_STRIDES),
-        sigmoid_applied=bool(conf.min() >= 0.0 and conf.max() <= 1.0),
-    )
+    res = np.concatenate([runtime.run({name: x})[out] for x in probe_images(h, w)], axis=1)
+    try:
+        return RawYolox(output=out, layout=layout_from_probes(res))
+    except ValueError as exc:
+        raise RuntimeLoadError(str(exc)) from None

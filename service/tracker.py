@@ -36,22 +36,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from core.boxes import iou_matrix
 from service.types import Detections, TrackedPersons
 
 _GATED = 1e6  # cost for pairs outside the gate; far above any allowed cost (< 2)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between a (A, 4) and b (B, 4) xyxy boxes -> (A, B)."""
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
 def _xyxy_to_cxcywh(box: np.ndarray) -> np.ndarray:
@@ -288,7 +276,7 @@ class ByteTracker:
             return [], list(track_idx), [int(d) for d in det_idx]
         dets = boxes[det_idx]  # (D, 4)
         pred = np.stack([self._tracks[i].kf.box() for i in track_idx])  # (T, 4)
-        iou = box_iou(pred, dets)  # (T, D)
+        iou = iou_matrix(pred, dets)  # (T, D)
         centres = (dets[:, :2] + dets[:, 2:]) / 2  # (D, 2)
         d2 = np.stack([self._tracks[i].kf.centre_distance2(centres) for i in track_idx])  # (T, D)
         allowed = (d2 < self.gate_chi2) & (iou >= min_iou)

@@ -24,7 +24,7 @@ __all__ = [
     "color_jitter",
     "hflip",
     "jitter_boxes",
-    "resize_short_side",
+    "resize_clip_and_boxes",
     "scale_jitter",
 ]
 
@@ -149,7 +149,7 @@ def adjust_colors(
     return np.clip(out, 0.0, 255.0).astype(np.float32)
 
 
-def resize_short_side(
+def resize_clip_and_boxes(
     clip: npt.ArrayLike, boxes: npt.ArrayLike, short_side: int
 ) -> tuple[FloatArray, FloatArray]:
     """Resize so that ``min(H, W) == short_side`` (aspect kept, bilinear); scale the boxes.
@@ -195,4 +195,4 @@ def scale_jitter(
     if not 1 <= lo <= hi:
         raise ValueError(f"short_side_range must be 1 <= lo <= hi, got {short_side_range}")
     side = int(rng.integers(lo, hi + 1))
-    return resize_short_side(clip, boxes, side)
+    return resize_clip_and_boxes(clip, boxes, side)

@@ -12,7 +12,7 @@ Layout, ``BANKDIR/<split>/``::
                        global_times (S,), global_features (S, D) float16 -- one per second
 
 fp16 halves the files; the features are post-ReLU magnitudes far inside fp16's range.
-`FeatureBank.window` gives the (W, D) window ``[t - 30, t + 30]`` with up to 5 persons per
+`ExtractedBank.window` gives the (W, D) window ``[t - 30, t + 30]`` with up to 5 persons per
 second (W = 61 * 5 = 305), zero-padded with a mask, the LFB's input.
 """
 
@@ -28,9 +28,10 @@ import numpy as np
 import numpy.typing as npt
 
 from core.bank_layout import layout_window
+from core.boxes import iou_matrix
 from training.ava_data import KeyframeProposals
 
-__all__ = ["FeatureBank", "VideoBank", "extract_bank", "load_bank"]
+__all__ = ["ExtractedBank", "VideoBank", "extract_bank", "load_bank"]
 
 StrPath = str | PathLike[str]
 
@@ -56,7 +57,7 @@ class VideoBank:
             return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
-class FeatureBank:
+class ExtractedBank:
     """Read side of a bank split: windows, person rows, clip features."""
 
     def __init__(self, folder: StrPath) -> None:
@@ -118,7 +119,7 @@ class FeatureBank:
         rows = np.flatnonzero(vb.times == timestamp)
         if rows.size == 0:
             return None
-        iou = _iou(np.asarray(boxes, np.float32).reshape(-1, 4), vb.boxes[rows])  # (K, R)
+        iou = iou_matrix(np.asarray(boxes, np.float32).reshape(-1, 4), vb.boxes[rows])  # (K, R)
         best = iou.argmax(axis=1)
         if np.any(iou[np.arange(len(best)), best] < 0.9):
             return None
@@ -138,17 +139,8 @@ class FeatureBank:
         return vb.global_features[i].astype(np.float32)  # (D,)
 
 
-def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
-def load_bank(bank_dir: StrPath, split: str) -> FeatureBank:
-    return FeatureBank(Path(bank_dir) / split)
+def load_bank(bank_dir: StrPath, split: str) -> ExtractedBank:
+    return ExtractedBank(Path(bank_dir) / split)
 
 
 def extract_bank(

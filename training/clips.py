@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.ava import AvaFormatError
 from core.preprocess import pack_pathways, preprocess_clip, resize_short_side
 from core.sampling import Alignment, clip_times, nearest_frame_indices
+from core.video import VideoDecodeError, iter_rgb_frames, open_video
 
 __all__ = [
     "ClipSpec",
@@ -58,13 +58,6 @@ __all__ = [
 StrPath = str | PathLike[str]
 Frames = npt.NDArray[np.uint8]  # (T, H, W, 3) RGB
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-
-
-class VideoDecodeError(AvaFormatError):
-    """A video that is missing or cannot be decoded (names the path)."""
-
-    def __init__(self, path: StrPath, message: str) -> None:
-        super().__init__(path, None, None, message)
 
 
 @dataclass(frozen=True)
@@ -173,42 +166,6 @@ def find_video(videos_dir: StrPath, video_id: str) -> Path:
     )
 
 
-def _open(path: StrPath) -> Any:
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(path, "video file not found")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise VideoDecodeError(path, f"cannot open video: {exc}") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(path, "file has no video stream")
-    return container
-
-
-def _frames(path: StrPath, container: Any, stream: Any) -> Iterator[tuple[float, Frames]]:
-    """(time in s from stream start, RGB frame) in presentation order."""
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    # One reformatter per video: frame.to_ndarray(format="rgb24") builds a new SwsContext
-    # per frame (~40x slower for small frames); the pixels are identical.
-    rgb = VideoReformatter()
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    try:
-        for frame in container.decode(stream):
-            if frame.time is None:
-                raise VideoDecodeError(
-                    path, "frames without timestamps; extract frames and use FrameFolder"
-                )
-            yield float(frame.time) - start, rgb.reformat(frame, format="rgb24").to_ndarray()
-    except av.error.FFmpegError as exc:
-        raise VideoDecodeError(path, f"decoding failed: {exc}") from None
-
-
 def iter_keyframe_clips(
     path: StrPath, keyframe_times: Iterable[float], spec: ClipSpec
 ) -> Iterator[tuple[float, Frames]]:
@@ -220,11 +177,11 @@ def iter_keyframe_clips(
     assembler = _ClipAssembler(list(keyframe_times), spec)
     if assembler.done:
         return
-    container = _open(path)
+    container = open_video(path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for time, frame in _frames(path, container, stream):
+        for time, frame in iter_rgb_frames(path, container, stream):
             yield from assembler.push(time, frame)
             if assembler.done:
                 return
@@ -248,23 +205,26 @@ def decode_clip(path: StrPath, keyframe_time: float, spec: ClipSpec) -> Frames:
     the start-of-video padding rule still holds.
     """
     first_time = float(spec.times(keyframe_time)[0])
-    container = _open(path)
+    container = open_video(path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        # Times count from the stream's start_time; without one they count from the first
+        # frame decoded (core.video.FrameClock), which after a seek is the wrong origin.
         start = (
-            float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+            float(stream.start_time * stream.time_base) if stream.start_time is not None else None
         )
         seek_to = first_time - _SEEK_MARGIN_S
-        for from_start in (seek_to <= 0.0, True):
+        for from_start in (start is None or seek_to <= 0.0, True):
             assembler = _ClipAssembler([keyframe_time], spec)
             if from_start:
                 container.seek(0, stream=stream, backward=True)
             else:
+                assert start is not None
                 pts = int(math.floor((seek_to + start) / float(stream.time_base)))
                 container.seek(pts, stream=stream, backward=True)
             first_seen: float | None = None
-            for time, frame in _frames(path, container, stream):
+            for time, frame in iter_rgb_frames(path, container, stream):
                 if first_seen is None:
                     first_seen = time
                     if not from_start and time > first_time:

@@ -34,7 +34,7 @@ from core.ava import LabelMap
 from core.preset_info import PresetInfo
 from training import augment
 from training.ava_data import DatasetInfo, KeyframeAnnotation
-from training.bank_extract import FeatureBank
+from training.bank_extract import ExtractedBank
 from training.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
 from training.frame_cache import FrameCache
 
@@ -200,7 +200,7 @@ class ActionDataset(Dataset[Sample]):
         preset: PresetInfo,
         *,
         augmentation: Augmentation = Augmentation(),
-        bank: FeatureBank | None = None,
+        bank: ExtractedBank | None = None,
         bank_window: int = 30,
         bank_persons: int = 5,
         seed: int = 0,
@@ -323,7 +323,7 @@ class BankFeatureDataset(Dataset[Batch]):
         self,
         keyframes: Sequence[KeyframeAnnotation],
         entries: Sequence[Entry],
-        bank: FeatureBank,
+        bank: ExtractedBank,
         *,
         bank_window: int = 30,
         bank_persons: int = 5,

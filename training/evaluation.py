@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.ava import LabelMap
+from core.boxes import iou_matrix
 from training.ava_data import AnnotationRow, DetectionRow, KeyframeKey
 
 __all__ = [
@@ -80,7 +81,6 @@ __all__ = [
     "format_map_line",
     "gt_table_from_rows",
     "image_key",
-    "pairwise_iou",
 ]
 
 IOU_THRESHOLD = 0.5
@@ -263,28 +263,6 @@ class EvalResult:
             "max_detections_per_keyframe": self.max_detections_per_keyframe,
             "rules": self.rules.to_json(),
         }
-
-
-def pairwise_iou(boxes_a: FloatArray, boxes_b: FloatArray) -> FloatArray:
-    """IoU of every pair: (N, 4) x (M, 4) -> (N, M), xyxy or yxyx alike. No "+1".
-
-    The same float operations as the official ``np_box_ops.iou``, so IoU exactly 0.5 is
-    decided the same way.
-    """
-    a = boxes_a[:, None, :]  # (N, 1, 4)
-    b = boxes_b[None, :, :]  # (1, M, 4)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        inter_w = np.maximum(
-            0.0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
-        )
-        inter_h = np.maximum(
-            0.0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
-        )
-        inter = inter_w * inter_h
-        area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-        area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-        out: FloatArray = inter / (area_a + area_b - inter)
-    return out
 
 
 def average_precision(scores: FloatArray, is_tp: npt.NDArray[np.bool_], num_gt: int) -> float:
@@ -480,7 +458,7 @@ def _match(det_boxes: FloatArray, gt_boxes: FloatArray, threshold: float) -> npt
     is_tp = np.zeros(len(det_boxes), dtype=bool)
     if len(gt_boxes) == 0:
         return is_tp
-    iou = pairwise_iou(det_boxes, gt_boxes)  # (D, G)
+    iou = iou_matrix(det_boxes, gt_boxes)  # (D, G); the official np_box_ops.iou arithmetic
     best = np.argmax(iou, axis=1)  # first maximum on ties, as upstream
     taken = np.zeros(len(gt_boxes), dtype=bool)
     for d, g in enumerate(best.tolist()):

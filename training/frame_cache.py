@@ -9,8 +9,9 @@ DataLoader workers, which share the page cache) reuse.
 
 Which frames form a clip is still decided by `core.sampling` (`nearest_frame_indices`
 on the decoded frames' presentation times), and frames and times come from
-`training.clips`' own decoder, so a cached clip has exactly the frames `decode_clip`
-gives (only resized earlier; `tests/training/test_frame_cache.py` checks this).
+core/video.py's reader (the clip readers' and the service's timestamp rule), so a
+cached clip has exactly the frames `decode_clip` gives (only resized earlier;
+`tests/training/test_frame_cache.py` checks this).
 
 Files per video under ``DIR/cache/s<short_side>/``: ``<video_id>.u8`` (raw frames),
 ``<video_id>.json`` (shape, times, source size and mtime: a changed video is re-decoded).
@@ -30,7 +31,7 @@ import numpy.typing as npt
 
 from core.preprocess import resize_short_side
 from core.sampling import nearest_frame_indices
-from training import clips
+from core.video import iter_rgb_frames, open_video
 from training.clips import ClipSpec, FrameFolder, VideoDecodeError, find_video
 
 __all__ = [
@@ -99,12 +100,12 @@ def _iter_source(
 
 
 def _iter_file(path: Path) -> Iterator[tuple[float, npt.NDArray[np.uint8]]]:
-    # clips' own decoder: the same frame times the clip readers (and tests) use.
-    container = clips._open(path)
+    # core.video's reader: the same frame times the clip readers (and the service) use.
+    container = open_video(path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        yield from clips._frames(path, container, stream)
+        yield from iter_rgb_frames(path, container, stream)
     finally:
         container.close()
 

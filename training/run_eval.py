@@ -53,11 +53,13 @@ class ScoredBoxes:
 def _bank_for(config: TrainConfig, split: str, bank_dir: StrPath | None) -> object | None:
     if config.stage != "stage2":
         return None
-    from training.bank_extract import FeatureBank, load_bank
+    from training.bank_extract import ExtractedBank, load_bank
 
     if bank_dir is not None:
         folder = Path(bank_dir)
-        return FeatureBank(folder) if (folder / "meta.json").is_file() else load_bank(folder, split)
+        return (
+            ExtractedBank(folder) if (folder / "meta.json").is_file() else load_bank(folder, split)
+        )
     if config.bank_dir is None:
         raise ValueError("a stage-2 checkpoint needs a bank: pass --bank BANKDIR")
     return load_bank(config.bank_dir, split)

@@ -47,7 +47,8 @@ Defences, outermost first:
    unpickles what the child wrote, so a decoder exploited by a crafted file cannot run code in
    the server through the pipe.
 
-Timestamps are presentation times in seconds from the stream's start. A frame without a pts
+Timestamps (core/video.py's FrameClock, the rule training's clip readers use too) are
+presentation times in seconds from the stream's start. A frame without a pts
 gets the previous time + 1/fps (index / fps for the first); a pts that does not increase is
 nudged to previous + 1 ms, so times are strictly increasing without inventing a new frame rate.
 Rotation (display-matrix side data, or the legacy `rotate` tag) is applied in multiples of 90

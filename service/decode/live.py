@@ -21,6 +21,7 @@ import av.container
 import av.video.stream
 import numpy as np
 
+from core.video import stream_rate
 from service.decode.sandbox import (
     _MSG_DONE,
     _MSG_ERROR,
@@ -36,7 +37,6 @@ from service.decode.session import (
     DecodedFrame,
     _FrameShaper,
     _out_of_memory,
-    _rate,
     _too_many_pixels,
 )
 from service.decode.sniff import (
@@ -205,7 +205,7 @@ def _live_mpegts(
             raise _too_many_pixels(int(cc.width), int(cc.height), limits)
         cc.options = {"max_pixels": str(limits.max_pixels)}
         cc.thread_count = 1
-        shaper = _live_shaper(limits, short_side, _rate(stream) or fps_hint, stream.time_base)
+        shaper = _live_shaper(limits, short_side, stream_rate(stream) or fps_hint, stream.time_base)
         for packet in container.demux(stream):
             for frame in packet.decode():
                 _send_frame(conn, shaper(frame))

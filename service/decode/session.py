@@ -16,6 +16,7 @@ import av.container
 import av.video.stream
 import numpy as np
 
+from core.video import FALLBACK_FPS, FrameClock, stream_rate
 from service.decode.sniff import (
     _ACCEPTED_CODECS,
     _check_file,
@@ -27,8 +28,6 @@ from service.errors import VideoInputError
 from service.limits import DecodeLimits
 
 _PROBE_PACKETS = 120  # packets read up front: fps/VFR estimate and the first decoded frame
-_FALLBACK_FPS = 25.0  # only when neither header nor timestamps give a rate
-_NUDGE_S = 1e-3  # a non-increasing pts moves this far past the previous frame
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class VideoInfo:
     coded_width: int
     coded_height: int
     rotation: int  # counter-clockwise degrees applied to the coded picture, 0/90/180/270
-    fps: float  # average rate; _FALLBACK_FPS when nothing says
+    fps: float  # average rate; FALLBACK_FPS when nothing says
     duration_s: float | None
     frame_count: int | None
     vfr: bool  # >5% of frame intervals in the first packets are >10% off the median
@@ -57,13 +56,6 @@ class DecodedFrame:
     pts_seconds: float
     image: np.ndarray
     index: int
-
-
-def _rate(stream: Any) -> float | None:
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and 0 < float(rate) <= 1000:
-            return float(rate)
-    return None
 
 
 def _display_size(width: int, height: int, sar: Fraction | None, rotation: int) -> tuple[int, int]:
@@ -127,7 +119,7 @@ class _Session:
         cc.thread_count = limits.decoder_threads
         cc.thread_type = "AUTO"
 
-        fps = _rate(stream)
+        fps = stream_rate(stream)
         tb = stream.time_base
         duration_s: float | None = None
         if stream.duration is not None and tb is not None and stream.duration > 0:
@@ -169,7 +161,7 @@ class _Session:
             vfr = bool(irregular.mean() > 0.05)
             if fps is None and median > 0:
                 fps = 1.0 / (median * float(tb))
-        self.fps = fps if fps is not None else _FALLBACK_FPS
+        self.fps = fps if fps is not None else FALLBACK_FPS
 
         self._pending: deque[Any] = deque()
         self._frames = self._decode_all()
@@ -291,13 +283,11 @@ class _FrameShaper:
         self.limits = limits
         self.short_side = short_side
         self.fps = fps
-        self.time_base = time_base
-        self.origin = origin_pts
+        self.clock = FrameClock(time_base=time_base, origin_pts=origin_pts, fps=fps)
         self.sar = sar if sar is not None and sar > 0 else None
         self.fallback_rotation = fallback_rotation
         self.cap_length = cap_length
         self.index = 0
-        self.prev_t: float | None = None
         # One reformatter for the whole stream: PyAV's frame.to_ndarray(format=...) and
         # frame.reformat() build a fresh SwsContext per call, far slower than reusing one for
         # byte-identical output.
@@ -306,20 +296,8 @@ class _FrameShaper:
         self.reformatter = VideoReformatter()
 
     def timestamp(self, frame: Any) -> float:
-        pts = frame.pts if frame.pts is not None else frame.dts
-        t: float | None = None
-        if pts is not None and self.time_base is not None:
-            if self.origin is None:
-                self.origin = pts
-            t = float((pts - self.origin) * self.time_base)
-        prev = self.prev_t
-        if t is None:
-            t = self.index / self.fps if prev is None else prev + 1.0 / self.fps
-        elif prev is not None and t <= prev:
-            t = prev + _NUDGE_S
-        t = max(t, 0.0) if prev is None else t
-        self.prev_t = t
-        return t
+        """The frame's time in seconds (core.video.FrameClock: the project's one rule)."""
+        return self.clock(frame)
 
     def __call__(self, frame: Any) -> DecodedFrame:
         limits = self.limits

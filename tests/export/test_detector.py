@@ -11,16 +11,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from core.boxes import batched_nms
 from core.detector_io import preprocess, unletterbox_boxes
 from core.manifest import DETECTOR_OUTPUTS, DetectorSpec
+from core.yolox import yolox_grid
 from export.detector import (
     DetectorExportError,
     build_yolox_detector,
     check_detector_signature,
     graph_domains,
-    nms_numpy,
     probe_yolox_layout,
-    yolox_grid,
     yolox_postprocess_numpy,
 )
 
@@ -162,7 +162,7 @@ def test_blank_frame_gives_empty_outputs(built: tuple[Path, DetectorSpec]) -> No
     assert out["class_ids"].dtype == np.int64
 
 
-def test_nms_numpy_matches_onnx_runtime() -> None:
+def test_batched_nms_matches_onnx_runtime() -> None:
     """The reference NMS alone against ONNX Runtime's NonMaxSuppression on crowded boxes."""
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 100, (2, 300, 2)).astype(np.float32)
@@ -188,7 +188,7 @@ def test_nms_numpy_matches_onnx_runtime() -> None:
     model.ir_version = 8
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"b": boxes, "s": scores})[0]
-    want = nms_numpy(boxes, scores, iou_threshold=0.45, score_threshold=0.3, max_per_class=20)
+    want = batched_nms(boxes, scores, iou_threshold=0.45, score_threshold=0.3, max_per_class=20)
     np.testing.assert_array_equal(got, want)
 
 

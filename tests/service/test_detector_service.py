@@ -10,7 +10,7 @@ import tiny_bundle as tb
 
 from core.manifest import BundleError, load_manifest
 from service.decode import decode_frames
-from service.detector import PersonDetector, load_user_detector, nms_person
+from service.detector import PersonDetector, load_user_detector
 from service.runtime import OnnxRuntime, RuntimeLoadError
 
 
@@ -65,7 +65,7 @@ def test_yolox_format_finds_people(assets: Path, tmp_path: Path) -> None:
 
     # The raw YOLOX file decoded in numpy (the --detector path) gives the same persons.
     raw = load_user_detector(assets / "detector" / "yolox_nano.onnx", score_threshold=0.8)
-    assert raw.raw_yolox is not None and raw.raw_yolox.sigmoid_applied
+    assert raw.raw_yolox is not None and raw.raw_yolox.layout.sigmoid_applied
     for a, b in zip(out, raw.detect(frames), strict=True):
         a, b = a[a.scores >= 0.5], b[b.scores >= 0.5]
         assert len(a) == len(b)
@@ -84,10 +84,3 @@ def test_user_detector_errors(bundle: Path, tmp_path: Path) -> None:
         load_user_detector(tmp_path / "missing.onnx")
     with pytest.raises(RuntimeLoadError, match="not a detector"):
         load_user_detector(bundle / "head.onnx")
-
-
-def test_nms_person() -> None:
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
-    scores = np.array([0.9, 0.8, 0.05], np.float32)
-    assert nms_person(boxes, scores, iou=0.45, floor=0.1, max_keep=10).tolist() == [0]
-    assert nms_person(boxes, scores, iou=0.95, floor=0.0, max_keep=2).tolist() == [0, 1]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from track_metrics import Row, evaluate_tracks
 
-from service.tracker import ByteTracker, box_iou
+from core.boxes import iou_matrix
+from service.tracker import ByteTracker
 from service.types import Detections, TrackedPersons
 
 
@@ -69,7 +70,7 @@ def ids_of(gt: list[Row], pred: list[Row], gt_id: int) -> list[int]:
             continue
         cands = [(p, pb) for (pt, p, pb) in pred if pt == t]
         for p, pb in cands:
-            if box_iou(np.asarray([box]), np.asarray([pb]))[0, 0] >= 0.5:
+            if iou_matrix(np.asarray([box]), np.asarray([pb]))[0, 0] >= 0.5:
                 found.append(p)
     return found
 

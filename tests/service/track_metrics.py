@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from service.tracker import box_iou
+from core.boxes import iou_matrix
 
 Row = tuple[int, int, Sequence[float]]  # (frame, id, box xyxy)
 
@@ -88,7 +88,7 @@ def evaluate_tracks(
         if not g_ids or not p_ids:
             prev_pairs = {}
             continue
-        iou = box_iou(g_boxes, p_boxes)  # (G, P)
+        iou = iou_matrix(g_boxes, p_boxes)  # (G, P)
         ok = iou >= iou_thresh
         for gi, pi in zip(*np.nonzero(ok), strict=True):
             co[g_col[g_ids[gi]], p_col[p_ids[pi]]] += 1

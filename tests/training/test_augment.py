@@ -11,7 +11,7 @@ from training.augment import (
     color_jitter,
     hflip,
     jitter_boxes,
-    resize_short_side,
+    resize_clip_and_boxes,
     scale_jitter,
 )
 
@@ -81,7 +81,7 @@ def test_color_adjustments() -> None:
 
 def test_resize_keeps_boxes_on_their_content() -> None:
     clip, boxes = clip_with_box(h=60, w=80)
-    out, sb = resize_short_side(clip, boxes, 120)  # factor 2
+    out, sb = resize_clip_and_boxes(clip, boxes, 120)  # factor 2
     assert out.shape == (2, 120, 160, 3)
     np.testing.assert_allclose(sb, [[20.0, 40.0, 60.0, 100.0]])
     x1, y1, x2, y2 = white_extent(out[0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.bank_extract import FeatureBank, VideoBank, extract_bank
+from training.bank_extract import ExtractedBank, VideoBank, extract_bank
 from training.boxes import gt_boxes
 from training.config import TrainConfig
 from training.train import build_action_model, load_split
@@ -49,7 +49,7 @@ def test_bank_files_have_one_row_per_person_second(tiny_world: Path, bank: Path)
 
 @pytest.mark.parametrize(("half", "persons"), [(30, 5), (2, 1)])
 def test_window_shape_and_mask(bank: Path, half: int, persons: int) -> None:
-    fb = FeatureBank(bank / "val")
+    fb = ExtractedBank(bank / "val")
     vb = fb.video("val_000")
     assert vb is not None
     t = int(vb.times[len(vb.times) // 2])
@@ -64,7 +64,7 @@ def test_window_shape_and_mask(bank: Path, half: int, persons: int) -> None:
 
 
 def test_match_rows_finds_each_gt_box(tiny_world: Path, bank: Path) -> None:
-    fb = FeatureBank(bank / "val")
+    fb = ExtractedBank(bank / "val")
     kf = next(k for k in load_split(tiny_world, "val").keyframes if len(k) >= 1)
     rows = fb.match_rows(kf.video_id, kf.timestamp, kf.boxes[:1])
     assert rows is not None
@@ -74,10 +74,10 @@ def test_match_rows_finds_each_gt_box(tiny_world: Path, bank: Path) -> None:
 
 def test_service_lays_out_the_same_window_as_training(bank: Path) -> None:
     """No train/serve skew in the slot layout: the service's BankWindow.slotted, given the
-    rows of the same seconds, returns exactly training's FeatureBank.window."""
+    rows of the same seconds, returns exactly training's ExtractedBank.window."""
     from service.bank import BankWindow
 
-    fb = FeatureBank(bank / "val")
+    fb = ExtractedBank(bank / "val")
     vid = sorted(p.stem for p in (bank / "val").glob("*.npz"))[0]
     vb = fb.video(vid)
     assert vb is not None

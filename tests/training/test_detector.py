@@ -7,17 +7,15 @@ import pytest
 import torch
 
 from core.detector_io import preprocess
-from export.detector import nms_numpy
 from training.detector.data import KeyframeImage, augment, to_canvas
 from training.detector.eval import DetectionSet, match_detections, person_ap
 from training.detector.model import (
     DetectorConfig,
-    PersonDetector,
+    PersonDetectorNet,
     cell_centres,
     decode,
     detector_spec,
     encode_targets,
-    nms,
     postprocess,
 )
 
@@ -25,7 +23,7 @@ TINY = DetectorConfig(input_hw=(64, 96), widths=(8, 8, 16, 16, 16), head_width=8
 
 
 def test_output_shapes() -> None:
-    model = PersonDetector(TINY).eval()
+    model = PersonDetectorNet(TINY).eval()
     heat, ltrb = model(torch.randn(2, 3, 64, 96))
     assert heat.shape == (2, 1, 16, 24)
     assert ltrb.shape == (2, 4, 16, 24)
@@ -82,64 +80,6 @@ def test_encode_skips_degenerate_and_shared_cell_keeps_smaller() -> None:
     i, j = np.argwhere(t["heat"][0] == 1)[0]
     np.testing.assert_array_equal(t["box"][:, i, j], gt[1])  # the smaller box regresses there
     assert t["weight"][0, i, j] > 0
-
-
-def _brute_force_nms(
-    boxes: np.ndarray, scores: np.ndarray, iou_thr: float, score_thr: float, max_out: int
-) -> list[int]:
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = iw * ih
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
-
-    order = sorted(
-        (i for i in range(len(scores)) if scores[i] > score_thr), key=lambda i: (-scores[i], i)
-    )
-    kept: list[int] = []
-    for i in order:
-        if len(kept) == max_out:
-            break
-        if all(iou(boxes[i], boxes[j]) <= iou_thr for j in kept):
-            kept.append(i)
-    return kept
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize(("iou_thr", "score_thr", "max_out"), [(0.5, 0.1, 100), (0.3, 0.0, 5)])
-def test_nms_matches_brute_force(seed: int, iou_thr: float, score_thr: float, max_out: int) -> None:
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 80, (60, 2))
-    wh = rng.uniform(4, 30, (60, 2))
-    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
-    scores = rng.uniform(0, 1, 60).astype(np.float32)
-    scores[:5] = scores[5]  # ties keep the lower index first
-    expected = _brute_force_nms(boxes, scores, iou_thr, score_thr, max_out)
-    got = nms(
-        torch.from_numpy(boxes),
-        torch.from_numpy(scores),
-        iou_threshold=iou_thr,
-        score_threshold=score_thr,
-        max_output=max_out,
-    )
-    assert got.tolist() == expected
-    # The export's numpy reference (ONNX semantics) agrees too.
-    ref = nms_numpy(
-        boxes[None],
-        scores[None, None],
-        iou_threshold=iou_thr,
-        score_threshold=score_thr,
-        max_per_class=max_out,
-    )
-    assert ref[:, 2].tolist() == expected
-
-
-def test_nms_empty() -> None:
-    got = nms(
-        torch.zeros(0, 4), torch.zeros(0), iou_threshold=0.5, score_threshold=0.0, max_output=5
-    )
-    assert got.shape == (0,) and got.dtype == torch.int64
 
 
 # -- AP --------------------------------------------------------------------------------------

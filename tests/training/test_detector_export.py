@@ -16,7 +16,7 @@ from training.detector.export import (
     export_detector_onnx,
     read_spec,
 )
-from training.detector.model import DetectorConfig, PersonDetector, detect
+from training.detector.model import DetectorConfig, PersonDetectorNet, detect
 
 # nms_score_threshold 0 and a neutral heat bias: random weights then give scores around 0.5
 # and a few dozen boxes per image, so NMS has real work to do.
@@ -26,9 +26,9 @@ TINY = DetectorConfig(
 
 
 @pytest.fixture(scope="module")
-def model() -> PersonDetector:
+def model() -> PersonDetectorNet:
     torch.manual_seed(0)
-    m = PersonDetector(TINY).eval()
+    m = PersonDetectorNet(TINY).eval()
     with torch.no_grad():
         assert m.out.bias is not None
         m.out.bias[0] = 0.0
@@ -36,7 +36,7 @@ def model() -> PersonDetector:
 
 
 @pytest.fixture(scope="module")
-def exported(model: PersonDetector, tmp_path_factory: pytest.TempPathFactory):
+def exported(model: PersonDetectorNet, tmp_path_factory: pytest.TempPathFactory):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (48, 80, 3), dtype=np.uint8) for _ in range(3)]
     path = tmp_path_factory.mktemp("det") / "detector.onnx"
@@ -64,7 +64,7 @@ def test_parity_figures(exported) -> None:
         assert diff <= 1e-4, (name, diff)
 
 
-def test_dynamic_batch_matches_eager(model: PersonDetector, exported) -> None:
+def test_dynamic_batch_matches_eager(model: PersonDetectorNet, exported) -> None:
     _, path = exported
     spec = read_spec(path)
     rng = np.random.default_rng(3)
@@ -84,7 +84,7 @@ def test_dynamic_batch_matches_eager(model: PersonDetector, exported) -> None:
     assert (np.diff(scores[batch_index == 0]) <= 0).all()  # descending within an image
 
 
-def test_parity_gate_refuses(model: PersonDetector, tmp_path: Path) -> None:
+def test_parity_gate_refuses(model: PersonDetectorNet, tmp_path: Path) -> None:
     path = tmp_path / "detector.onnx"
     with pytest.raises(DetectorParityError, match="tolerance"):
         export_detector_onnx(model, path, tolerance=-1.0)  # any difference fails

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core.ava import LabelMap, read_label_map_pbtxt
+from core.boxes import iou_matrix
 from training.ava_data import (
     AnnotationRow,
     DetectionRow,
@@ -24,7 +25,6 @@ from training.evaluation import (
     evaluate_frame_map,
     format_map_line,
     image_key,
-    pairwise_iou,
 )
 
 LM = LabelMap.from_ids([11, 12, 80])  # sit, stand, watch (a person)
@@ -209,7 +209,7 @@ def test_pascal_matching_uses_the_best_gt_even_if_taken() -> None:
     # Two overlapping GT boxes; both detections overlap G1 best. The second is an FP even
     # though its IoU with the free G2 is 0.78 (VOC greedy argmax, as upstream).
     g1, g2 = (0.0, 0.0, 0.4, 0.4), (0.05, 0.0, 0.45, 0.4)
-    assert pairwise_iou(np.array([g1]), np.array([g2]))[0, 0] == pytest.approx(0.14 / 0.18)
+    assert iou_matrix(np.array([g1]), np.array([g2]))[0, 0] == pytest.approx(0.14 / 0.18)
     g = [gt("v", 902, g1, 12), gt("v", 902, g2, 12, person=1)]
     d = [det("v", 902, g1, 12, 0.9), det("v", 902, g1, 12, 0.8)]
     assert ap_of(evaluate_frame_map(g, d, LM), 12) == pytest.approx(0.5)
@@ -219,7 +219,7 @@ def test_iou_threshold_is_inclusive() -> None:
     # Detection (0, 0, 0.4, 0.2) inside A (0, 0, 0.4, 0.4): IoU exactly 0.5.
     g = [gt("v", 902, A, 12)]
     d = [det("v", 902, (0.0, 0.0, 0.4, 0.2), 12, 0.9)]
-    assert pairwise_iou(np.array([A]), np.array([d[0].box]))[0, 0] == 0.5
+    assert iou_matrix(np.array([A]), np.array([d[0].box]))[0, 0] == 0.5
     assert ap_of(evaluate_frame_map(g, d, LM), 12) == 1.0
     d = [det("v", 902, (0.0, 0.0, 0.4, 0.19), 12, 0.9)]
     assert ap_of(evaluate_frame_map(g, d, LM), 12) == 0.0

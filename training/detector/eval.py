@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from core.boxes import iou_matrix
 from core.manifest import DetectorSpec
 from training.detector.data import KeyframeImage
 
@@ -71,14 +72,6 @@ class PersonAP:
     num_keyframes: int
 
 
-def _iou(a: FloatArray, b: FloatArray) -> npt.NDArray[np.float64]:
-    from training.evaluation import pairwise_iou
-
-    if a.size == 0 or b.size == 0:
-        return np.zeros((a.shape[0], b.shape[0]))
-    return np.asarray(pairwise_iou(a.astype(np.float64), b.astype(np.float64)))
-
-
 def match_detections(
     det_boxes: FloatArray, det_scores: FloatArray, gt_boxes: FloatArray, iou: float = IOU_THRESHOLD
 ) -> npt.NDArray[np.bool_]:
@@ -86,7 +79,7 @@ def match_detections(
     tp = np.zeros(det_boxes.shape[0], dtype=bool)
     if det_boxes.shape[0] == 0 or gt_boxes.shape[0] == 0:
         return tp
-    ious = _iou(det_boxes, gt_boxes)  # (N, G)
+    ious = iou_matrix(det_boxes.astype(np.float64), gt_boxes.astype(np.float64))  # (N, G)
     taken = np.zeros(gt_boxes.shape[0], dtype=bool)
     for i in np.argsort(-det_scores, kind="stable"):
         j = int(np.argmax(ious[i]))

@@ -17,7 +17,7 @@ finishes YOLOX. Appending keeps the PyTorch side free of export-only tricks (a c
 symbolic would tie the model to the TorchScript exporter, which is deprecated, and the
 dynamo exporter needs onnxscript), and every op is in the default domain, so ONNX
 Runtime and TensorRT's parser both take the file. In eager PyTorch the same step is
-`training.detector.model.nms`, written to ONNX NMS semantics.
+`core.boxes.nms` (numpy), written to ONNX NMS semantics.
 
 Parity gate: before writing, ONNX Runtime runs the candidate graph and the final graph on
 real frames (or random ones when none are given) and compares them with PyTorch: the
@@ -37,18 +37,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 from core.detector_io import SPEC_METADATA_KEY
 from core.manifest import DETECTOR_INPUT, DetectorSpec, GraphSpec, describe_graph
-from training.detector.model import PersonDetector, decode, detect, detector_spec
+from models.onnx_utils import append_nms_outputs
+from training.detector.model import PersonDetectorNet, decode, detect, detector_spec
 
 __all__ = [
     "DetectorExport",
@@ -89,7 +89,7 @@ class CandidateGraph(nn.Module):
     ``cand_scores`` has the class axis ONNX NonMaxSuppression wants (B, classes, boxes).
     """
 
-    def __init__(self, model: PersonDetector) -> None:
+    def __init__(self, model: PersonDetectorNet) -> None:
         super().__init__()
         self.model = model
 
@@ -100,50 +100,6 @@ class CandidateGraph(nn.Module):
             heat, ltrb, stride=c.stride, k=c.max_candidates, peak_filter=c.peak_filter
         )
         return boxes, scores.unsqueeze(1)
-
-
-def _append_nms(model: onnx.ModelProto, spec: DetectorSpec) -> None:
-    """cand_boxes, cand_scores -> NonMaxSuppression -> boxes, scores, class_ids, batch_index."""
-    g = model.graph
-    p = "avaserve_nms_"
-
-    def const(name: str, value: npt.NDArray[np.generic]) -> str:
-        g.initializer.append(numpy_helper.from_array(np.asarray(value), name=p + name))
-        return p + name
-
-    def node(op: str, ins: list[str], out: str, **attrs: Any) -> str:
-        g.node.append(helper.make_node(op, ins, [out], name=out, **attrs))
-        return out
-
-    max_out = const("max_out", np.array([spec.max_detections], np.int64))
-    iou = const("iou", np.array([spec.nms_iou], np.float32))
-    score_thr = const("score_thr", np.array([spec.nms_score_threshold], np.float32))
-    class_table = const("class_table", np.asarray(spec.class_ids, np.int64))
-    cols_ba = const("cols_ba", np.array([0, 2], np.int64))
-    col_b = const("col_b", np.array(0, np.int64))
-    col_k = const("col_k", np.array(1, np.int64))
-    boxes_in, scores_in = CANDIDATE_OUTPUTS
-    sel = node(
-        "NonMaxSuppression",
-        [boxes_in, scores_in, max_out, iou, score_thr],
-        p + "selected",
-        center_point_box=0,
-    )  # (N, 3) int64: batch, class, candidate
-    ba = node("Gather", [sel, cols_ba], p + "sel_ba", axis=1)  # (N, 2)
-    node("GatherND", [boxes_in, ba], "boxes")  # (N, 4)
-    node("GatherND", [scores_in, sel], "scores")  # (N,)
-    k = node("Gather", [sel, col_k], p + "sel_k", axis=1)  # (N,)
-    node("Gather", [class_table, k], "class_ids", axis=0)
-    node("Gather", [sel, col_b], "batch_index", axis=1)
-    del g.output[:]
-    g.output.extend(
-        [
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"]),
-            helper.make_tensor_value_info("class_ids", TensorProto.INT64, ["N"]),
-            helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["N"]),
-        ]
-    )
 
 
 def read_spec(path: StrPath) -> DetectorSpec:
@@ -193,7 +149,7 @@ def _matched_diff(
 def _parity(
     candidates: onnx.ModelProto,
     final: onnx.ModelProto,
-    model: PersonDetector,
+    model: PersonDetectorNet,
     inputs: Sequence[npt.NDArray[np.float32]],
     tolerance: float,
     spec: DetectorSpec,
@@ -258,7 +214,7 @@ def _parity(
 
 
 def export_detector_onnx(
-    checkpoint: StrPath | PersonDetector,
+    checkpoint: StrPath | PersonDetectorNet,
     path: StrPath,
     *,
     frames: Sequence[npt.NDArray[np.uint8]] | None = None,
@@ -279,7 +235,7 @@ def export_detector_onnx(
     from models.onnx_utils import export_onnx
     from training.detector.train import checkpoint_metrics, load_checkpoint
 
-    if isinstance(checkpoint, PersonDetector):
+    if isinstance(checkpoint, PersonDetectorNet):
         model, stored = checkpoint.eval(), None
     else:
         model = load_checkpoint(checkpoint)
@@ -311,7 +267,7 @@ def export_detector_onnx(
         candidates = onnx.load(str(cand_path))
     final = onnx.ModelProto()
     final.CopyFrom(candidates)
-    _append_nms(final, spec)
+    append_nms_outputs(final, *CANDIDATE_OUTPUTS, spec, prefix="avaserve_nms_")
     final.producer_name = "avaserve.training.detector"
     helper.set_model_props(final, {SPEC_METADATA_KEY: spec.model_dump_json()})
     onnx.checker.check_model(final, full_check=True)

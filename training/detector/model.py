@@ -11,7 +11,7 @@ Data flow (``s = 4``, the output stride)::
                                              the box's left, top, right, bottom edges
       -> decode: sigmoid, top-K cells           -> candidates (B, K, 4) xyxy input pixels,
                                                   scores (B, K)
-      -> greedy NMS (`nms`, ONNX NonMaxSuppression semantics) -> Detections
+      -> greedy NMS (`core.boxes.nms`, ONNX NonMaxSuppression semantics) -> BatchDetections
 
 Why this design: one heatmap peak per person needs no anchors (CenterNet, Zhou et al.
 2019); the decode is a max-pool plus a top-K, both plain ONNX ops; with one class the head
@@ -47,18 +47,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.boxes import nms
 from core.manifest import DetectorSpec
 
 __all__ = [
     "DetectorConfig",
-    "Detections",
-    "PersonDetector",
+    "BatchDetections",
+    "PersonDetectorNet",
     "decode",
     "detect",
     "detector_spec",
     "encode_targets",
-    "nms",
-    "box_iou",
 ]
 
 # ImageNet statistics: the usual choice; the manifest records them, so nothing else
@@ -139,7 +138,7 @@ class _Residual(nn.Module):
         return F.relu(x + self.conv2(self.conv1(x)))
 
 
-class PersonDetector(nn.Module):
+class PersonDetectorNet(nn.Module):
     """images (B, 3, H, W) -> (heat (B, 1, h, w) logits, ltrb (B, 4, h, w) log-distances).
 
     ``h, w = H / 4, W / 4``. The forward returns a plain tuple so the TorchScript exporter
@@ -282,61 +281,8 @@ def decode(
     return boxes.transpose(1, 2), scores
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair, (N, 4) x (M, 4) xyxy -> (N, M); corners are min/max-ordered as
-    ONNX NonMaxSuppression does (center_point_box=0); 0 where the union is empty."""
-    ax1, ax2 = torch.minimum(a[:, 0], a[:, 2]), torch.maximum(a[:, 0], a[:, 2])
-    ay1, ay2 = torch.minimum(a[:, 1], a[:, 3]), torch.maximum(a[:, 1], a[:, 3])
-    bx1, bx2 = torch.minimum(b[:, 0], b[:, 2]), torch.maximum(b[:, 0], b[:, 2])
-    by1, by2 = torch.minimum(b[:, 1], b[:, 3]), torch.maximum(b[:, 1], b[:, 3])
-    iw = (torch.minimum(ax2[:, None], bx2[None]) - torch.maximum(ax1[:, None], bx1[None])).clamp(
-        min=0
-    )
-    ih = (torch.minimum(ay2[:, None], by2[None]) - torch.maximum(ay1[:, None], by1[None])).clamp(
-        min=0
-    )
-    inter = iw * ih
-    union = ((ax2 - ax1) * (ay2 - ay1))[:, None] + ((bx2 - bx1) * (by2 - by1))[None] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
-def nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    *,
-    iou_threshold: float,
-    score_threshold: float,
-    max_output: int,
-) -> torch.Tensor:
-    """Greedy NMS for one image and class, with ONNX ``NonMaxSuppression`` semantics.
-
-    boxes (N, 4) xyxy, scores (N,) -> kept indices (M,) int64, descending score. Keeps
-    ``score > score_threshold``; a box is suppressed by a kept one when their IoU is
-    ``> iou_threshold``; at most ``max_output`` are kept. Ties keep the lower index first
-    (a stable sort), which is what ONNX Runtime does.
-
-    This is the eager twin of the graph's NMS (torchvision's ``nms`` is not available
-    here); the IoU matrix is computed once, so the loop is over kept boxes only.
-    """
-    cand = torch.nonzero(scores > score_threshold).flatten()
-    order = cand[torch.sort(scores[cand], descending=True, stable=True).indices]
-    if order.numel() == 0:
-        return order.to(torch.int64)
-    iou = box_iou(boxes[order], boxes[order])  # (n, n) in score order
-    alive = torch.ones(order.numel(), dtype=torch.bool)
-    kept: list[int] = []
-    for i in range(order.numel()):
-        if not alive[i]:
-            continue
-        kept.append(i)
-        if len(kept) >= max_output:
-            break
-        alive &= ~(iou[i] > iou_threshold)
-    return order[torch.tensor(kept, dtype=torch.int64)]
-
-
 @dataclass(frozen=True)
-class Detections:
+class BatchDetections:
     """Person boxes of a batch after NMS: the graph's outputs, in eager PyTorch.
 
     ``boxes (N, 4)`` xyxy input pixels, ``scores (N,)``, ``class_ids (N,)`` int64 (all 0:
@@ -356,16 +302,16 @@ class Detections:
             or self.batch_index.shape != (n,)
         ):
             raise ValueError(
-                f"Detections: boxes {tuple(self.boxes.shape)}, scores ({n},), class_ids "
+                f"BatchDetections: boxes {tuple(self.boxes.shape)}, scores ({n},), class_ids "
                 f"{tuple(self.class_ids.shape)}, batch_index {tuple(self.batch_index.shape)}"
             )
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def image(self, i: int) -> Detections:
+    def image(self, i: int) -> BatchDetections:
         keep = self.batch_index == i
-        return Detections(
+        return BatchDetections(
             self.boxes[keep], self.scores[keep], self.class_ids[keep], self.batch_index[keep]
         )
 
@@ -377,22 +323,26 @@ def postprocess(
     iou_threshold: float,
     score_threshold: float,
     max_output: int,
-) -> Detections:
-    """Candidates (B, K, 4), (B, K) -> `Detections` after per-image NMS."""
+) -> BatchDetections:
+    """Candidates (B, K, 4), (B, K) -> `BatchDetections` after per-image NMS."""
     out_b, out_s, out_i = [], [], []
     for i in range(boxes.shape[0]):
-        keep = nms(
-            boxes[i],
-            scores[i],
-            iou_threshold=iou_threshold,
-            score_threshold=score_threshold,
-            max_output=max_output,
-        )
+        # NMS in numpy (core.boxes, ONNX NonMaxSuppression rules): the same float32
+        # arithmetic as the graph's, and the one NMS of the project.
+        keep = torch.from_numpy(
+            nms(
+                boxes[i].detach().cpu().numpy(),
+                scores[i].detach().cpu().numpy(),
+                iou_threshold=iou_threshold,
+                score_threshold=score_threshold,
+                max_keep=max_output,
+            )
+        ).to(boxes.device)
         out_b.append(boxes[i][keep])
         out_s.append(scores[i][keep])
         out_i.append(torch.full((keep.numel(),), i, dtype=torch.int64))
     n = sum(int(s.numel()) for s in out_s)
-    return Detections(
+    return BatchDetections(
         torch.cat(out_b).reshape(-1, 4) if out_b else boxes.new_zeros(0, 4),
         torch.cat(out_s) if out_s else scores.new_zeros(0),
         torch.zeros(n, dtype=torch.int64),
@@ -402,8 +352,8 @@ def postprocess(
 
 @torch.no_grad()
 def detect(
-    model: PersonDetector, images: torch.Tensor, *, score_threshold: float | None = None
-) -> Detections:
+    model: PersonDetectorNet, images: torch.Tensor, *, score_threshold: float | None = None
+) -> BatchDetections:
     """Eager inference with the config's post-processing: what ``detector.onnx`` computes.
 
     ``score_threshold``: NMS score floor; default the config's ``nms_score_threshold``

@@ -33,7 +33,7 @@ import torch
 from training.detector.data import KeyframeImage, augment, load_keyframe_images, stack_batch
 from training.detector.model import (
     DetectorConfig,
-    PersonDetector,
+    PersonDetectorNet,
     detector_spec,
     encode_targets,
     ltrb_to_boxes,
@@ -149,7 +149,7 @@ def _targets(boxes: list[np.ndarray], config: DetectorConfig) -> dict[str, torch
 
 def save_checkpoint(
     path: StrPath,
-    model: PersonDetector,
+    model: PersonDetectorNet,
     *,
     iteration: int,
     train_config: TrainConfig | None = None,
@@ -171,15 +171,15 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: StrPath) -> PersonDetector:
-    """A `PersonDetector` from a checkpoint written by `train_detector` (eval mode)."""
+def load_checkpoint(path: StrPath) -> PersonDetectorNet:
+    """A `PersonDetectorNet` from a checkpoint written by `train_detector` (eval mode)."""
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "avaserve.person_detector":
         raise ValueError(
             f"{path}: not a person-detector checkpoint (expected the file "
             f"`avaserve train-detector` writes, {CHECKPOINT_NAME})"
         )
-    model = PersonDetector(DetectorConfig.from_dict(ckpt["config"]))
+    model = PersonDetectorNet(DetectorConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -236,7 +236,7 @@ def train_detector(
         items = load_keyframe_images(data_dir, "train", context_frames=cfg.context_frames)
     if not items:
         raise ValueError(f"{data_dir}: the train split has no labelled keyframes")
-    model = PersonDetector(cfg.model)
+    model = PersonDetectorNet(cfg.model)
     spec = detector_spec(cfg.model)
     # No weight decay on BatchNorm and biases (the usual practice; decaying BN scales
     # fights the normalisation).

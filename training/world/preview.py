@@ -71,15 +71,19 @@ def _pick(frames: dict[int, list[_Box]], count: int) -> list[int]:
 
 
 def _decode_frames(video: Path, indices: set[int]) -> dict[int, npt.NDArray[np.uint8]]:
-    import av
+    from core.video import iter_rgb_frames, open_video
 
     out: dict[int, npt.NDArray[np.uint8]] = {}
-    with av.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
+    container = open_video(video)
+    try:
+        frames = iter_rgb_frames(video, container, container.streams.video[0])
+        for i, (_, frame) in enumerate(frames):
             if i in indices:
-                out[i] = np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+                out[i] = frame
             if len(out) == len(indices):
                 break
+    finally:
+        container.close()
     return out
 
 
