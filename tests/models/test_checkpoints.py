@@ -23,17 +23,14 @@ import source_layouts as L
 import torch
 from torch import nn
 
-from models.checkpoints import (
-    Checkpoint,
+from models.checkpoints import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from models.importers import (
     CheckpointImportError,
     ImportResult,
     SourceState,
-    build_model,
     caffe2_to_pyslowfast,
     import_state_dict,
-    load_checkpoint,
     read_source_state,
-    save_checkpoint,
 )
 from models.roi import roi_align, roi_align_reference
 
