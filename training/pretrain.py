@@ -173,7 +173,7 @@ def train_classifier(
     start = 0
     last = out_dir / "last.pt"
     if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
@@ -272,7 +272,7 @@ def evaluate_classifier(
 ) -> ClassifyResult:
     """Multi-clip x multi-crop testing: softmax averaged over ``clips`` evenly spaced
     temporal positions and ``crops`` spatial crops (left, centre, right)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = config_from_dict(state["config"])
     source = Path(data)
     if source.is_dir() and (source / "classification" / "val.csv").is_file():

@@ -214,10 +214,10 @@ def run_evaluation(
 ) -> tuple[EvalResult, list[ScoredBoxes], tuple[int, ...]]:
     """Load checkpoints, get boxes, predict, write the results CSV, score it."""
     from training.boxes import resolve_boxes
-    from training.train import load_checkpoint, load_split
+    from training.train import load_split, load_trained_model
 
     data = load_split(Path(data_dir), split)
-    models = [load_checkpoint(Path(c))[:2] for c in checkpoints]
+    models = [load_trained_model(Path(c))[:2] for c in checkpoints]
     proposals = resolve_boxes(
         boxes,
         keyframes=data.keyframes,
