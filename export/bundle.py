@@ -344,7 +344,7 @@ def _keyframe_index(info: PresetInfo) -> int:
 
 
 def _to_clip(frames: Array, boxes_norm: Array, info: PresetInfo, label: str) -> ParityClip:
-    from training.clips import boxes_to_pixels, pack_pathways, preprocess_clip
+    from core.clips import boxes_to_pixels, pack_pathways, preprocess_clip
 
     clip = preprocess_clip(frames, short_side=info.short_side, mean=info.mean, std=info.std)
     slow, fast = pack_pathways(clip, info.alpha)  # (3, T_s, H, W), (3, T_f, H, W)
@@ -378,15 +378,15 @@ def parity_clips(
 
     Preference: ``video`` (fixed boxes), else a val video of ``data_dir`` with its ground-truth
     boxes, else the shared basketball video (fixed boxes), else synthetic noise (warned).
-    Clips go through training/clips.py with the preset's numbers, as training and the service do.
+    Clips go through core/clips.py with the preset's numbers, as training and the service do.
     """
-    from training.clips import ClipSpec, iter_keyframe_clips
+    from core.clips import ClipSpec, iter_keyframe_clips
 
     spec = ClipSpec.from_preset(info)
     fixed = np.asarray(FIXED_BOXES, np.float32)
     if video is None and data_dir is not None:
-        from training.ava_data import read_dataset_info, read_keyframes
-        from training.clips import find_video
+        from core.ava_data import read_dataset_info, read_keyframes
+        from core.clips import find_video
 
         root = Path(data_dir)
         ds = read_dataset_info(root)

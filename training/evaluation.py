@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.ava import LabelMap
-from training.ava_data import AnnotationRow, DetectionRow, KeyframeKey
+from core.ava_data import AnnotationRow, DetectionRow, KeyframeKey
 
 __all__ = [
     "IOU_THRESHOLD",

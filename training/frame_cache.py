@@ -1,7 +1,7 @@
 """Decode each video once, at the model's short side, into a uint8 frame array.
 
 Training visits every keyframe of every video many times. Seeking per keyframe
-(`training.clips.decode_clip`) re-decodes from the previous GOP each time, which on a
+(`core.clips.decode_clip`) re-decodes from the previous GOP each time, which on a
 CPU costs more than the tiny model's forward pass. So each video is decoded once,
 resized to the short side the model trains at, and kept as a ``(N, H, W, 3)`` uint8
 array -- in memory, or as an ``np.memmap`` under ``DIR/cache/`` that later runs (and
@@ -9,7 +9,7 @@ DataLoader workers, which share the page cache) reuse.
 
 Which frames form a clip is still decided by `core.sampling` (`nearest_frame_indices`
 on the decoded frames' presentation times), and frames and times come from
-`training.clips`' own decoder, so a cached clip has exactly the frames `decode_clip`
+`core.clips`' own decoder, so a cached clip has exactly the frames `decode_clip`
 gives (only resized earlier; `tests/training/test_frame_cache.py` checks this).
 
 Files per video under ``DIR/cache/s<short_side>/``: ``<video_id>.u8`` (raw frames),
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from core import clips
+from core.clips import ClipSpec, FrameFolder, VideoDecodeError, find_video
 from core.preprocess import resize_short_side
 from core.sampling import nearest_frame_indices
-from training import clips
-from training.clips import ClipSpec, FrameFolder, VideoDecodeError, find_video
 
 __all__ = [
     "FrameCache",

@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from training.clips import VIDEO_SUFFIXES, ClipSpec, pack_pathways, preprocess_clip
+from core.clips import VIDEO_SUFFIXES, ClipSpec, pack_pathways, preprocess_clip
 from training.config import TrainConfig, config_from_dict
 from training.frame_cache import VideoFrames, decode_video_file
 
@@ -156,8 +156,7 @@ def train_classifier(
 ) -> Path:
     """Train clip classification on ``data`` (a dataset dir with classification/train.csv,
     a CSV, or a class-folder dir). Single process. Returns the final checkpoint."""
-    from training.schedule import set_lr
-    from training.train import learning_rate, seed_everything
+    from training.schedule import learning_rate, seed_everything, set_lr
 
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)

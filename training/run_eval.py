@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from core.ava_data import DetectionRow, KeyframeProposals, read_annotations, write_results
 from models.action_model import ActionModel
-from training.ava_data import DetectionRow, KeyframeProposals, read_annotations, write_results
 from training.config import TrainConfig
 from training.evaluation import EvalResult, evaluate_frame_map
 
@@ -79,8 +79,8 @@ def predict(
 
     ``scales`` None means each model's own short side. All models must share class ids.
     """
-    from training.ava_data import read_dataset_info
-    from training.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
+    from core.ava_data import read_dataset_info
+    from core.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
     from training.frame_cache import FrameCache
 
     info = read_dataset_info(data_dir)
@@ -173,7 +173,7 @@ def to_rows(
 def evaluate_rows(rows: Sequence[DetectionRow], data_dir: StrPath, split: str) -> EvalResult:
     """Frame-mAP of results rows against the split's ground truth (excluded keyframes out)."""
     from core.ava import read_label_map_pbtxt
-    from training.ava_data import read_excluded_timestamps
+    from core.ava_data import read_excluded_timestamps
 
     data_dir = Path(data_dir)
     labels = read_label_map_pbtxt(data_dir / "annotations" / "label_map.pbtxt")
@@ -245,7 +245,7 @@ def run_evaluation(
 
 def long_term_ids(data_dir: StrPath) -> tuple[int, ...]:
     """The world's long-term-context classes (dataset.json ``long_term``), or ()."""
-    from training.ava_data import read_dataset_info
+    from core.ava_data import read_dataset_info
 
     extra = read_dataset_info(data_dir).extra.get("long_term", [])
     return tuple(int(x["id"]) for x in extra if isinstance(x, dict) and "id" in x)

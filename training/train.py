@@ -36,6 +36,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from core.ava import LabelMap, read_label_map_pbtxt
+from core.ava_data import (
+    DatasetInfo,
+    KeyframeAnnotation,
+    read_dataset_info,
+    read_excluded_timestamps,
+    read_keyframes,
+)
 from models.action_model import ActionModel
 from models.checkpoints import (
     Checkpoint,
@@ -44,13 +51,6 @@ from models.checkpoints import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
-)
-from training.ava_data import (
-    DatasetInfo,
-    KeyframeAnnotation,
-    read_dataset_info,
-    read_excluded_timestamps,
-    read_keyframes,
 )
 from training.config import TrainConfig, config_from_dict
 from training.dataset import (
@@ -65,13 +65,12 @@ from training.dataset import (
     plain_entries,
 )
 from training.losses import pose_loss, scene_loss, sigmoid_loss
-from training.schedule import set_lr, steps_lr, warmup_cosine_lr
+from training.schedule import learning_rate, seed_everything, set_lr
 
 __all__ = [
     "DistInfo",
     "build_training_model",
     "freeze_batchnorm",
-    "learning_rate",
     "load_init",
     "load_split",
     "load_trained_model",
@@ -110,31 +109,6 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
     return info
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def learning_rate(config: TrainConfig, it: int) -> float:
-    """The schedule of ``config`` at iteration ``it`` (pure: resuming needs only ``it``)."""
-    if config.schedule == "steps":
-        return steps_lr(
-            it,
-            lr0=config.lr,
-            steps=config.lr_steps,
-            warmup_iters=config.warmup_iters,
-            warmup_start_lr=config.warmup_start_lr,
-        )
-    return warmup_cosine_lr(
-        it,
-        lr0=config.lr,
-        it_max=config.iterations,
-        warmup_iters=config.warmup_iters,
-        warmup_start_lr=config.warmup_start_lr,
-    )
 
 
 # -- data ------------------------------------------------------------------------------------

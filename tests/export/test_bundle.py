@@ -259,8 +259,8 @@ def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> Non
     from typer.testing import CliRunner
 
     from avaserve.cli import app
+    from core.ava_data import read_keyframes
     from core.preset_info import preset_info
-    from training.ava_data import read_keyframes
 
     world = tmp_path / "world"
     args = ["make-world", str(world), "--videos", "0", "--val-videos", "1", "--seconds", "8"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.ava import LabelMap, read_label_map_pbtxt
-from training.ava_data import (
+from core.ava_data import (
     AnnotationRow,
     DetectionRow,
     read_annotations,

@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from training.config import TrainConfig, ava_r50_recipe, config_from_dict, tiny_world_recipe
-from training.train import _person_terms, learning_rate, train
+from training.schedule import learning_rate
+from training.train import _person_terms, train
 
 TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
 
