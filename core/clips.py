@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -204,7 +204,8 @@ def _frames(path: StrPath, container: Any, stream: Any) -> Iterator[tuple[float,
                 raise VideoDecodeError(
                     path, "frames without timestamps; extract frames and use FrameFolder"
                 )
-            yield float(frame.time) - start, rgb.reformat(frame, format="rgb24").to_ndarray()
+            pixels = cast(Frames, rgb.reformat(frame, format="rgb24").to_ndarray())  # rgb24
+            yield float(frame.time) - start, pixels
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(path, f"decoding failed: {exc}") from None
 
