@@ -52,10 +52,10 @@ def main() -> None:
     from training.bank_extract import load_bank
     from training.dataset import BankFeatureDataset, plain_entries
     from training.evaluation import average_precision as voc_ap
-    from training.train import load_checkpoint, load_split
+    from training.train import load_split, load_trained_model
     from training.world.classes import LONG_TERM
 
-    model, config, _ = load_checkpoint(args.checkpoint)
+    model, config, _ = load_trained_model(args.checkpoint)
     model.eval()
     lfb = model.lfb
     if lfb is None or lfb.recall is None:

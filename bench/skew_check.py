@@ -91,10 +91,9 @@ def _eval(args: list[str]) -> tuple[float, str]:
 
 def _served_bank(args: argparse.Namespace, proposals_csv: Path) -> list[str]:
     """``--bank DIR`` of a bank the checkpoint extracts from the served boxes (stage 2), or []."""
-    import torch
+    from models.checkpoints import load_checkpoint
 
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if not any(k.startswith("lfb.") for k in state.get("model", {})):
+    if not load_checkpoint(args.checkpoint).preset_overrides.get("use_lfb"):
         return []
     bank = args.out / "served_bank"
     res = subprocess.run(

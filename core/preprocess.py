@@ -1,6 +1,6 @@
 """Frame preprocessing shared by training and the service (torch-free: numpy only).
 
-THE resize and normalisation. Training (``training/clips.py``, the frame cache, evaluation,
+THE resize and normalisation. Training (``core/clips.py``, the frame cache, evaluation,
 export's parity check) and the service's ring buffer call these functions, so a model sees
 bit-identical tensors when served as when trained or evaluated::
 

@@ -1,6 +1,6 @@
 """Clip sampling: which decoded frames make up the clip around a keyframe (torch-free).
 
-This is THE sampling rule. Training (``training/clips.py``) and the service both call
+This is THE sampling rule. Training (its clip reader ``core/clips.py``) and the service both call
 these functions, so a model sees the same frames at serving time as it was trained on.
 
 The rule is time-based rather than index-based, so variable-frame-rate video and the

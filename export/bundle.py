@@ -20,19 +20,11 @@ Inputs of the graphs are dynamic along batch ``B``, boxes ``K``, bank window ``W
 clip's spatial size ``H``/``W`` (the short side is fixed by the manifest, the long side follows
 the video's aspect ratio). The manifest's ``shape_ranges`` give TensorRT its profile.
 
-Checkpoint format read by `load_action_model` (written by training; see docs/export.md)::
-
-    {"model" | "model_state" | "state_dict": ActionModel state dict ("module." prefix ok),
-     "preset": str, "preset_overrides": dict,                           (or inside "config")
-     "class_ids" (training/train.py) | "classes" (models/checkpoints.py): [int],
-     "config": TrainConfig.to_dict() (optional: bank window, persons per second, preset),
-     "pose_ids"/"class_names"/"evaluated_ids": optional,
-     "bank_model": optional stage-1 model {"model": state dict, "preset"?, "preset_overrides"?}}
-
-Both training/train.py's checkpoints (which also hold optimizer and numpy RNG state) and
-models/checkpoints.py's (imported public weights) fit. Missing ``use_lfb``/``use_global``/LFB
-sizes are read off the state dict's keys and shapes, and the state dict is then loaded
-strictly. The stage-1 bank model can also come from its own file (``bank_checkpoint``).
+Checkpoints are read with `models.checkpoints.load_checkpoint` (the one format, written by
+training and by ``avaserve import-checkpoint``): the model is built from the preset and every
+option the checkpoint carries, and its state dict is loaded strictly. A training checkpoint's
+config gives the bank window and persons per second. The stage-1 bank model comes from the
+checkpoint's ``bank_model`` or from its own file (``bank_checkpoint``).
 """
 
 from __future__ import annotations
@@ -77,6 +69,7 @@ from core.preset_info import PresetInfo
 
 if TYPE_CHECKING:
     from models.action_model import ActionModel
+    from models.checkpoints import Checkpoint
 
 __all__ = [
     "BundleResult",
@@ -202,25 +195,6 @@ def random_init_model(
     )
 
 
-def _state_dict(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-    import torch
-
-    for key in ("model", "model_state", "state_dict"):
-        state = raw.get(key)
-        if (
-            isinstance(state, Mapping)
-            and state
-            and all(isinstance(v, torch.Tensor) for v in state.values())
-        ):
-            # DistributedDataParallel saves its wrapped module's keys under "module.".
-            return {k.removeprefix("module."): v for k, v in state.items()}
-    raise CheckpointError(
-        f"{where}: no model state dict under 'model', 'model_state' or 'state_dict' (keys "
-        f"{sorted(raw)[:12]}); is this an avaserve training checkpoint? Public checkpoints go "
-        f"through `avaserve import-checkpoint` first"
-    )
-
-
 def _bank_layout(model: Any, window_seconds: int, persons: int) -> dict[str, Any]:
     """Manifest layout fields: a time-aware LFB needs its windows slot-aligned."""
     lfb = model.lfb
@@ -236,149 +210,37 @@ def _bank_layout(model: Any, window_seconds: int, persons: int) -> dict[str, Any
     return {"layout": "slots", "slot_origin_s": origin}
 
 
-def _inferred_head_overrides(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Head options read off the state dict's keys and shapes (used where not given)."""
-    out: dict[str, Any] = {"use_lfb": "lfb.reduce_bank.weight" in state}
-    out["use_global"] = "scene_classifier.weight" in state
-    if out["use_lfb"]:
-        w = state["lfb.reduce_bank.weight"]  # (d, D_bank)
-        out["lfb_dim_bank"] = int(w.shape[1])
-        out["lfb_dim_inner"] = int(w.shape[0])
-        blocks = {k.split(".")[2] for k in state if k.startswith("lfb.blocks.")}
-        out["lfb_num_blocks"] = len(blocks)
-        if "lfb.slot_offsets" in state:  # time-aware LFB: its slot layout travels with it
-            out["lfb_slot_offsets"] = [float(x) for x in state["lfb.slot_offsets"].tolist()]
-        if "lfb.recall.weight" in state:  # the recall path (models.lfb): (M, D) row classifier
-            out["lfb_recall_classes"] = int(state["lfb.recall.weight"].shape[0])
-    if "appearance_grid" in state:  # person features carry the box colour descriptor
-        out["appearance_grid"] = tuple(int(x) for x in state["appearance_grid"].tolist())
-    return out
-
-
-def _build_from_state(
-    state: Mapping[str, Any],
-    preset: str,
-    overrides: Mapping[str, Any],
-    class_ids: Sequence[int] | None,
-    pose_ids: Sequence[int] | None,
-    where: str,
-) -> ActionModel:
-    from models.presets import PRESETS
-
-    if preset not in PRESETS:
-        raise CheckpointError(f"{where}: preset {preset!r} is unknown; known: {sorted(PRESETS)}")
-    kw = {**_inferred_head_overrides(state), **dict(overrides)}
-    if class_ids is not None:
-        kw.setdefault("class_ids", tuple(int(c) for c in class_ids))
-    elif "classifier.weight" in state and "class_ids" not in kw:
-        n = int(state["classifier.weight"].shape[0])
-        if n != 80:
-            raise CheckpointError(
-                f"{where}: the classifier has {n} outputs but the checkpoint has no 'class_ids'; "
-                f"save class_ids with the checkpoint"
-            )
-    if pose_ids is not None:
-        kw.setdefault("pose_ids", tuple(int(c) for c in pose_ids))
-    try:
-        model = PRESETS[preset](**kw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: cannot build preset {preset!r} with {kw}: {e}") from None
-    result = model.load_state_dict(dict(state), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{where}: state dict does not fit preset {preset!r} (overrides {dict(overrides)}): "
-            f"missing {result.missing_keys[:5]} ({len(result.missing_keys)}), unexpected "
-            f"{result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
-        )
-    return model.eval()
-
-
-# Globals a training checkpoint may hold besides tensors: its numpy RNG state (an ndarray).
-_NUMPY_GLOBALS = frozenset(
-    {
-        "numpy.ndarray",
-        "numpy.dtype",
-        "numpy._core.multiarray._reconstruct",
-        "numpy.core.multiarray._reconstruct",
-    }
-)
-
-
-def _torch_load(p: Path) -> Any:
-    """``torch.load(weights_only=True)`` that also admits numpy arrays (RNG state), nothing else.
-
-    A checkpoint is data: never run pickled code from it.
-    """
-    import importlib
-
-    import torch
+def _build(checkpoint: Checkpoint, where: str) -> ActionModel:
+    from models.checkpoints import build_model
 
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
-    except Exception:  # legacy (non-zip) files: weights_only decides alone
-        unsafe = []
-    bad = [g for g in unsafe if g not in _NUMPY_GLOBALS and not g.startswith("numpy.dtypes.")]
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {p} pickles objects that are not plain data ({bad[:4]}); refusing to "
-            f"unpickle them. Save tensors, numbers, strings, lists and dicts only"
-        )
-    allowed = []
-    for name in unsafe:
-        module, _, attr = name.rpartition(".")
-        allowed.append(getattr(importlib.import_module(module), attr))
-    if allowed:
-        # An ndarray's dtype is rebuilt from its class (numpy.dtypes.UInt32DType, ...), which the
-        # scan above does not list: admit the plain numeric dtype classes, nothing else.
-        allowed += [type(np.dtype(code)) for code in "?bBhHiIlLqQefdFD"]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {p} cannot be read: {first}") from None
+        return build_model(checkpoint)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
 
 
 def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = None) -> LoadedModel:
-    """Read a training checkpoint (format in the module docstring) into a `LoadedModel`.
+    """Read a checkpoint (`models.checkpoints`: the model is built from the options it
+    carries) into a `LoadedModel`.
 
     ``bank_checkpoint``: report A's stage-1 checkpoint whose person features fill the bank
     (exported as bank_backbone.onnx); overrides a ``bank_model`` inside ``path``.
     """
+    from models.checkpoints import load_checkpoint
+
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} not found")
-    raw = _torch_load(p)
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"checkpoint {p} holds a {type(raw).__name__}, not a dict")
-    config = raw.get("config") if isinstance(raw.get("config"), Mapping) else {}
+    try:
+        checkpoint = load_checkpoint(p)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    model = _build(checkpoint, str(p))
+    config = (checkpoint.training or {}).get("config") or {}
     assert isinstance(config, Mapping)
-    preset = raw.get("preset") or config.get("preset")
-    if not isinstance(preset, str):
-        raise CheckpointError(f"checkpoint {p}: no 'preset' name (top level or in 'config')")
-    overrides = raw.get("preset_overrides") or config.get("preset_overrides") or {}
-    # "class_ids": training/train.py; "classes": models/checkpoints.py (imported checkpoints).
-    class_ids = raw.get("class_ids") or raw.get("classes")
-    pose_ids = raw.get("pose_ids")
-    state = _state_dict(raw, str(p))
-    model = _build_from_state(state, preset, overrides, class_ids, pose_ids, str(p))
 
     bank_model = None
-    bank_raw = raw.get("bank_model")
-    if isinstance(bank_raw, Mapping):
+    if checkpoint.bank_model is not None:
         where = f"{p} [bank_model]"
-        bank_state = _state_dict(bank_raw, where)
-        bank_model = _build_from_state(
-            bank_state,
-            str(bank_raw.get("preset") or preset),
-            # The stage-1 model shares the preprocessing overrides, not the head's shape
-            # (no LFB there): head options are read off its own state dict.
-            bank_raw.get("preset_overrides")
-            or {k: v for k, v in overrides.items() if not k.startswith(("use_", "lfb_"))},
-            bank_raw.get("class_ids") or model.class_ids,
-            bank_raw.get("pose_ids") or pose_ids,
-            where,
-        )
+        bank_model = _build(checkpoint.bank_model, where)
         if model.lfb is not None and bank_model.person_dim != model.lfb.dim_bank:
             raise CheckpointError(
                 f"{where}: the stage-1 model's features are {bank_model.person_dim}-d but the "
@@ -403,10 +265,7 @@ def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = N
     info = model.preset_info
     assert info is not None
     pose, evaluated, names = _class_facts(
-        model.class_ids,
-        pose_ids=pose_ids,
-        evaluated_ids=raw.get("evaluated_ids"),
-        class_names=raw.get("class_names"),
+        model.class_ids, pose_ids=checkpoint.preset_overrides.get("pose_ids")
     )
     half = int(config.get("bank_window", 30))
     return LoadedModel(
@@ -485,7 +344,7 @@ def _keyframe_index(info: PresetInfo) -> int:
 
 
 def _to_clip(frames: Array, boxes_norm: Array, info: PresetInfo, label: str) -> ParityClip:
-    from training.clips import boxes_to_pixels, pack_pathways, preprocess_clip
+    from core.clips import boxes_to_pixels, pack_pathways, preprocess_clip
 
     clip = preprocess_clip(frames, short_side=info.short_side, mean=info.mean, std=info.std)
     slow, fast = pack_pathways(clip, info.alpha)  # (3, T_s, H, W), (3, T_f, H, W)
@@ -519,15 +378,15 @@ def parity_clips(
 
     Preference: ``video`` (fixed boxes), else a val video of ``data_dir`` with its ground-truth
     boxes, else the shared basketball video (fixed boxes), else synthetic noise (warned).
-    Clips go through training/clips.py with the preset's numbers, as training and the service do.
+    Clips go through core/clips.py with the preset's numbers, as training and the service do.
     """
-    from training.clips import ClipSpec, iter_keyframe_clips
+    from core.clips import ClipSpec, iter_keyframe_clips
 
     spec = ClipSpec.from_preset(info)
     fixed = np.asarray(FIXED_BOXES, np.float32)
     if video is None and data_dir is not None:
-        from training.ava_data import read_dataset_info, read_keyframes
-        from training.clips import find_video
+        from core.ava_data import read_dataset_info, read_keyframes
+        from core.clips import find_video
 
         root = Path(data_dir)
         ds = read_dataset_info(root)

@@ -6,7 +6,7 @@
         --preset slowfast_r50_ava --out r50.ckpt [--report] [--set alpha=8]
 
 Every source tensor must map to the preset and every preset tensor must be filled, with
-equal shapes (``models.checkpoints`` has the key tables); otherwise nothing is written, the
+equal shapes (``models.importers`` has the key tables); otherwise nothing is written, the
 report names the keys, and the exit code is 2. The report is printed either way;
 ``--report`` adds the full source -> target table.
 
@@ -94,12 +94,8 @@ def import_checkpoint_command(
     user_overrides = parse_overrides(overrides)
 
     from core.manifest import sha256_file
-    from models.checkpoints import (
-        Checkpoint,
-        CheckpointImportError,
-        import_checkpoint,
-        save_checkpoint,
-    )
+    from models.checkpoints import Checkpoint, save_checkpoint
+    from models.importers import CheckpointImportError, import_checkpoint
 
     try:
         result = import_checkpoint(

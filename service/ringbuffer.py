@@ -10,7 +10,7 @@ Data flow for one stream::
            -> core.preprocess.preprocess_clip + pack_pathways (the same functions training
               uses) -> fast (3, T_f, H', W') and slow (3, T_f // alpha, H', W') float32
 
-**Train/serve skew.** Training (training/clips.py, its frame cache) and this buffer call the
+**Train/serve skew.** Training (core/clips.py, its frame cache) and this buffer call the
 same torch-free functions in ``core.preprocess`` on the same decoded frames: the resize to
 the short side (uint8 out) and the normalisation. So the served tensors are bit-identical to
 training's (tests/service/test_ringbuffer.py compares them). The resize is per frame here and

@@ -57,7 +57,7 @@ def plot_cooccurrence_command(
     import numpy as np
 
     from core.ava import AvaFormatError, LabelMap, read_label_map_pbtxt
-    from training.ava_data import read_keyframes
+    from core.ava_data import read_keyframes
     from training.balancing import balance, cooccurrence_matrix
     from training.plots import plot_cooccurrence
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from core.ava_data import KeyframeProposals
 from core.bank_layout import layout_window
 from core.boxes import iou_matrix
-from training.ava_data import KeyframeProposals
 
 __all__ = ["ExtractedBank", "VideoBank", "extract_bank", "load_bank"]
 
@@ -164,8 +164,8 @@ def extract_bank(
     """
     import torch
 
-    from training.ava_data import read_dataset_info
-    from training.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
+    from core.ava_data import read_dataset_info
+    from core.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
     from training.frame_cache import FrameCache
 
     action_model = model  # typed loosely: models.action_model.ActionModel

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.ava_data import (
+from core.ava_data import (
     DatasetInfo,
     KeyframeAnnotation,
     KeyframeProposals,

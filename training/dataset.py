@@ -31,11 +31,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from core.ava import LabelMap
+from core.ava_data import DatasetInfo, KeyframeAnnotation
+from core.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
 from core.preset_info import PresetInfo
 from training import augment
-from training.ava_data import DatasetInfo, KeyframeAnnotation
 from training.bank_extract import ExtractedBank
-from training.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
 from training.frame_cache import FrameCache
 
 __all__ = [

@@ -203,14 +203,12 @@ def _model_eval(
         except ValueError:
             raise typer.BadParameter(f"{scales!r}: expected e.g. 224,256,320") from None
     elif tta:
-        import torch
-
-        state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
         from core.preset_info import preset_info
+        from models.checkpoints import load_checkpoint
 
+        first = load_checkpoint(checkpoints[0])
         short = int(
-            state["config"].get("preset_overrides", {}).get("short_side")
-            or preset_info(state["config"]["preset"]).short_side
+            first.preset_overrides.get("short_side") or preset_info(first.preset).short_side
         )
         scale_list = _tta_scales(short)
     try:

@@ -13,7 +13,7 @@ Two modes (the scoring rules, `training.evaluation`'s module docstring, are the 
     parse, a GT box with ``x2 < x1`` or ``y2 < y1`` (the official engine stops on those) --
     raises `AvaFormatError` naming file, line and field. Blank lines are skipped (the
     official reader stops on them).
-* **strict** (``--strict``): avaserve's validating readers (`training.ava_data`) refuse,
+* **strict** (``--strict``): avaserve's validating readers (`core.ava_data`) refuse,
   with file/line/field, anything outside the AVA v2 format: 2-column rows, results rows
   without a score, timestamps that are not whole seconds, non-finite numbers, coordinates
   outside ``[0, 1]``, ``x2 <= x1`` or ``y2 <= y1``, class ids < 1.
@@ -67,7 +67,7 @@ def read_eval_inputs(
     """Read the GT, results and excluded-timestamps CSVs (see the module docstring)."""
     ids = frozenset(label_map.ids)
     if strict:
-        from training.ava_data import read_annotations, read_excluded_timestamps, read_results
+        from core.ava_data import read_annotations, read_excluded_timestamps, read_results
 
         # No label map here: rows of other classes must still list their keyframe; the
         # tables drop them.

@@ -63,8 +63,8 @@ import numpy as np
 import numpy.typing as npt
 
 from core.ava import LabelMap
+from core.ava_data import AnnotationRow, DetectionRow, KeyframeKey
 from core.boxes import iou_matrix
-from training.ava_data import AnnotationRow, DetectionRow, KeyframeKey
 
 __all__ = [
     "IOU_THRESHOLD",

@@ -1,7 +1,7 @@
 """Decode each video once, at the model's short side, into a uint8 frame array.
 
 Training visits every keyframe of every video many times. Seeking per keyframe
-(`training.clips.decode_clip`) re-decodes from the previous GOP each time, which on a
+(`core.clips.decode_clip`) re-decodes from the previous GOP each time, which on a
 CPU costs more than the tiny model's forward pass. So each video is decoded once,
 resized to the short side the model trains at, and kept as a ``(N, H, W, 3)`` uint8
 array -- in memory, or as an ``np.memmap`` under ``DIR/cache/`` that later runs (and
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from core.clips import ClipSpec, FrameFolder, VideoDecodeError, find_video
 from core.preprocess import resize_short_side
 from core.sampling import nearest_frame_indices
 from core.video import iter_rgb_frames, open_video
-from training.clips import ClipSpec, FrameFolder, VideoDecodeError, find_video
 
 __all__ = [
     "FrameCache",

@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from training.clips import VIDEO_SUFFIXES, ClipSpec, pack_pathways, preprocess_clip
+from core.clips import VIDEO_SUFFIXES, ClipSpec, pack_pathways, preprocess_clip
 from training.config import TrainConfig, config_from_dict
 from training.frame_cache import VideoFrames, decode_video_file
 
@@ -156,8 +156,7 @@ def train_classifier(
 ) -> Path:
     """Train clip classification on ``data`` (a dataset dir with classification/train.csv,
     a CSV, or a class-folder dir). Single process. Returns the final checkpoint."""
-    from training.schedule import set_lr
-    from training.train import learning_rate, seed_everything
+    from training.schedule import learning_rate, seed_everything, set_lr
 
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -173,7 +172,7 @@ def train_classifier(
     start = 0
     last = out_dir / "last.pt"
     if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
@@ -272,7 +271,7 @@ def evaluate_classifier(
 ) -> ClassifyResult:
     """Multi-clip x multi-crop testing: softmax averaged over ``clips`` evenly spaced
     temporal positions and ``crops`` spatial crops (left, centre, right)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = config_from_dict(state["config"])
     source = Path(data)
     if source.is_dir() and (source / "classification" / "val.csv").is_file():

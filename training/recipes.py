@@ -81,7 +81,7 @@ def demo_recipe(
     from training.boxes import gt_boxes
     from training.config import tiny_world_recipe
     from training.run_eval import long_term_ids, run_evaluation
-    from training.train import load_checkpoint, load_split, train
+    from training.train import load_split, load_trained_model, train
 
     console = Console()
     say = log or (lambda text: console.print(text, highlight=False))
@@ -130,7 +130,7 @@ def demo_recipe(
 
     # 4. bank from stage 1, ground-truth boxes, both splits
     finish = step("bank")
-    model, _, _ = load_checkpoint(stage1)
+    model, _, _ = load_trained_model(stage1)
     # The bank rows carry each box's colour cells: the stage-2 LFB's same-person cue.
     model.enable_appearance(DEFAULT_APPEARANCE_GRID)
     for split in ("train", "val"):

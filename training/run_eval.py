@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from core.ava_data import DetectionRow, KeyframeProposals, read_annotations, write_results
 from models.action_model import ActionModel
-from training.ava_data import DetectionRow, KeyframeProposals, read_annotations, write_results
 from training.config import TrainConfig
 from training.evaluation import EvalResult, evaluate_frame_map
 
@@ -81,8 +81,8 @@ def predict(
 
     ``scales`` None means each model's own short side. All models must share class ids.
     """
-    from training.ava_data import read_dataset_info
-    from training.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
+    from core.ava_data import read_dataset_info
+    from core.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
     from training.frame_cache import FrameCache
 
     info = read_dataset_info(data_dir)
@@ -175,7 +175,7 @@ def to_rows(
 def evaluate_rows(rows: Sequence[DetectionRow], data_dir: StrPath, split: str) -> EvalResult:
     """Frame-mAP of results rows against the split's ground truth (excluded keyframes out)."""
     from core.ava import read_label_map_pbtxt
-    from training.ava_data import read_excluded_timestamps
+    from core.ava_data import read_excluded_timestamps
 
     data_dir = Path(data_dir)
     labels = read_label_map_pbtxt(data_dir / "annotations" / "label_map.pbtxt")
@@ -216,10 +216,10 @@ def run_evaluation(
 ) -> tuple[EvalResult, list[ScoredBoxes], tuple[int, ...]]:
     """Load checkpoints, get boxes, predict, write the results CSV, score it."""
     from training.boxes import resolve_boxes
-    from training.train import load_checkpoint, load_split
+    from training.train import load_split, load_trained_model
 
     data = load_split(Path(data_dir), split)
-    models = [load_checkpoint(Path(c))[:2] for c in checkpoints]
+    models = [load_trained_model(Path(c))[:2] for c in checkpoints]
     proposals = resolve_boxes(
         boxes,
         keyframes=data.keyframes,
@@ -247,7 +247,7 @@ def run_evaluation(
 
 def long_term_ids(data_dir: StrPath) -> tuple[int, ...]:
     """The world's long-term-context classes (dataset.json ``long_term``), or ()."""
-    from training.ava_data import read_dataset_info
+    from core.ava_data import read_dataset_info
 
     extra = read_dataset_info(data_dir).extra.get("long_term", [])
     return tuple(int(x["id"]) for x in extra if isinstance(x, dict) and "id" in x)

@@ -5,8 +5,10 @@
 * `steps_lr`: ``lr0`` divided by 10 at given iterations (fine-tuning; report A's AVA
   recipe: lr 0.016, steps at 16k and 21k of 26k iterations).
 
-The training loop calls ``set_lr(optimizer, schedule(it))`` once per iteration; nothing
-here keeps state, so resuming from a checkpoint needs only the iteration number.
+The training loop calls ``set_lr(optimizer, learning_rate(config, it))`` once per
+iteration; nothing here keeps state, so resuming from a checkpoint needs only the iteration
+number. `seed_everything` seeds a run. Both trainers (``training.train``,
+``training.pretrain``) import them from here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cosine_lr", "set_lr", "steps_lr", "warmup_cosine_lr"]
+    from training.config import TrainConfig
+
+__all__ = [
+    "cosine_lr",
+    "learning_rate",
+    "seed_everything",
+    "set_lr",
+    "steps_lr",
+    "warmup_cosine_lr",
+]
 
 
 def _check(it: float, lr0: float) -> None:
@@ -116,3 +127,34 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """
     for group in optimizer.param_groups:
         group["lr"] = lr * float(group.get("lr_scale", 1.0))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def learning_rate(config: TrainConfig, it: int) -> float:
+    """The schedule of ``config`` at iteration ``it`` (pure: resuming needs only ``it``)."""
+    if config.schedule == "steps":
+        return steps_lr(
+            it,
+            lr0=config.lr,
+            steps=config.lr_steps,
+            warmup_iters=config.warmup_iters,
+            warmup_start_lr=config.warmup_start_lr,
+        )
+    return warmup_cosine_lr(
+        it,
+        lr0=config.lr,
+        it_max=config.iterations,
+        warmup_iters=config.warmup_iters,
+        warmup_start_lr=config.warmup_start_lr,
+    )

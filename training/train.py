@@ -35,14 +35,22 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from core.ava import POSE_IDS, LabelMap, read_label_map_pbtxt
-from models.action_model import ActionModel
-from training.ava_data import (
+from core.ava import LabelMap, read_label_map_pbtxt
+from core.ava_data import (
     DatasetInfo,
     KeyframeAnnotation,
     read_dataset_info,
     read_excluded_timestamps,
     read_keyframes,
+)
+from models.action_model import ActionModel
+from models.checkpoints import (
+    Checkpoint,
+    action_head_options,
+    build_model,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
 )
 from training.config import TrainConfig, config_from_dict
 from training.dataset import (
@@ -57,17 +65,18 @@ from training.dataset import (
     plain_entries,
 )
 from training.losses import pose_loss, scene_loss, sigmoid_loss
-from training.schedule import set_lr, steps_lr, warmup_cosine_lr
+from training.schedule import learning_rate, seed_everything, set_lr
 
 __all__ = [
     "DistInfo",
-    "build_action_model",
+    "build_training_model",
     "freeze_batchnorm",
-    "learning_rate",
-    "load_checkpoint",
     "load_init",
     "load_split",
+    "load_trained_model",
+    "save_training_checkpoint",
     "train",
+    "training_model_options",
 ]
 
 
@@ -100,31 +109,6 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
     return info
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def learning_rate(config: TrainConfig, it: int) -> float:
-    """The schedule of ``config`` at iteration ``it`` (pure: resuming needs only ``it``)."""
-    if config.schedule == "steps":
-        return steps_lr(
-            it,
-            lr0=config.lr,
-            steps=config.lr_steps,
-            warmup_iters=config.warmup_iters,
-            warmup_start_lr=config.warmup_start_lr,
-        )
-    return warmup_cosine_lr(
-        it,
-        lr0=config.lr,
-        it_max=config.iterations,
-        warmup_iters=config.warmup_iters,
-        warmup_start_lr=config.warmup_start_lr,
-    )
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -243,37 +227,43 @@ def _epoch_batches(
 # -- model -----------------------------------------------------------------------------------
 
 
-def build_action_model(
+def training_model_options(
+    config: TrainConfig,
+    class_ids: tuple[int, ...],
+    bank_dim: int | None = None,
+    appearance_grid: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Every keyword the preset is built with: the config's overrides, the dataset's classes;
+    LFB + global for stage 2 (with the bank's appearance grid, if it has one). Saved in the
+    checkpoint, so export and evaluation rebuild exactly this model."""
+    head = action_head_options(
+        class_ids=class_ids,
+        stage2=config.stage == "stage2",
+        bank_dim=bank_dim,
+        use_global=config.use_global,
+        bank_time=config.bank_time,
+        bank_window=config.bank_window,
+        bank_persons_per_second=config.bank_persons_per_second,
+        bank_recall=config.bank_recall,
+        appearance_grid=appearance_grid,
+        bank_dir=config.bank_dir,
+    )
+    return {**config.preset_overrides, **head}
+
+
+def build_training_model(
     config: TrainConfig,
     class_ids: tuple[int, ...],
     bank_dim: int | None = None,
     appearance_grid: tuple[int, int] | None = None,
 ) -> ActionModel:
-    """The preset with the dataset's classes; LFB + global for stage 2 (with the bank's
-    appearance grid, if it has one)."""
+    """The preset built with `training_model_options`."""
     from models.presets import PRESETS
 
     if config.preset not in PRESETS:
         raise ValueError(f"unknown preset {config.preset!r}; known: {sorted(PRESETS)}")
-    head: dict[str, Any] = {"class_ids": class_ids, "pose_ids": POSE_IDS}
-    if config.stage == "stage2":
-        head.update(use_lfb=True, lfb_dim_bank=bank_dim, use_global=config.use_global)
-        if config.bank_time:
-            from core.bank_layout import slot_offsets
-
-            w = config.bank_window
-            head["lfb_slot_offsets"] = slot_offsets(-w, 2 * w + 1, config.bank_persons_per_second)
-        if appearance_grid is not None:
-            head["appearance_grid"] = appearance_grid
-        if config.bank_recall:
-            if appearance_grid is None:
-                raise ValueError(
-                    f"the LFB's recall (--bank-recall, the tiny recipe's default) needs a bank "
-                    f"with colour cells: write it with `avaserve extract-bank --appearance`, or "
-                    f"train with --no-bank-recall (bank {config.bank_dir})"
-                )
-            head["lfb_recall_classes"] = len(class_ids)
-    return PRESETS[config.preset](**{**config.preset_overrides, **head})
+    options = training_model_options(config, class_ids, bank_dim, appearance_grid)
+    return PRESETS[config.preset](**options)
 
 
 @dataclass(frozen=True)
@@ -297,8 +287,7 @@ def load_init(model: nn.Module, path: str | Path) -> LoadReport:
     """Initialise ``model`` from a checkpoint's weights (stage 1, or a classification
     backbone from `training.pretrain`); keys whose shapes differ are left at their init.
     A stage-2 LFB's recall row classifier starts as stage 1's person classifier."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    weights: dict[str, Tensor] = dict(state.get("model", state))
+    weights = dict(load_weights(path))
     own = model.state_dict()
     # A stage-1 person classifier (C, D) reads the features the LFB's recall row classifier
     # reads, for the same classes: the recall starts from it (models.lfb, "Recall").
@@ -387,48 +376,63 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-def save_checkpoint(
+def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as plain data and tensors (a safe load reads it back)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    keys = np.asarray(keys.numpy() if isinstance(keys, Tensor) else keys, dtype=np.uint32)
+    np.random.set_state((kind, keys, int(pos), int(has_gauss), float(cached)))
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_training_checkpoint(
     path: Path,
     model: ActionModel,
+    options: dict[str, Any],
     optimizer: torch.optim.Optimizer,
     iteration: int,
     config: TrainConfig,
     extra: dict[str, Any],
 ) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "iteration": iteration,
-        "config": config.to_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        **extra,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint
-
-
-def load_checkpoint(path: str | Path) -> tuple[ActionModel, TrainConfig, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as, with its weights (eval mode)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "config" not in state or "class_ids" not in state:
-        raise ValueError(f"{path}: not an avaserve action-model checkpoint (no config/class_ids)")
-    config = config_from_dict(state["config"])
-    grid = state["model"].get("appearance_grid")
-    model = build_action_model(
-        config,
-        tuple(state["class_ids"]),
-        state.get("bank_dim"),
-        None if grid is None else (int(grid[0]), int(grid[1])),
+    """The model in the one checkpoint format (`models.checkpoints`), ``options`` being every
+    keyword its preset was built with, plus the trainer's state (optimizer, RNGs, config)."""
+    save_checkpoint(
+        path,
+        Checkpoint(
+            model=model.state_dict(),
+            preset=config.preset,
+            preset_overrides=options,
+            classes=[int(c) for c in model.class_ids],
+            training={
+                "optimizer": optimizer.state_dict(),
+                "iteration": iteration,
+                "config": config.to_dict(),
+                "rng": _rng_state(),
+                **extra,
+            },
+        ),
     )
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, config, state
+
+
+def load_trained_model(path: str | Path) -> tuple[ActionModel, TrainConfig, Checkpoint]:
+    """Rebuild the model a checkpoint was trained as, with its weights (eval mode), and the
+    config it was trained with."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.training is None or not isinstance(checkpoint.training.get("config"), dict):
+        raise ValueError(f"{path}: not a training checkpoint (no training config)")
+    return build_model(checkpoint), config_from_dict(checkpoint.training["config"]), checkpoint
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -479,7 +483,8 @@ def train(
 
     # -- model (same init on every rank: seeded above; DDP also broadcasts rank 0's)
     bank_dim, appearance_grid = _bank_info(config)
-    model = build_action_model(config, class_ids, bank_dim, appearance_grid)
+    options = training_model_options(config, class_ids, bank_dim, appearance_grid)
+    model = build_training_model(config, class_ids, bank_dim, appearance_grid)
     if config.init_checkpoint:
         report = load_init(model, config.init_checkpoint)
         if dist_info.is_main:
@@ -506,16 +511,12 @@ def train(
     start = 0
     last = out_dir / "last.pt"
     if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        resumed = load_checkpoint(last)
+        state = resumed.training or {}
+        model.load_state_dict(resumed.model)
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_rng_state(state["rng"])
         if dist_info.is_main:
             log(f"resumed from {last} at iteration {start}")
     extra = {"class_ids": list(class_ids), "bank_dim": bank_dim, "stage": config.stage}
@@ -607,7 +608,7 @@ def train(
                     bar[1], advance=1, description=f"{config.stage} loss {float(loss):.3f}"
                 )
             if done % config.checkpoint_every == 0 or done == end:
-                save_checkpoint(last, model, optimizer, done, config, extra)
+                save_training_checkpoint(last, model, options, optimizer, done, config, extra)
         if dist_info.world_size > 1 and (done % config.checkpoint_every == 0 or done == end):
             dist.barrier()
     if bar is not None:
@@ -616,7 +617,7 @@ def train(
         metrics_file.close()
     final = out_dir / "final.pt"
     if dist_info.is_main and end == config.iterations:
-        save_checkpoint(final, model, optimizer, end, config, extra)
+        save_training_checkpoint(final, model, options, optimizer, end, config, extra)
         log(
             f"{config.stage}: {end - start} iterations in "
             f"{time.perf_counter() - t0:.1f} s -> {final}"

@@ -186,9 +186,11 @@ def train_command(
 
 
 def _init_overrides(path: Path) -> dict[str, Any]:
-    import torch
+    from models.checkpoints import CHECKPOINT_FORMAT, read_checkpoint_file
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint_file(path)
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        state = state.get("training") or {}
     raw = state.get("config", {}) if isinstance(state, dict) else {}
     keep = ("short_side", "num_frames", "alpha", "sampling_rate")
     return {k: v for k, v in raw.get("preset_overrides", {}).items() if k in keep}
@@ -225,10 +227,10 @@ def extract_bank_command(
 
     from training.bank_extract import extract_bank
     from training.boxes import resolve_boxes
-    from training.train import load_checkpoint, load_split
+    from training.train import load_split, load_trained_model
 
     try:
-        model, config, _ = load_checkpoint(checkpoint)
+        model, config, _ = load_trained_model(checkpoint)
         if appearance and model.appearance is None:
             from models.roi import DEFAULT_APPEARANCE_GRID
 

@@ -23,6 +23,7 @@ from export.bundle import (
 )
 from export.detector import graph_domains
 from export.parity import ParityError
+from models.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from models.onnx_utils import HEAD_INPUTS
 from models.presets import slowfast_tiny
 
@@ -179,23 +180,23 @@ def test_without_lfb_and_global_the_head_has_no_bank_or_scene(video: Path, tmp_p
 def test_checkpoint_with_stage1_bank_model(video: Path, tmp_path: Path) -> None:
     torch.manual_seed(1)
     classes = (1, 2, 3, 11, 12, 17, 59, 74, 79, 80)
-    stage2 = slowfast_tiny(use_lfb=True, use_global=False, class_ids=classes, **SMALL)
+    options2 = {"use_lfb": True, "use_global": False, "class_ids": classes, **SMALL}
+    stage2 = slowfast_tiny(**options2)
     stage1 = slowfast_tiny(class_ids=classes, **SMALL)
     ckpt = tmp_path / "stage2.pt"
-    torch.save(
-        {
-            # DDP-style prefix: the loader strips it.
-            "model": {f"module.{k}": v for k, v in stage2.state_dict().items()},
-            "config": {
-                "preset": "slowfast_tiny",
-                "preset_overrides": SMALL,
-                "bank_window": 10,
-                "bank_persons_per_second": 3,
-            },
-            "class_ids": list(classes),
-            "bank_model": {"model": stage1.state_dict()},
-        },
+    save_checkpoint(
         ckpt,
+        Checkpoint(
+            # DDP-style prefix: the loader strips it.
+            model={f"module.{k}": v for k, v in stage2.state_dict().items()},
+            preset="slowfast_tiny",
+            preset_overrides=options2,
+            classes=list(classes),
+            training={"config": {"bank_window": 10, "bank_persons_per_second": 3}},
+            bank_model=Checkpoint(
+                stage1.state_dict(), "slowfast_tiny", {"class_ids": classes, **SMALL}, list(classes)
+            ),
+        ),
     )
     model, info, ids = load_action_model(ckpt)
     assert ids == classes and info.short_side == 64 and model.lfb is not None
@@ -221,13 +222,17 @@ def test_checkpoint_with_stage1_bank_model(video: Path, tmp_path: Path) -> None:
     assert m.provenance.checkpoint == "stage2.pt" and m.provenance.checkpoint_sha256
 
 
+_FORMAT = {"format": "avaserve-checkpoint", "version": 2, "preset_overrides": {}, "classes": []}
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ({"model": {}}, "no 'preset'"),
-        ({"preset": "slowfast_tiny", "weights": {}}, "no model state dict"),
-        ({"preset": "nope", "model": {"w": torch.zeros(1)}}, "unknown"),
-        ({"preset": "slowfast_tiny", "model": {"w": torch.zeros(1)}}, "does not fit"),
+        ({"model": {}}, "not an avaserve checkpoint"),
+        ({"preset": "slowfast_tiny", "weights": {}}, "not an avaserve checkpoint"),
+        ({**_FORMAT, "preset": "slowfast_tiny", "weights": {}}, "'model' missing"),
+        ({**_FORMAT, "preset": "nope", "model": {"w": torch.zeros(1)}}, "unknown"),
+        ({**_FORMAT, "preset": "slowfast_tiny", "model": {"w": torch.zeros(1)}}, "does not fit"),
     ],
 )
 def test_bad_checkpoints_are_refused(tmp_path: Path, content: dict, match: str) -> None:
@@ -254,8 +259,8 @@ def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> Non
     from typer.testing import CliRunner
 
     from avaserve.cli import app
+    from core.ava_data import read_keyframes
     from core.preset_info import preset_info
-    from training.ava_data import read_keyframes
 
     world = tmp_path / "world"
     args = ["make-world", str(world), "--videos", "0", "--val-videos", "1", "--seconds", "8"]
@@ -285,19 +290,22 @@ def test_synthetic_fallback_warns(
 
 
 def test_reads_training_and_imported_checkpoint_formats(tmp_path: Path) -> None:
-    """The files training/train.py and models/checkpoints.py write (their own writers)."""
-    from models.checkpoints import Checkpoint, save_checkpoint
+    """The files training/train.py and avaserve import-checkpoint write (one format)."""
     from training.config import TrainConfig
-    from training.train import build_action_model
-    from training.train import save_checkpoint as save_training_checkpoint
+    from training.train import (
+        build_training_model,
+        save_training_checkpoint,
+        training_model_options,
+    )
 
     classes = (1, 5, 11, 12, 14, 17, 79, 80)
     config = TrainConfig(stage="stage2", bank_dir="unused", preset_overrides=dict(SMALL))
-    stage2 = build_action_model(config, classes, bank_dim=144)
+    stage2 = build_training_model(config, classes, bank_dim=144)
+    options = training_model_options(config, classes, bank_dim=144)
     opt = torch.optim.SGD(stage2.parameters(), lr=0.1)
-    extra = {"class_ids": list(classes), "bank_dim": 144, "stage": "stage2"}
+    extra = {"bank_dim": 144, "stage": "stage2"}
     path = tmp_path / "train.pt"
-    save_training_checkpoint(path, stage2, opt, 3, config, extra)  # holds numpy RNG state
+    save_training_checkpoint(path, stage2, options, opt, 3, config, extra)  # with RNG state
     loaded = load_checkpoint_models(path)
     assert loaded.class_ids == classes and loaded.model.lfb is not None
     assert loaded.model.use_global and loaded.bank_window_seconds == 61
@@ -336,20 +344,31 @@ def _timed_checkpoint(path: Path, seed: int, **head: object) -> tuple[torch.nn.M
     from core.bank_layout import slot_offsets
 
     torch.manual_seed(seed)
-    model = slowfast_tiny(
-        use_lfb=True,
-        use_global=True,
-        class_ids=TIMED_CLASSES,
-        lfb_dim_inner=16,
-        lfb_slot_offsets=slot_offsets(-4, 9, 2),
+    options = {
+        "use_lfb": True,
+        "use_global": True,
+        "class_ids": TIMED_CLASSES,
+        "lfb_dim_inner": 16,
+        "lfb_slot_offsets": slot_offsets(-4, 9, 2),
         **head,
         **SMALL,
-    )
-    torch.save(
-        {"model": model.state_dict(), "config": TIMED_CONFIG, "class_ids": list(TIMED_CLASSES)},
-        path,
-    )
+    }
+    model = slowfast_tiny(**options)
+    _save_timed(path, model, options, TIMED_CONFIG)
     return model, path
+
+
+def _save_timed(path: Path, model: torch.nn.Module, options: dict, config: dict) -> None:
+    save_checkpoint(
+        path,
+        Checkpoint(
+            model.state_dict(),
+            "slowfast_tiny",
+            options,
+            list(TIMED_CLASSES),
+            training={"config": config},
+        ),
+    )
 
 
 def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> None:
@@ -367,9 +386,7 @@ def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> No
     # A window of another layout is refused at export.
     bad = tmp_path / "bad.pt"
     wrong = {**TIMED_CONFIG, "bank_window": 5}
-    torch.save(
-        {"model": model.state_dict(), "config": wrong, "class_ids": list(TIMED_CLASSES)}, bad
-    )
+    _save_timed(bad, model, load_checkpoint(ckpt).preset_overrides, wrong)
     with pytest.raises(ExportError, match="not the layout"):
         build_bundle(
             load_checkpoint_models(bad), tmp_path / "b2", parity_video=video, parity_keyframes=1

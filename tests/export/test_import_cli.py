@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from export.import_cli import parse_overrides, register
-from models.checkpoints import build_model, import_state_dict, load_checkpoint
+from models.checkpoints import build_model, load_checkpoint
+from models.importers import import_state_dict
 
 
 def _app() -> typer.Typer:

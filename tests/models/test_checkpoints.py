@@ -23,17 +23,14 @@ import source_layouts as L
 import torch
 from torch import nn
 
-from models.checkpoints import (
-    Checkpoint,
+from models.checkpoints import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from models.importers import (
     CheckpointImportError,
     ImportResult,
     SourceState,
-    build_model,
     caffe2_to_pyslowfast,
     import_state_dict,
-    load_checkpoint,
     read_source_state,
-    save_checkpoint,
 )
 from models.roi import roi_align, roi_align_reference
 
@@ -602,6 +599,94 @@ def test_load_checkpoint_rejects_other_files(tmp_path: Path) -> None:
     torch.save({"model_state": {}}, path)
     with pytest.raises(ValueError, match="not an avaserve checkpoint"):
         load_checkpoint(path)
+
+
+def test_old_training_layout_loads_with_its_architecture(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The layout training wrote before the one format (numpy RNG state, config, class_ids,
+    no 'format'): the safe loader reads it, the architecture comes from its config (a
+    time-aware stage-2 LFB with appearance and recall), a warning names the file."""
+    import random
+
+    import numpy as np
+
+    from core.bank_layout import slot_offsets
+
+    classes = (1, 11, 12, 80)
+    options = {
+        "short_side": 64,
+        "class_ids": classes,
+        "use_lfb": True,
+        "lfb_dim_bank": 40,
+        "use_global": True,
+        "lfb_slot_offsets": slot_offsets(-2, 5, 2),
+        "appearance_grid": (6, 1),
+        "lfb_recall_classes": len(classes),
+    }
+    from models.presets import slowfast_tiny
+
+    model = slowfast_tiny(**options)
+    config = {
+        "stage": "stage2",
+        "preset": "slowfast_tiny",
+        "preset_overrides": {"short_side": 64},
+        "bank_dir": "bank",
+        "bank_window": 2,
+        "bank_persons_per_second": 2,
+        "bank_time": True,
+        "bank_recall": True,
+        "use_global": True,
+    }
+    path = tmp_path / "final.pt"
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": {},
+            "iteration": 7,
+            "config": config,
+            "rng": {"numpy": np.random.get_state(), "python": random.getstate()},
+            "class_ids": list(classes),
+            "bank_dim": 40,
+            "stage": "stage2",
+        },
+        path,
+    )
+    with caplog.at_level("WARNING"):
+        loaded = load_checkpoint(path)
+    assert "old training checkpoint" in caplog.text and "final.pt" in caplog.text
+    assert loaded.training is not None and loaded.training["iteration"] == 7
+    rebuilt = build_model(loaded)
+    assert rebuilt.lfb is not None and rebuilt.lfb.num_slots == 10
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+
+
+def test_the_architecture_comes_from_the_options_not_the_keys(tmp_path: Path) -> None:
+    """A state dict with LFB weights under options that say no LFB is refused: nothing is
+    inferred from key names."""
+    from models.presets import slowfast_tiny
+
+    model = slowfast_tiny(use_lfb=True, short_side=64)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, Checkpoint(model.state_dict(), "slowfast_tiny", {"short_side": 64}, []))
+    ckpt = load_checkpoint(path)
+    ckpt.classes = list(model.class_ids)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_model(ckpt)
+
+
+class _Payload:
+    """Stands for pickled code in a checkpoint."""
+
+
+def test_pickled_objects_need_the_trust_flag(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "avaserve-checkpoint", "obj": _Payload()}, path)
+    with pytest.raises(ValueError, match="not plain data"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="version"):  # read, then refused for its fields
+        load_checkpoint(path, trust_pickle=True)
 
 
 # ---- pytorchvideo: the real builder, and outputs equal after import ------------------------

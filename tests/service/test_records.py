@@ -68,7 +68,7 @@ def test_ava_csv(tmp_path: Path, top_k: int | None, min_score: float | None, row
 
 def test_ava_csv_is_readable_by_training_eval(tmp_path: Path) -> None:
     """The official format, as `avaserve eval` reads it."""
-    from training.ava_data import read_results
+    from core.ava_data import read_results
 
     path = tmp_path / "r.csv"
     write_ava_csv(PREDS, path, top_k=3)

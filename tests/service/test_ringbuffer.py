@@ -1,6 +1,6 @@
 """Ring buffer clip assembly vs training's clips: the train/serve skew guard.
 
-Training (training/clips.py) and the service must give the model the same frames and the same
+Training (core/clips.py) and the service must give the model the same frames and the same
 tensors. Both call core.preprocess, the service frame by frame as frames arrive and training
 on whole decoded clips, so the tensors must be bit-identical: these tests run the two real
 code paths end to end (service decoder + ring buffer vs training's decoder + preprocess_clip).
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tiny_bundle as tb
 
+from core.clips import ClipSpec, iter_keyframe_clips, pack_pathways, preprocess_clip
 from core.manifest import Preprocessing
 from service.decode import decode_frames
 from service.ringbuffer import ClipGeometry, FrameRing
 from service.scheduler import KeyframeScheduler
-from training.clips import ClipSpec, iter_keyframe_clips, pack_pathways, preprocess_clip
 
 
 def _prep(**kw: object) -> Preprocessing:

@@ -1,4 +1,4 @@
-"""training.ava_data: AVA CSV readers, grouping, dataset.json."""
+"""core.ava_data: AVA CSV readers, grouping, dataset.json."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.ava import AvaFormatError, LabelMap, read_label_map_pbtxt
-from training.ava_data import (
+from core.ava_data import (
     DatasetInfo,
     DetectionRow,
     group_keyframes,

@@ -11,7 +11,7 @@ import torch
 from training.bank_extract import ExtractedBank, VideoBank, extract_bank
 from training.boxes import gt_boxes
 from training.config import TrainConfig
-from training.train import build_action_model, load_split
+from training.train import build_training_model, load_split
 
 TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
 
@@ -20,7 +20,7 @@ TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
 def bank(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     data = load_split(tiny_world, "val")
-    model = build_action_model(TrainConfig(preset_overrides=TINY_MODEL), data.labels.ids).eval()
+    model = build_training_model(TrainConfig(preset_overrides=TINY_MODEL), data.labels.ids).eval()
     out = tmp_path_factory.mktemp("bank")
     extract_bank(
         model,

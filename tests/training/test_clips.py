@@ -1,4 +1,4 @@
-"""training.clips: PyAV clip decoding (seek vs sequential vs frame folders) and preprocessing."""
+"""core.clips: PyAV clip decoding (seek vs sequential vs frame folders) and preprocessing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.ava import AvaFormatError
-from training.clips import (
+from core.clips import (
     ClipSpec,
     FrameFolder,
     VideoDecodeError,

@@ -11,10 +11,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from training.detector.checkpoint import load_detector_checkpoint
 from training.detector.cli import register
 from training.detector.data import KeyframeImage
 from training.detector.model import DetectorConfig
-from training.detector.train import TrainConfig, load_checkpoint, train_detector
+from training.detector.train import DetectorTrainConfig, train_detector
 
 TINY = DetectorConfig(input_hw=(64, 96), widths=(8, 12, 16, 16, 16), head_width=8)
 
@@ -38,7 +39,7 @@ def _items(n: int, seed: int) -> list[KeyframeImage]:
 def test_tiny_run_reduces_loss(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     logs: list[dict[str, float]] = []
-    cfg = TrainConfig(
+    cfg = DetectorTrainConfig(
         iterations=40, batch_size=8, lr=5e-3, warmup_iters=5, log_every=1, model=TINY, threads=1
     )
     result = train_detector(
@@ -57,7 +58,7 @@ def test_tiny_run_reduces_loss(tmp_path: Path) -> None:
     with result.log.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 40 and float(rows[-1]["loss"]) == pytest.approx(result.final_loss, 1e-4)
-    model = load_checkpoint(result.checkpoint)
+    model = load_detector_checkpoint(result.checkpoint)
     assert model.config == TINY
     assert not model.training
 
@@ -65,7 +66,7 @@ def test_tiny_run_reduces_loss(tmp_path: Path) -> None:
 def test_load_checkpoint_refuses_other_files(tmp_path: Path) -> None:
     torch.save({"model": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="person-detector checkpoint"):
-        load_checkpoint(tmp_path / "x.pt")
+        load_detector_checkpoint(tmp_path / "x.pt")
 
 
 def _app() -> typer.Typer:
@@ -108,7 +109,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cli_train_eval_export_on_a_world(tiny_world: Path, tmp_path: Path) -> None:
     """train-detector -> eval-detector (checkpoint) -> export -> eval-detector (onnx)."""
-    from training.ava_data import read_proposals
+    from core.ava_data import read_proposals
     from training.detector.export import export_detector_onnx
 
     runner = CliRunner()

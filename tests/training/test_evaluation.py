@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from core.ava import LabelMap, read_label_map_pbtxt
-from core.boxes import iou_matrix
-from training.ava_data import (
+from core.ava_data import (
     AnnotationRow,
     DetectionRow,
     read_annotations,
     read_excluded_timestamps,
     read_results,
 )
+from core.boxes import iou_matrix
 from training.evaluation import (
     average_precision,
     evaluate_frame_map,

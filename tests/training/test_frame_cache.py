@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.ava_data import read_dataset_info
-from training.clips import ClipSpec, decode_clip, find_video, resize_short_side
+from core.ava_data import read_dataset_info
+from core.clips import ClipSpec, decode_clip, find_video, resize_short_side
 from training.frame_cache import FrameCache, decode_video
 
 SPEC = ClipSpec(num_frames=8, sampling_rate=2, target_fps=30.0)

@@ -31,6 +31,6 @@ def test_demo_recipe_mini(tmp_path: Path) -> None:
     # The recipe's bank carries the same-person cue, and stage 2 picked it up from the bank.
     meta = json.loads((tmp_path / "demo" / "bank" / "train" / "meta.json").read_text())
     assert meta["appearance_grid"] == [6, 1]
-    state = torch.load(tmp_path / "demo" / "stage2" / "final.pt", weights_only=False)["model"]
+    state = torch.load(tmp_path / "demo" / "stage2" / "final.pt", weights_only=True)["model"]
     assert state["appearance_grid"].tolist() == [6, 1]
     assert state["lfb.reduce_bank.weight"].shape[1] == meta["dim"]

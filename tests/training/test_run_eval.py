@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from avaserve.cli import app
 from training.config import TrainConfig
 from training.run_eval import predict, to_rows
-from training.train import load_checkpoint, load_split, train
+from training.train import load_split, load_trained_model, train
 
 TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
 runner = CliRunner()
@@ -92,7 +92,7 @@ def test_tta_ensemble_and_sweep(tiny_world: Path, checkpoint: Path, tmp_path: Pa
 def test_ensemble_of_one_model_twice_equals_one(tiny_world: Path, checkpoint: Path) -> None:
     from training.boxes import gt_boxes
 
-    model = load_checkpoint(checkpoint)[:2]
+    model = load_trained_model(checkpoint)[:2]
     props = gt_boxes(load_split(tiny_world, "val").keyframes)[:3]
     one = predict([model], tiny_world, "val", props)
     two = predict([model, model], tiny_world, "val", props)

@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from training.config import TrainConfig, ava_r50_recipe, config_from_dict, tiny_world_recipe
-from training.train import _person_terms, learning_rate, train
+from training.schedule import learning_rate
+from training.train import _person_terms, train
 
 TINY_MODEL = {"short_side": 32, "num_frames": 4, "dropout": 0.0}
 
@@ -36,7 +37,7 @@ def _config(**changes: object) -> TrainConfig:
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
@@ -150,17 +151,17 @@ def test_ddp_two_processes_equal_one(tiny_world: Path, tmp_path: Path) -> None:
 
 def test_pretrained_backbone_loads_without_missing_keys(tiny_world: Path, tmp_path: Path) -> None:
     from training.pretrain import train_classifier
-    from training.train import build_action_model, load_init, load_split
+    from training.train import build_training_model, load_init, load_split
 
     cls_config = _config(stage="classify", iterations=1, batch_size=2)
     ckpt = train_classifier(cls_config, tiny_world, tmp_path / "cls", progress=False)
     labels = load_split(tiny_world, "train").labels
-    model = build_action_model(_config(), labels.ids)
+    model = build_training_model(_config(), labels.ids)
     report = load_init(model, ckpt)
     assert not [k for k in report.missing if k.startswith("backbone.")]
     assert set(report.missing) == {"classifier.weight", "classifier.bias"}
     assert set(report.unexpected) == {"fc.weight", "fc.bias"}
-    weights = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    weights = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     name = next(k for k in weights if k.startswith("backbone.") and k.endswith("weight"))
     assert torch.equal(model.state_dict()[name], weights[name])
 
@@ -176,10 +177,10 @@ def test_stage2_trains_from_stage1_bank(
     auxiliary loss."""
     from training.bank_extract import extract_bank
     from training.boxes import gt_boxes
-    from training.train import load_checkpoint, load_split
+    from training.train import load_split, load_trained_model
 
     stage1 = train(_config(iterations=1, batch_size=2), tiny_world, tmp_path / "s1", progress=False)
-    model = load_checkpoint(stage1)[0]
+    model = load_trained_model(stage1)[0]
     if recall:
         model.enable_appearance((6, 1))
     for split in ("train", "val"):
@@ -198,24 +199,24 @@ def test_stage2_trains_from_stage1_bank(
         bank_recall=recall,
     )
     stage2 = train(config, tiny_world, tmp_path / "s2", progress=False)
-    model2, config2, _ = load_checkpoint(stage2)
+    model2, config2, _ = load_trained_model(stage2)
     assert model2.lfb is not None and model2.use_global and config2.stage == "stage2"
     if recall:
         assert model2.appearance == (6, 1) and model2.lfb.recall is not None
         assert model2.lfb.recall_classes == model2.num_classes
         # load_init starts the recall's row classifier as stage 1's person classifier.
-        from training.train import build_action_model, load_init
+        from training.train import build_training_model, load_init
 
-        fresh = build_action_model(config, model2.class_ids, model2.person_dim, (6, 1))
+        fresh = build_training_model(config, model2.class_ids, model2.person_dim, (6, 1))
         assert fresh.lfb is not None and fresh.lfb.recall is not None
         load_init(fresh, stage1)
-        s1 = torch.load(stage1, weights_only=False)["model"]
+        s1 = torch.load(stage1, weights_only=True)["model"]
         torch.testing.assert_close(fresh.lfb.recall.weight, s1["classifier.weight"])
         torch.testing.assert_close(fresh.lfb.recall.bias, s1["classifier.bias"])
         # The same run without the auxiliary loss: the recall's row classifier ends elsewhere;
         # head-only, the scene classifier (which the recall cannot reach) ends identical.
         no_aux = dataclasses.replace(config, recall_weight=0.0)
-        model3 = load_checkpoint(train(no_aux, tiny_world, tmp_path / "s2b", progress=False))[0]
+        model3 = load_trained_model(train(no_aux, tiny_world, tmp_path / "s2b", progress=False))[0]
         assert model3.lfb is not None and model3.lfb.recall is not None
         assert model2.scene_classifier is not None and model3.scene_classifier is not None
         same_scene = torch.equal(model2.scene_classifier.weight, model3.scene_classifier.weight)
@@ -231,7 +232,7 @@ def test_stage2_trains_from_stage1_bank(
                 tmp_path / "s2c",
                 progress=False,
             )
-    before, after = torch.load(stage1, weights_only=False)["model"], model2.state_dict()
+    before, after = torch.load(stage1, weights_only=True)["model"], model2.state_dict()
     key = (
         "backbone.stem.slow.conv.weight"
         if "backbone.stem.slow.conv.weight" in before

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from avaserve.cli import app
 from core.ava import POSE_IDS, read_label_map_pbtxt
-from training.ava_data import read_dataset_info
+from core.ava_data import read_dataset_info
 from training.world import classes as C
 from training.world.generate import WorldConfig, generate_world
 

@@ -44,9 +44,9 @@ def train_detector_command(
 ) -> None:
     """Train the person detector on a dataset's keyframe boxes; prints val person AP@0.5."""
     from core.ava import AvaFormatError
-    from training.detector.train import TrainConfig, train_detector
+    from training.detector.train import DetectorTrainConfig, train_detector
 
-    config = TrainConfig(
+    config = DetectorTrainConfig(
         iterations=iterations, seed=seed, batch_size=batch_size, lr=lr, threads=threads
     )
     try:

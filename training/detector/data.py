@@ -3,7 +3,7 @@
 A dataset directory (docs/internals.md) labels one frame per second; the detector trains
 on exactly those frames. Each `KeyframeImage` is the decoded keyframe (uint8 RGB at the
 source resolution) and its deduplicated person boxes: AVA repeats a box on one row per
-action, and `training.ava_data.group_keyframes` already merges rows of one (box, person).
+action, and `core.ava_data.group_keyframes` already merges rows of one (box, person).
 
 Augmentation happens on the letterbox canvas the graph sees (core.detector_io): the
 frame is scaled by ``r * U(scale_range)`` (``r`` the letterbox scale), placed at a random
@@ -69,8 +69,8 @@ def load_keyframe_images(
     split's CSV that have no boxes (none in AVA; hard negatives where they exist).
     Excluded timestamps are skipped.
     """
-    from training.ava_data import read_dataset_info, read_excluded_timestamps, read_keyframes
-    from training.clips import ClipSpec, FrameFolder, find_video, iter_keyframe_clips
+    from core.ava_data import read_dataset_info, read_excluded_timestamps, read_keyframes
+    from core.clips import ClipSpec, FrameFolder, find_video, iter_keyframe_clips
 
     root = Path(data_dir)
     info = read_dataset_info(root)

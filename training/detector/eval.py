@@ -9,7 +9,7 @@ itself is `training.evaluation.average_precision` (precision envelope, area unde
 recall steps).
 
 Proposals CSV: ``video_id,timestamp,x1,y1,x2,y2,score`` with boxes normalised to the
-frame (the format `training.ava_data.read_proposals` reads), so the action model's
+frame (the format `core.ava_data.read_proposals` reads), so the action model's
 evaluation can run on detected boxes.
 
 Two runners give the same `DetectionSet`: a PyTorch checkpoint (`run_checkpoint`) and an
@@ -194,10 +194,10 @@ def run_checkpoint(
     """Detections of a training checkpoint (eager PyTorch, the config's NMS)."""
     import torch
 
+    from training.detector.checkpoint import load_detector_checkpoint
     from training.detector.model import detect, detector_spec
-    from training.detector.train import load_checkpoint
 
-    model = load_checkpoint(checkpoint)
+    model = load_detector_checkpoint(checkpoint)
     model.eval()
     spec = detector_spec(model.config)
 

@@ -233,13 +233,13 @@ def export_detector_onnx(
     """
     from core.detector_io import preprocess
     from models.onnx_utils import export_onnx
-    from training.detector.train import checkpoint_metrics, load_checkpoint
+    from training.detector.checkpoint import detector_checkpoint_metrics, load_detector_checkpoint
 
     if isinstance(checkpoint, PersonDetectorNet):
         model, stored = checkpoint.eval(), None
     else:
-        model = load_checkpoint(checkpoint)
-        stored = checkpoint_metrics(checkpoint).get("score_threshold")
+        model = load_detector_checkpoint(checkpoint)
+        stored = detector_checkpoint_metrics(checkpoint).get("score_threshold")
     if score_threshold is None:
         score_threshold = float(stored) if stored is not None else 0.5
     spec = detector_spec(model.config, score_threshold=score_threshold, file=Path(path).name)

@@ -18,7 +18,6 @@ good AP in far fewer iterations on this small network.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.detector.checkpoint import CHECKPOINT_NAME, save_detector_checkpoint
 from training.detector.data import KeyframeImage, augment, load_keyframe_images, stack_batch
 from training.detector.model import (
     DetectorConfig,
@@ -41,21 +41,18 @@ from training.detector.model import (
 from training.schedule import set_lr, warmup_cosine_lr
 
 __all__ = [
-    "TrainConfig",
+    "DetectorTrainConfig",
     "TrainResult",
     "detector_loss",
-    "checkpoint_metrics",
-    "load_checkpoint",
     "train_detector",
 ]
 
 StrPath = str | PathLike[str]
-CHECKPOINT_NAME = "detector.pt"
 LOG_NAME = "detector_log.csv"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DetectorTrainConfig:
     """Training settings; every default is the demo recipe's."""
 
     iterations: int = 1000
@@ -147,58 +144,11 @@ def _targets(boxes: list[np.ndarray], config: DetectorConfig) -> dict[str, torch
     return {k: torch.from_numpy(np.stack([p[k] for p in per])) for k in per[0]}
 
 
-def save_checkpoint(
-    path: StrPath,
-    model: PersonDetectorNet,
-    *,
-    iteration: int,
-    train_config: TrainConfig | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "kind": "avaserve.person_detector",
-            "config": model.config.to_dict(),
-            "model": model.state_dict(),
-            "iteration": iteration,
-            "train_config": _jsonable(asdict(train_config)) if train_config else None,
-            "metrics": metrics or {},
-        },
-        path,
-    )
-    return path
-
-
-def load_checkpoint(path: StrPath) -> PersonDetectorNet:
-    """A `PersonDetectorNet` from a checkpoint written by `train_detector` (eval mode)."""
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "avaserve.person_detector":
-        raise ValueError(
-            f"{path}: not a person-detector checkpoint (expected the file "
-            f"`avaserve train-detector` writes, {CHECKPOINT_NAME})"
-        )
-    model = PersonDetectorNet(DetectorConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def checkpoint_metrics(path: StrPath) -> dict[str, Any]:
-    """The metrics `train_detector` stored (val AP, best-F1 score threshold, time, ...)."""
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    return dict(ckpt.get("metrics") or {}) if isinstance(ckpt, dict) else {}
-
-
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=list))
-
-
 def train_detector(
     data_dir: StrPath,
     out_dir: StrPath,
     *,
-    config: TrainConfig | None = None,
+    config: DetectorTrainConfig | None = None,
     iterations: int | None = None,
     seed: int | None = None,
     train_items: list[KeyframeImage] | None = None,
@@ -213,7 +163,7 @@ def train_detector(
     decoding (tests pass tiny in-memory sets). With ``evaluate`` and a val split, the
     person AP@0.5 on val goes into the checkpoint's metrics and the result.
     """
-    cfg = config or TrainConfig()
+    cfg = config or DetectorTrainConfig()
     overrides: dict[str, Any] = {}
     if iterations is not None:
         overrides["iterations"] = iterations
@@ -293,7 +243,9 @@ def train_detector(
                 if on_log is not None:
                     on_log({k: float(v) for k, v in row.items()})
             if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-                save_checkpoint(out / CHECKPOINT_NAME, model, iteration=it + 1, train_config=cfg)
+                save_detector_checkpoint(
+                    out / CHECKPOINT_NAME, model, iteration=it + 1, train_config=asdict(cfg)
+                )
             if bar is not None:
                 bar(it + 1, running["loss"])
     finally:
@@ -309,7 +261,9 @@ def train_detector(
         if val is None and val_csv.is_file():
             val = load_keyframe_images(data_dir, "val")
         if val:
-            ckpt_tmp = save_checkpoint(out / CHECKPOINT_NAME, model, iteration=cfg.iterations)
+            ckpt_tmp = save_detector_checkpoint(
+                out / CHECKPOINT_NAME, model, iteration=cfg.iterations
+            )
             from training.detector.eval import person_ap, run_checkpoint, threshold_sweep
 
             dets, _ = run_checkpoint(ckpt_tmp, val)
@@ -322,8 +276,12 @@ def train_detector(
             metrics["score_threshold"] = max(best["threshold"], cfg.model.nms_score_threshold)
             metrics["val_precision"], metrics["val_recall"] = best["precision"], best["recall"]
     metrics["seconds"] = time.perf_counter() - start
-    ckpt = save_checkpoint(
-        out / CHECKPOINT_NAME, model, iteration=cfg.iterations, train_config=cfg, metrics=metrics
+    ckpt = save_detector_checkpoint(
+        out / CHECKPOINT_NAME,
+        model,
+        iteration=cfg.iterations,
+        train_config=asdict(cfg),
+        metrics=metrics,
     )
     return TrainResult(
         checkpoint=ckpt,
