@@ -340,6 +340,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     t0 = time.perf_counter()
     engine = await asyncio.to_thread(_engine_factory, settings, bank)
+    log.info("%s", engine.thread_policy.describe())
     runner = JobRunner(
         store,
         job_processor(engine),
