@@ -440,6 +440,9 @@ def _bind_metrics(metrics: Metrics, service: ServiceState, backend: str) -> None
     metrics.bind_bank(engine.bank, backend)
     metrics.bind_jobs(lambda: service.runner.state_counts)
     metrics.bind_streams(lambda: service.streams.active())
+    metrics.bind_stride(
+        lambda: (engine.live_stride(), engine.stats.counters["keyframes_skipped_stride"])
+    )
     # The engine keeps plain per-stage samples (EngineStats); forward each one to Prometheus
     # as it is taken, so the engine needs no metrics dependency.
     stats = engine.stats
