@@ -127,6 +127,12 @@ def export_command(
         _fail(f"--tensorrt {tensorrt!r}: choose fp16 or int8", 2)
     if quantize not in (None, "int8"):
         _fail(f"--quantize {quantize!r}: the one mode is int8", 2)
+    if quantize is not None and tensorrt is not None:
+        _fail(
+            "--quantize int8 writes ONNX Runtime CPU int8 operators (QLinearConv), which "
+            "TensorRT does not build; for a GPU use --tensorrt int8 on a float32 export",
+            2,
+        )
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     from export.bundle import (

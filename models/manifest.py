@@ -586,6 +586,12 @@ class QuantizationSpec(_Strict):
     activation_type: Literal["uint8", "int8"]
     weight_type: Literal["int8"] = "int8"
     op_types: tuple[str, ...] = Field(description="Operator types that were quantised.")
+    min_conv_in_channels: int = Field(
+        default=0,
+        ge=0,
+        description="Convs with fewer input channels per group were left float32 (the RGB "
+        "stems: slower as int8).",
+    )
     calibration: str = Field(description="Where the calibration clips came from.")
     calibration_clips: int = Field(ge=1)
     calibration_method: Literal["MinMax"] = "MinMax"

@@ -116,6 +116,10 @@ def test_bundle_quantize_cli_and_bad_mode(fp32_bundle: Path, video: Path, tmp_pa
     bad = runner.invoke(app, ["export", "--preset", "slowfast_tiny", "--random-init",
                               "--out", str(tmp_path / "b"), "--quantize", "int4"])  # fmt: skip
     assert bad.exit_code == 2 and "--quantize 'int4'" in bad.output
+    both = runner.invoke(app, ["export", "--preset", "slowfast_tiny", "--random-init",
+                               "--out", str(tmp_path / "b"), "--quantize", "int8",
+                               "--tensorrt", "fp16"])  # fmt: skip
+    assert both.exit_code == 2 and "TensorRT does not build" in both.output
 
 
 def test_manifest_quantization_must_name_existing_graphs(int8_bundle: Path, tmp_path: Path) -> None:
