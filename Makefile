@@ -7,7 +7,7 @@ VENV_TEST := .venv
 # extras is already satisfied and pip does not fetch a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: run test lint typecheck pytest clean system-deps demo-bundle
+.PHONY: run test lint typecheck pytest clean system-deps demo-bundle bench bench-gpu
 
 $(VENV_TEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_TEST)
@@ -52,6 +52,17 @@ demo-bundle: $(VENV_TEST)/.installed
 	$(VENV_TEST)/bin/avaserve export --checkpoint $(DEMO_RUN)/stage2/final.pt \
 		--detector onnx:$(DEMO_RUN)/detector/detector.onnx \
 		--data $(DEMO_RUN)/world --out bundles/demo --force
+
+# Issue 18's benches on the demo bundle and an untrained R50 bundle (built once into the
+# git-ignored runs/bench): JSON under bench/results/ and a summary table; ~12 min on 2 cores.
+# BENCH_ARGS=--quick for a short run.
+bench: $(VENV_TEST)/.installed
+	$(VENV_TEST)/bin/python bench/run_all.py $(BENCH_ARGS)
+
+# GPU readiness (TensorRT fp16 engines, parity vs ORT CPU, live and concurrent streams);
+# needs an NVIDIA GPU with TensorRT, fails with a clear message without one.
+bench-gpu: $(VENV_TEST)/.installed
+	bash bench/gpu_check.sh
 
 lint: $(VENV_TEST)/.installed
 	$(VENV_TEST)/bin/ruff check .

@@ -55,7 +55,7 @@ DEFAULT_BUNDLE = REPO / "bundles" / "demo"
 DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "pedestrians_vtest.avi"
 
 
-def _settings(threads: int) -> EngineSettings:
+def _settings(threads: int | None) -> EngineSettings:
     return EngineSettings(runtime=RuntimeSettings(intra_op_threads=threads))
 
 
@@ -148,7 +148,7 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def bench_a(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
+def bench_a(bundle: Path, video: Path, threads: int | None) -> dict[str, Any]:
     c0 = _cpu_s()
     e2e = asyncio.run(_end_to_end(bundle, video, threads, capture=True))
     c1 = _cpu_s()
@@ -169,6 +169,7 @@ def bench_a(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
         "bare_model_cpu_s": c2 - c1,
         "cpu_efficiency": (c2 - c1) / max(c1 - c0, 1e-9),
         "load_average": os.getloadavg(),
+        "thread_policy": e2e["engine"].thread_policy.as_dict(),
         "stages": e2e["stats"]["stages"],
         "counters": e2e["stats"]["counters"],
     }
@@ -393,7 +394,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads for every graph (default: the service's policy, "
+        "service/threads.py)",
+    )
     ap.add_argument("--which", default="a,b,c")
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. the video)")
     args = ap.parse_args()

@@ -51,6 +51,8 @@ __all__ = [
     "ParityRecord",
     "Preprocessing",
     "Provenance",
+    "QuantizationDrift",
+    "QuantizationSpec",
     "RuntimeHints",
     "ShapeRange",
     "TensorRTEPOptions",
@@ -585,6 +587,51 @@ class ParityRecord(_Strict):
     samples: int = Field(ge=1)
 
 
+class QuantizationDrift(_Strict):
+    """One output of a quantised graph against its float32 graph, over the parity samples."""
+
+    max_abs: float = Field(ge=0, description="Largest |int8 - float32| of any element.")
+    min_cosine: float = Field(
+        ge=-1, le=1, description="Smallest cosine similarity of a row (a person, a clip)."
+    )
+
+
+class QuantizationSpec(_Strict):
+    """How the bundle's quantised graphs were made (``avaserve export --quantize int8``).
+
+    The quantised graph replaces the float32 one under ``graphs`` (same I/O, so the service
+    loads it as it loads any graph); ``parity`` still records the float32 graph's check
+    against PyTorch, and ``drift`` the int8 graph's against that float32 graph.
+    """
+
+    mode: Literal["int8"]
+    method: Literal["static"] = Field(
+        default="static", description="Post-training static quantisation (calibrated ranges)."
+    )
+    format: Literal["QDQ", "QOperator"] = Field(
+        description="ONNX Runtime's QuantFormat: Q/DQ node pairs, or QLinear* operators."
+    )
+    graphs: tuple[str, ...] = Field(min_length=1, description="Roles that were quantised.")
+    per_channel: bool
+    reduce_range: bool
+    activation_type: Literal["uint8", "int8"]
+    weight_type: Literal["int8"] = "int8"
+    op_types: tuple[str, ...] = Field(description="Operator types that were quantised.")
+    min_conv_in_channels: int = Field(
+        default=0,
+        ge=0,
+        description="Convs with fewer input channels per group were left float32 (the RGB "
+        "stems: slower as int8).",
+    )
+    calibration: str = Field(description="Where the calibration clips came from.")
+    calibration_clips: int = Field(ge=1)
+    calibration_method: Literal["MinMax"] = "MinMax"
+    min_cosine: float = Field(ge=-1, le=1, description="The drift gate's tolerance.")
+    drift: dict[str, dict[str, QuantizationDrift]] = Field(
+        default_factory=dict, description="Per role, per output."
+    )
+
+
 class Provenance(_Strict):
     """Who wrote the bundle, with what. Informational; validation does not depend on it."""
 
@@ -619,6 +666,9 @@ class BundleManifest(_Strict):
     runtime: RuntimeHints = Field(default_factory=RuntimeHints)
     parity: dict[str, ParityRecord] = Field(default_factory=dict, description="Per graph role.")
     provenance: Provenance
+    quantization: QuantizationSpec | None = Field(
+        default=None, description="Set when graphs were quantised (int8); None: all float32."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BundleManifest:
@@ -648,6 +698,13 @@ class BundleManifest(_Strict):
         files = [g.file for g in self.graphs.values()]
         if len(set(files)) != len(files):
             raise ValueError(f"graphs share a file: {files}; each role needs its own file")
+        if self.quantization is not None:
+            unknown = [g for g in self.quantization.graphs if g not in self.graphs]
+            if unknown:
+                raise ValueError(
+                    f"quantization.graphs names {unknown}, which are not in graphs "
+                    f"({sorted(self.graphs)})"
+                )
         for engine in self.runtime.engines:
             if engine.graph not in self.graphs:
                 raise ValueError(

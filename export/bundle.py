@@ -914,6 +914,9 @@ def build_bundle(
     tensorrt: Precision | None = None,
     triton_dir: StrPath | None = None,
     force: bool = False,
+    quantize: Literal["int8"] | None = None,
+    calibration_keyframes: int = 8,
+    quantize_options: Any = None,
 ) -> BundleResult:
     """Export ``loaded`` into the bundle directory ``out`` (see the module docstring).
 
@@ -1115,6 +1118,25 @@ def build_bundle(
                 onnxruntime_version=versions["onnxruntime_version"],
             ),
         )
+        if quantize is not None:
+            # int8 backbone (export/quantize.py): calibrated on more clips from the same source
+            # as the parity gate, gated on its drift from the float32 graph just checked.
+            from export.quantize import QuantizeOptions, calibration_feeds, quantize_bundle_dir
+
+            calib, gate, calib_source = calibration_feeds(
+                manifest,
+                video=Path(parity_video) if parity_video is not None else None,
+                data_dir=Path(data_dir) if data_dir is not None else None,
+                count=max(calibration_keyframes, 1),
+            )
+            manifest = quantize_bundle_dir(
+                work,
+                manifest,
+                calib,
+                gate,
+                calibration_source=calib_source,
+                options=quantize_options or QuantizeOptions(),
+            )
         if tensorrt is not None:
             engines = _build_engines(
                 manifest, work, tensorrt, {"backbone": feat_samples, "head": head_samples}

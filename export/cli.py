@@ -96,6 +96,21 @@ def export_command(
     ),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: quantise the backbone (static, calibrated on the parity source's clips; "
+        "export/quantize.py). Its drift from float32 is gated and stored in the manifest.",
+    ),
+    calibration_keyframes: int = typer.Option(
+        8, "--calibration-keyframes", min=1, help="With --quantize: clips to calibrate on."
+    ),
+    min_cosine: float = typer.Option(
+        0.98,
+        "--quantize-min-cosine",
+        help="With --quantize: the drift gate; each person/clip feature's cosine similarity to "
+        "float32 must reach this.",
+    ),
 ) -> None:
     """Export a checkpoint (+ detector) to a model bundle; refuses when parity fails."""
     if (checkpoint is None) == (preset is None):
@@ -110,6 +125,14 @@ def export_command(
         _fail("--bank-checkpoint needs --checkpoint", 2)
     if tensorrt not in (None, "fp16", "int8"):
         _fail(f"--tensorrt {tensorrt!r}: choose fp16 or int8", 2)
+    if quantize not in (None, "int8"):
+        _fail(f"--quantize {quantize!r}: the one mode is int8", 2)
+    if quantize is not None and tensorrt is not None:
+        _fail(
+            "--quantize int8 writes ONNX Runtime CPU int8 operators (QLinearConv), which "
+            "TensorRT does not build; for a GPU use --tensorrt int8 on a float32 export",
+            2,
+        )
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     from core.manifest import BundleError
@@ -121,6 +144,7 @@ def export_command(
         random_init_model,
     )
     from export.parity import ParityError
+    from export.quantize import QuantizationError, QuantizeOptions
     from export.tensorrt import TensorRTBuildError, TensorRTUnavailable
     from export.triton import TritonError
 
@@ -151,16 +175,27 @@ def export_command(
             tensorrt=tensorrt,  # type: ignore[arg-type]
             triton_dir=triton,
             force=force,
+            quantize=quantize,  # type: ignore[arg-type]
+            calibration_keyframes=calibration_keyframes,
+            quantize_options=QuantizeOptions(min_cosine=min_cosine),
         )
     except TensorRTUnavailable as e:
         _fail(str(e).splitlines()[0], 2)
-    except (ExportError, ParityError, BundleError, TensorRTBuildError, TritonError) as e:
+    except (
+        ExportError,
+        ParityError,
+        BundleError,
+        TensorRTBuildError,
+        TritonError,
+        QuantizationError,
+    ) as e:
         _fail(str(e))
     m = result.manifest
     typer.echo(f"parity clips: {result.parity_source}")
     for role, rec in m.parity.items():
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in rec.max_abs_diff.items())
         typer.echo(f"parity {role}: {diffs} (tolerance {rec.tolerance:g}, {rec.samples} samples)")
+    _echo_quantization(m)
     size = sum(f.stat().st_size for f in result.path.iterdir() if f.is_file())
     typer.echo(
         f"wrote {result.path} ({', '.join(g.file for g in m.graphs.values())}, manifest.json; "
@@ -168,6 +203,57 @@ def export_command(
     )
     if triton is not None:
         typer.echo(f"wrote Triton repository {triton}")
+
+
+def _echo_quantization(m: object) -> None:
+    q = getattr(m, "quantization", None)
+    if q is None:
+        return
+    for role, outs in q.drift.items():
+        diffs = ", ".join(
+            f"{k} max abs {d.max_abs:.3g} cosine {d.min_cosine:.5f}" for k, d in outs.items()
+        )
+        typer.echo(
+            f"int8 {role} vs float32: {diffs} (gate: cosine >= {q.min_cosine:g}; "
+            f"{q.calibration_clips} calibration clips, {q.format}, "
+            f"{'per-channel' if q.per_channel else 'per-tensor'})"
+        )
+
+
+@bundle_app.command("quantize")
+def quantize_command(
+    bundle: Path = typer.Argument(..., help="A float32 bundle directory."),
+    out: Path = typer.Option(..., "--out", help="The int8 bundle directory to write."),
+    data: Path | None = typer.Option(
+        None, "--data", help="AVA-format dataset: calibrate on its val video, GT boxes."
+    ),
+    video: Path | None = typer.Option(
+        None, "--video", help="Calibrate on this video (fixed boxes)."
+    ),
+    calibration_keyframes: int = typer.Option(8, "--calibration-keyframes", min=1),
+    min_cosine: float = typer.Option(0.98, "--quantize-min-cosine"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+) -> None:
+    """int8 copy of an exported bundle (the backbone quantised, as export --quantize int8)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from core.manifest import BundleError
+    from export.bundle import ExportError
+    from export.quantize import QuantizationError, QuantizeOptions, quantize_bundle
+
+    try:
+        m = quantize_bundle(
+            bundle,
+            out,
+            video=video,
+            data_dir=data,
+            calibration_keyframes=calibration_keyframes,
+            options=QuantizeOptions(min_cosine=min_cosine),
+            force=force,
+        )
+    except (ExportError, BundleError, QuantizationError) as e:
+        _fail(str(e))
+    _echo_quantization(m)
+    typer.echo(f"wrote {out}")
 
 
 @bundle_app.command("validate")

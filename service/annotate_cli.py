@@ -62,13 +62,13 @@ def annotate_command(
     redis_url: str | None = typer.Option(
         None, "--redis-url", help="Keep the feature bank in Redis (redis://host:port/db)."
     ),
-    threads: int = typer.Option(
-        1,
+    threads: int | None = typer.Option(
+        None,
         "--threads",
         min=0,
-        help="ONNX Runtime threads per graph (0: all cores). The default, 1, is the server's "
-        "(AVASERVE_ORT_INTRA_OP_THREADS): results are then identical to a REST job's; other "
-        "counts change scores in the last digits.",
+        help="ONNX Runtime threads for every graph (0: all cores). Default: chosen per graph "
+        "from the model's cost, as the server does (AVASERVE_ORT_INTRA_OP_THREADS unset), so "
+        "results are identical to a REST job's; other counts change scores in the last digits.",
     ),
     providers: str = typer.Option(
         "cpu", "--providers", help="Comma-separated: tensorrt,cuda,cpu (unavailable ones skip)."
@@ -136,7 +136,7 @@ async def _annotate(
     render: Path | None,
     window: int | None,
     redis_url: str | None,
-    threads: int,
+    threads: int | None,
     providers: tuple[str, ...],
     score_threshold: float | None,
     quiet: bool,
@@ -232,6 +232,7 @@ async def _annotate(
         "wall_s": wall,
         "realtime_factor": seconds / wall if wall > 0 else float("inf"),
         "degraded": degraded,
+        "threads": engine.thread_policy.describe(),
         "outputs": [str(p) for p in (out, csv_out, render) if p is not None],
     }
 
@@ -248,5 +249,6 @@ def _print_summary(s: dict[str, object]) -> None:
     table.add_row("wall seconds", f"{s['wall_s']:.1f}")
     table.add_row("real-time factor", f"{s['realtime_factor']:.2f}x")
     table.add_row("degraded context", str(s["degraded"]))
+    table.add_row("thread policy", str(s["threads"]))
     table.add_row("written", ", ".join(s["outputs"]))  # type: ignore[arg-type]
     Console().print(table)

@@ -364,6 +364,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.upload_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     t0 = time.perf_counter()
     engine = await asyncio.to_thread(_engine_factory, settings, bank)
+    log.info("%s", engine.thread_policy.describe())
     runner = JobRunner(
         store,
         job_processor(engine),
@@ -478,6 +479,9 @@ def _bind_metrics(metrics: Metrics, service: ServiceState, backend: str) -> None
     metrics.bind_jobs(lambda: service.runner.state_counts)
     metrics.bind_runner(service.runner)
     metrics.bind_streams(lambda: service.streams.active())
+    metrics.bind_stride(
+        lambda: (engine.live_stride(), engine.stats.counters["keyframes_skipped_stride"])
+    )
     # The engine keeps plain per-stage samples (EngineStats); forward each one to Prometheus
     # as it is taken, so the engine needs no metrics dependency.
     stats = engine.stats

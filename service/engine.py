@@ -56,10 +56,11 @@ import logging
 import math
 import time
 import uuid
+import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,8 @@ from service.records import Context, Prediction
 from service.ringbuffer import Clip, FrameRing
 from service.runtime import Runtime, RuntimeSettings, create_runtime
 from service.scheduler import DEFAULT_MAX_GAP_S, KeyframeScheduler, check_pts
+from service.stride import StrideController
+from service.threads import thread_policy
 from service.tracker import ByteTracker
 from service.types import Detections, TrackedPersons
 
@@ -309,6 +312,32 @@ class StreamSession:
             track_thresh=thr, new_track_thresh=thr, low_thresh=min(detector.low_threshold, thr)
         )
         self._prev: tuple[float, np.ndarray] | None = None
+        # Live streams slower than real time annotate every k-th keyframe (service/stride.py):
+        # ``keep(t)`` says which; a skipped keyframe is neither detected nor cut into a clip.
+        self.keep: Callable[[float], bool] | None = None
+        self._skipped: set[float] = set()
+        self.skipped = 0
+
+    def _wanted(self, det_due: list[float]) -> list[float]:
+        if self.keep is None:
+            return det_due
+        out = []
+        for t in det_due:
+            if self.keep(t):
+                out.append(t)
+            else:
+                self._skipped.add(t)
+                self.skipped += 1
+        return out
+
+    def _clips(self, clip_due: list[float]) -> list[Clip]:
+        clips = []
+        for t in clip_due:
+            if t in self._skipped:
+                self._skipped.discard(t)
+                continue
+            clips.append(self.ring.clip(t))
+        return clips
 
     def step(
         self, pts: float, image: np.ndarray
@@ -328,14 +357,14 @@ class StreamSession:
         self.ring.update(pts, image)
         det_due, clip_due = self.scheduler.update(pts)
         dets = []
-        for t in det_due:
+        for t in self._wanted(det_due):
             frame = image
             # Nearest of the two frames around t; a halfway tie takes the earlier one.
             if self._prev is not None and (pts - t) > (t - self._prev[0]) + 1e-6:
                 frame = self._prev[1]
             images, transform = self.detector.prepare(frame)
             dets.append((t, _DetItem(images, transform, self.segment)))
-        clips = flushed + [self.ring.clip(t) for t in clip_due]
+        clips = flushed + self._clips(clip_due)
         self._release()
         self._prev = (pts, image)
         return dets, clips
@@ -343,7 +372,7 @@ class StreamSession:
     def finish(self) -> list[Clip]:
         self.ring.finish()
         _, clip_due = self.scheduler.finish()
-        clips = [self.ring.clip(t) for t in clip_due]
+        clips = self._clips(clip_due)
         self._prev = None
         return clips
 
@@ -380,6 +409,18 @@ class Engine:
             prestart()
         self.bundle_dir = Path(bundle_dir)
         self.manifest = m = load_manifest(self.bundle_dir)
+        # Threads per graph from the model's cost (service/threads.py), unless the settings
+        # fix a count; the same bundle and machine always get the same policy.
+        self.thread_policy = thread_policy(self.bundle_dir, m, threads=s.runtime.intra_op_threads)
+        if not s.runtime.role_threads:
+            roles = ("detector", "backbone", "bank_backbone", "head")
+            s = self.settings = replace(
+                s,
+                runtime=replace(
+                    s.runtime,
+                    role_threads={r: self.thread_policy.threads_for(r) for r in roles},
+                ),
+            )
         thr = s.score_threshold
         if detector_path is not None:
             self.detector = load_user_detector(
@@ -388,7 +429,7 @@ class Engine:
                 if thr is not None
                 else (m.detector.score_threshold if m.detector is not None else 0.8),
                 providers=s.runtime.providers,
-                intra_op_threads=s.runtime.intra_op_threads,
+                intra_op_threads=self.thread_policy.detector,
             )
         elif m.detector is not None:
             self.detector = PersonDetector(
@@ -422,6 +463,7 @@ class Engine:
         self.head_shares_window = self._probe_shared_window()
         self.bank: FeatureBank = bank or InProcessBank(retention_s=s.bank_retention_s)
         self.stats = EngineStats()
+        self.live_sessions: weakref.WeakSet[LiveSession] = weakref.WeakSet()
         self.det_batcher: Batcher[_DetItem, Detections] = self._batcher(
             self._run_detector, "detector", s.detector_batch
         )
@@ -431,6 +473,18 @@ class Engine:
         self.head_batcher: Batcher[_HeadItem, np.ndarray] = self._batcher(
             self._run_head, "head", s.head_batch
         )
+
+    def keyframe_time_estimate(self) -> float | None:
+        """Median seconds of one keyframe's graph runs (detector + backbone + head) measured
+        so far in this process, or None before any: a new live stream's first stride guess."""
+        parts = [self.stats.samples.get(k) for k in ("detect_run", "backbone_run", "head_run")]
+        if not parts[1]:
+            return None
+        return float(sum(np.median(np.asarray(p)) for p in parts if p))
+
+    def live_stride(self) -> int:
+        """The largest keyframe stride of the open live streams (1 with none): a gauge."""
+        return max((ls.stride.stride for ls in list(self.live_sessions)), default=1)
 
     def backbone_batch_size(self) -> int:
         """`EngineSettings.backbone_batch`, or its provider-dependent default (see there)."""
@@ -999,6 +1053,11 @@ class LiveSession:
         self._kf_event = asyncio.Event()
         self._ended = False
         self.keyframes_done = 0
+        # Every k-th keyframe when the model is slower than real time (service/stride.py).
+        self.stride = StrideController(keyframe_rate=float(engine.manifest.keyframe_rate))
+        self.stride.seed(engine.keyframe_time_estimate())
+        self.session.keep = self.stride.keep
+        engine.live_sessions.add(self)
 
     async def push_frame(self, image: np.ndarray, pts: float) -> None:
         """Add one decoded RGB (h, w, 3) uint8 frame with its presentation time in seconds."""
@@ -1007,9 +1066,12 @@ class LiveSession:
             self._emitter = loop.create_task(self._emit())
         t0 = time.perf_counter()
         entered = loop.time()
+        skipped = self.session.skipped
         dets, clips = await loop.run_in_executor(self._worker, self.session.step, pts, image)
         self.engine.stats.observe("decode", time.perf_counter() - t0)
         self.engine.stats.counters["frames"] += 1
+        if self.session.skipped > skipped:
+            self.engine.stats.counters["keyframes_skipped_stride"] += self.session.skipped - skipped
         for t, item in dets:
             hw = self.session.ring.frame_hw
             assert hw is not None
@@ -1045,6 +1107,9 @@ class LiveSession:
             if res is not None and res.features is not None:
                 win = await eng._bank_write(self.stream_id, res, eng.live_window)
                 res.predictions = await eng._head(self.stream_id, self.video, res, win, "live")
+            if res is not None and res.features is not None:
+                # Only keyframes that ran the backbone say what a keyframe costs.
+                self.stride.observe(asyncio.get_running_loop().time() - kf.due_at)
             kf.result.set_result(res)
         except Dropped as e:
             eng.stats.count_drop(e.reason)
@@ -1110,7 +1175,12 @@ class LiveSession:
         self._out.clear()
         return out
 
+    def status(self) -> dict[str, object]:
+        """The stream's stride and keyframe time, for the WebSocket status message."""
+        return {**self.stride.status(), "keyframes_skipped": self.session.skipped}
+
     async def close(self) -> None:
+        self.engine.live_sessions.discard(self)
         for t in list(self._tasks):
             t.cancel()
         with contextlib.suppress(BaseException):

@@ -35,6 +35,8 @@ Metric names (the alert rules and the Grafana dashboard use exactly these)::
     avaserve_job_store_resets_total                counter    job store found emptied
     avaserve_orphan_uploads_removed_total          counter    upload folders no job owned
     avaserve_active_streams                        gauge      open live WebSockets
+    avaserve_live_keyframe_stride                  gauge      largest live keyframe stride
+    avaserve_live_keyframes_skipped_total          counter    live keyframes skipped by it
     avaserve_bank_operations_total{backend}        counter    bank calls
     avaserve_bank_errors_total{backend}            counter    failed Redis round trips
     avaserve_bank_degraded_total{backend}          counter    calls answered degraded
@@ -182,6 +184,7 @@ class _PullCollector(Collector):
         self.jobs: Callable[[], Mapping[str, int]] | None = None
         self.streams: Callable[[], int] | None = None
         self.runner: _RunnerLike | None = None
+        self.stride: Callable[[], tuple[int, int]] | None = None
         self.extra_drops: Counter[str] = Counter()
 
     def collect(self) -> Iterator[Metric]:
@@ -257,6 +260,18 @@ class _PullCollector(Collector):
             f"{PREFIX}_active_streams",
             "Open live WebSocket streams.",
             value=float(self.streams() if self.streams is not None else 0),
+        )
+        stride, skipped = self.stride() if self.stride is not None else (1, 0)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_live_keyframe_stride",
+            "Largest keyframe stride of the open live streams: 1 = every keyframe annotated, "
+            "k = every k-th (the model is slower than real time; service/stride.py).",
+            value=float(stride),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_live_keyframes_skipped",
+            "Live keyframes not annotated because of the keyframe stride.",
+            value=float(skipped),
         )
         yield from self._runner_families()
 
@@ -422,6 +437,10 @@ class Metrics:
     def bind_streams(self, active: Callable[[], int]) -> None:
         """Open live streams, e.g. ``lambda: stream_limiter.active()``."""
         self._pull.streams = active
+
+    def bind_stride(self, stride: Callable[[], tuple[int, int]]) -> None:
+        """(largest live keyframe stride, keyframes skipped so far), must not block."""
+        self._pull.stride = stride
 
     # ---------------------------------------------------------------- exposition
     def exposition(self) -> tuple[bytes, str]:

@@ -84,11 +84,16 @@ class RuntimeSettings:
         ``cpu`` or full names). Unavailable ones are skipped with a warning; CPU is always
         appended last so a graph always loads.
     intra_op_threads: threads inside one operator (a conv). 0 = ORT default (all cores).
-        With three graphs on a 2-core machine, 2 keeps each run fast without the sessions
-        fighting each other (the batchers run one graph at a time each).
+        None = chosen per graph from the model's cost by the engine (`service.threads`).
+    role_threads: per graph role (``backbone``, ``detector``, ...), overrides
+        ``intra_op_threads``; the engine fills it from its `service.threads.ThreadPolicy`.
     inter_op_threads: threads running independent operators in parallel; 1 is right for
         these sequential CNN graphs.
     engine: "onnx" (ONNX Runtime) or "tensorrt" (the bundle's prebuilt ``*.plan`` engines).
+    graph_optimization: ONNX Runtime's graph optimisation level: ``all`` (its default: every
+        fusion plus the layout transformations, NCHWc for float convs and NHWC for int8 ones),
+        ``extended`` or ``basic``. Measured on the R50 backbone, float32 and int8, by
+        bench/bench_quantize.py: ``all`` was the fastest or tied (bench/results/quantize_*.json).
     spin_wait: let ORT's worker threads spin between operators (its default). Off here: the
         three graphs and the decoder run concurrently on few cores, and spinning threads burn
         the cycles the other graphs need (measured: end-to-end throughput drops sharply on a
@@ -96,10 +101,12 @@ class RuntimeSettings:
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 0
+    intra_op_threads: int | None = None
     inter_op_threads: int = 1
     engine: Literal["onnx", "tensorrt"] = "onnx"
     spin_wait: bool = False
+    graph_optimization: Literal["all", "extended", "basic"] = "all"
+    role_threads: dict[str, int] = field(default_factory=dict)
     extra_provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -123,6 +130,7 @@ class OnnxRuntime:
         inter_op_threads: int = 1,
         provider_options: Mapping[str, Mapping[str, str]] | None = None,
         spin_wait: bool = False,
+        graph_optimization: str = "all",
     ) -> None:
         import onnxruntime as ort
 
@@ -148,6 +156,16 @@ class OnnxRuntime:
         opts.intra_op_num_threads = max(0, int(intra_op_threads))
         opts.inter_op_num_threads = max(0, int(inter_op_threads))
         opts.log_severity_level = 3
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        }
+        if graph_optimization not in levels:
+            raise RuntimeLoadError(
+                f"graph_optimization {graph_optimization!r}: choose one of {sorted(levels)}"
+            )
+        opts.graph_optimization_level = levels[graph_optimization]
         spin = "1" if spin_wait else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
@@ -312,11 +330,13 @@ def create_runtime(
     }
     if "TensorrtExecutionProvider" in providers and path is None:
         options.setdefault("TensorrtExecutionProvider", tensorrt_ep_options(manifest, role, root))
+    threads = settings.role_threads.get(role, settings.intra_op_threads)
     return OnnxRuntime(
         file,
         providers=providers,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=0 if threads is None else threads,
         inter_op_threads=settings.inter_op_threads,
         provider_options=options,
         spin_wait=settings.spin_wait,
+        graph_optimization=settings.graph_optimization,
     )

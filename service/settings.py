@@ -246,8 +246,9 @@ class Settings(BaseSettings):
     live_max_lag_s: float = Field(
         10.0,
         gt=0,
-        description="A live stream that stays further behind than this is closed with 1013 "
-        "(try again later) instead of serving ever-staler annotations.",
+        description="A live client whose annotations stay unread (its send queue full) for "
+        "longer than this is closed with 1013 (try again later). A server slower than the "
+        "stream never closes it: it annotates every k-th keyframe instead (service/stride.py).",
     )
     max_pts_gap_s: float = Field(
         DEFAULT_MAX_GAP_S,
@@ -273,16 +274,14 @@ class Settings(BaseSettings):
     )
 
     # ------------------------------------------------------------------ runtime
-    ort_intra_op_threads: int = Field(
-        1,
+    ort_intra_op_threads: int | None = Field(
+        None,
         ge=0,
-        description="ONNX Runtime intra-op threads per graph; 0 = ONNX Runtime's default (one "
-        "per core). Default 1: the detector, backbone and head run concurrently in their own "
-        "batcher threads beside the decoder, so one thread each keeps the cores busy without "
-        "oversubscribing them; on the 2-core CI machine ORT's default made live keyframe "
-        "processing jittery (p95/p50 1.21-1.26 over 2 runs, vs 1.06-1.28 over 4 runs with one "
-        "thread, 3 of them <= 1.07; bench/bench_ws_lag.py). Raise it on a many-core CPU "
-        "serving few streams.",
+        description="ONNX Runtime intra-op threads for every graph; 0 = ONNX Runtime's default "
+        "(one per core). Unset (the default): chosen per graph from the model's cost "
+        "(service/threads.py): a light backbone (the demo bundle) runs every graph on one "
+        "thread beside the decoder; a heavy one (R50/R101) gets every core for the backbone. "
+        "`avaserve annotate` uses the same policy, so its results equal a REST job's.",
     )
     ort_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],

@@ -12,7 +12,7 @@ Then, per connection, four tasks joined by bounded buffers::
 
     reader  --frames (deque, live_queue_frames: oldest dropped)-->  pusher -> LiveSession
     LiveSession.results() -> emitter --(deque, live_send_queue: oldest dropped)--> sender
-    every 2 s: status; a reader that stays behind (or lag > live_max_lag_s) -> close 1013
+    every 2 s: status (with the keyframe stride); a client that stops reading -> close 1013
 
 Keyframes first: the reader queues JPEG frames still encoded (pts checked at once), and the
 pusher decodes and ingests the next frame only once the stream's in-flight keyframes are done
@@ -424,21 +424,35 @@ class _Connection:
                 self.stats.keyframes_sent += 1
             await self.ws.send_text(json.dumps(message, separators=(",", ":")))
 
+    def status_message(self) -> dict[str, Any]:
+        """The status message: the connection's counters and the stream's keyframe stride."""
+        message = self.stats.message()
+        status = getattr(self.session, "status", None)
+        if callable(status):
+            message.update(status())
+        return message
+
     async def monitor(self) -> None:
-        """Status every few seconds; close 1013 when the client stays too far behind."""
+        """Status every few seconds; close 1013 when the client stops reading.
+
+        A server that is slower than the stream does not close it: the engine annotates every
+        k-th keyframe instead (service/stride.py, stated in the status message) and the frame
+        buffer is bounded. Only a client whose annotations pile up unread for longer than
+        ``live_max_lag_s`` is closed (it reads nothing; reconnecting keeps its context).
+        """
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
-            self.post(self.stats.message())
+            self.post(self.status_message())
             now = time.monotonic()
             queued = sum(1 for m in self.outbox if m.get("type") == "annotation")
-            behind = queued >= self.max_outbox or self.stats.lag_s > self.max_lag_s
+            behind = queued >= self.max_outbox
             if not behind:
                 self.stats.behind_since = None
             elif self.stats.behind_since is None:
                 self.stats.behind_since = now
             elif now - self.stats.behind_since > self.max_lag_s:
                 self.close_code = WS_TRY_AGAIN_LATER
-                self.close_reason = "stream stayed too far behind; reconnect (context is kept)"
+                self.close_reason = "client stopped reading; reconnect (context is kept)"
                 return
 
     async def run(self) -> None:
@@ -460,7 +474,7 @@ class _Connection:
                     return  # too far behind, or a protocol violation: close_code is set
                 if emitter in done:
                     # The client sent "end" and every keyframe was emitted: flush, then close.
-                    self.post(self.stats.message())
+                    self.post(self.status_message())
                     deadline = time.monotonic() + 5.0
                     while self.outbox and time.monotonic() < deadline:
                         await asyncio.sleep(0.02)

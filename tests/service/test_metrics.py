@@ -53,6 +53,7 @@ async def test_pull_collectors_read_batchers_bank_jobs_streams() -> None:
     m.bind_bank(bank, "memory")
     m.bind_jobs(lambda: {"queued": 3, "running": 1})
     m.bind_streams(lambda: 2)
+    m.bind_stride(lambda: (3, 14))
     m.record_dropped("slow_reader")
     got = scrape(m)
     assert got[("avaserve_queue_capacity", (("graph", "detector"),))] == 8
@@ -69,6 +70,8 @@ async def test_pull_collectors_read_batchers_bank_jobs_streams() -> None:
     assert got[("avaserve_jobs", (("state", "queued"),))] == 3
     assert got[("avaserve_jobs", (("state", "failed"),))] == 0
     assert got[("avaserve_active_streams", ())] == 2
+    assert got[("avaserve_live_keyframe_stride", ())] == 3
+    assert got[("avaserve_live_keyframes_skipped_total", ())] == 14
     await det.close()
 
 
@@ -170,6 +173,8 @@ def test_metric_names_cover_every_family() -> None:
         "avaserve_dropped_keyframes_total",
         "avaserve_jobs",
         "avaserve_active_streams",
+        "avaserve_live_keyframe_stride",
+        "avaserve_live_keyframes_skipped_total",
         "avaserve_bank_operations_total",
         "avaserve_bank_errors_total",
         "avaserve_bank_degraded_total",

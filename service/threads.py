@@ -1,0 +1,132 @@
+"""How many cores each graph gets, chosen from the model's cost (issue 18).
+
+The service runs three graphs (detector, backbone, head) in their own batcher threads beside
+the decoder. Which one deserves the cores depends on the model:
+
+* a **light** backbone (the demo bundle: 1.4 M parameters, 96-px clips) runs in tens of
+  milliseconds; intra-op threads cost more in hand-offs than they save, and the three
+  graphs plus the decoder already keep the cores busy with one thread each (the figures in
+  the README were measured that way);
+* a **heavy** backbone (R50/R101: 34-62 M parameters, 256-px clips of 32 frames) takes a
+  second per clip on one core, and everything else waits for it: it gets every core, so one
+  file or one live stream uses the whole machine. The detector and the head stay at one
+  thread (a few milliseconds each).
+
+The cost is read from the bundle, not measured, so the same bundle on the same machine always
+gets the same policy: `avaserve annotate` and a REST job then run with the same threads and
+give the same numbers to the last digit (tests/service/test_app_rest.py). Measured timings
+would flip the choice from run to run on a loaded machine.
+
+Many streams share the cores through the batchers: each graph has one worker thread, so
+streams queue for the backbone instead of each spinning up its own threads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.manifest import BundleManifest
+
+__all__ = ["HEAVY_PARAMS", "ThreadPolicy", "available_cores", "backbone_params", "thread_policy"]
+
+# Backbone parameters above which the backbone gets every core. The tiny presets have ~1.4 M,
+# R50 34 M; at ~5 M a clip at the AVA sizes takes well over 100 ms on one core, where intra-op
+# threads pay for themselves.
+HEAVY_PARAMS = 5_000_000
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def backbone_params(bundle_dir: str | os.PathLike[str], manifest: BundleManifest) -> int:
+    """Parameters of the backbone, from its file size (float32 weights: 4 bytes each; an int8
+    bundle's quantised weights: 1 byte). The graph's structure is a rounding error next to
+    its weights."""
+    graph = manifest.graphs.get("backbone")
+    if graph is None:
+        return 0
+    path = Path(bundle_dir) / graph.file
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    quant = getattr(manifest, "quantization", None)
+    per_param = 1 if quant is not None and "backbone" in getattr(quant, "graphs", ()) else 4
+    return size // per_param
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """ONNX Runtime intra-op threads per graph role, and why."""
+
+    cores: int
+    backbone: int
+    detector: int
+    head: int
+    cost: str  # "light", "heavy" or "fixed" (an explicit --threads)
+    backbone_params: int
+    reason: str
+
+    def threads_for(self, role: str) -> int:
+        if role in ("backbone", "bank_backbone"):
+            return self.backbone
+        return self.detector if role == "detector" else self.head
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for logs, the annotate summary and the status endpoint."""
+        return (
+            f"threads: backbone {self.backbone}, detector {self.detector}, head {self.head} "
+            f"of {self.cores} cores ({self.cost}: {self.reason})"
+        )
+
+
+def thread_policy(
+    bundle_dir: str | os.PathLike[str],
+    manifest: BundleManifest,
+    *,
+    threads: int | None = None,
+    cores: int | None = None,
+) -> ThreadPolicy:
+    """The policy for this bundle on this machine.
+
+    ``threads``: an explicit count for every graph (the old ``--threads N``; 0 = ONNX
+    Runtime's default, all cores); None chooses from the backbone's cost (module docstring).
+    """
+    n = cores if cores is not None else available_cores()
+    params = backbone_params(bundle_dir, manifest)
+    if threads is not None:
+        return ThreadPolicy(
+            n, threads, threads, threads, "fixed", params, f"--threads {threads} for every graph"
+        )
+    if params >= HEAVY_PARAMS:
+        return ThreadPolicy(
+            n,
+            n,
+            1,
+            1,
+            "heavy",
+            params,
+            f"backbone ~{params / 1e6:.1f} M parameters >= {HEAVY_PARAMS / 1e6:g} M: it gets "
+            "every core, the small graphs one thread",
+        )
+    return ThreadPolicy(
+        n,
+        1,
+        1,
+        1,
+        "light",
+        params,
+        f"backbone ~{params / 1e6:.1f} M parameters < {HEAVY_PARAMS / 1e6:g} M: one thread per "
+        "graph, the graphs and the decoder share the cores",
+    )

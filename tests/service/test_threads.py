@@ -1,0 +1,82 @@
+"""service/threads.py: ONNX Runtime threads per graph from the model's cost (issue 18)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import tiny_bundle as tb
+
+import service.runtime as runtime_mod
+from core.manifest import load_manifest
+from service.engine import Engine, EngineSettings
+from service.runtime import RuntimeSettings
+from service.threads import HEAVY_PARAMS, thread_policy
+
+
+def _manifest(file: str = "backbone.onnx", quantized: bool = False) -> Any:
+    q = SimpleNamespace(graphs=("backbone",)) if quantized else None
+    return SimpleNamespace(graphs={"backbone": SimpleNamespace(file=file)}, quantization=q)
+
+
+def _weights(tmp_path: Path, nbytes: int, name: str = "backbone.onnx") -> Path:
+    with open(tmp_path / name, "wb") as f:
+        f.truncate(nbytes)
+    return tmp_path
+
+
+def test_light_backbone_one_thread_per_graph(tmp_path: Path) -> None:
+    p = thread_policy(_weights(tmp_path, 4 * 1_400_000), _manifest(), cores=2)
+    assert (p.backbone, p.detector, p.head, p.cost) == (1, 1, 1, "light")
+    assert "1.4 M parameters" in p.describe()
+
+
+def test_heavy_backbone_gets_every_core(tmp_path: Path) -> None:
+    p = thread_policy(_weights(tmp_path, 4 * 34_000_000), _manifest(), cores=16)
+    assert (p.backbone, p.detector, p.head, p.cost) == (16, 1, 1, "heavy")
+    assert p.threads_for("bank_backbone") == 16 and p.threads_for("detector") == 1
+
+
+def test_int8_weights_count_one_byte_each(tmp_path: Path) -> None:
+    # 12 MB of int8 weights are 12 M parameters (heavy); as float32 they would be 3 M.
+    d = _weights(tmp_path, 12_000_000, "backbone.int8.onnx")
+    assert (
+        thread_policy(d, _manifest("backbone.int8.onnx", quantized=True), cores=2).cost == "heavy"
+    )
+    assert thread_policy(d, _manifest("backbone.int8.onnx"), cores=2).cost == "light"
+    assert HEAVY_PARAMS == 5_000_000
+
+
+def test_explicit_threads_fix_every_graph(tmp_path: Path) -> None:
+    p = thread_policy(_weights(tmp_path, 4 * 34_000_000), _manifest(), threads=3, cores=2)
+    assert (p.backbone, p.detector, p.head, p.cost) == (3, 3, 3, "fixed")
+
+
+def test_engine_applies_the_policy_per_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine opens each graph with its role's thread count (auto by default) and keeps
+    the policy for the startup log and `annotate`'s summary."""
+    bundle = tb.make_bundle(tmp_path / "b")
+    opened: dict[str, int] = {}
+    real = runtime_mod.OnnxRuntime
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, path: Any, **kw: Any) -> None:
+            opened[Path(path).stem] = kw["intra_op_threads"]
+            super().__init__(path, **kw)
+
+    monkeypatch.setattr(runtime_mod, "OnnxRuntime", Spy)
+    monkeypatch.setattr("service.threads.HEAVY_PARAMS", 1)  # the tiny graphs count as heavy
+    monkeypatch.setattr("service.threads.available_cores", lambda: 7)
+    engine = Engine(bundle, settings=EngineSettings(isolated_decode=False))
+    assert engine.thread_policy.cost == "heavy"
+    assert opened["backbone"] == 7 and opened["head"] == 1 and opened["detector"] == 1
+    assert engine.settings.runtime.role_threads["backbone"] == 7
+    opened.clear()
+    fixed = EngineSettings(runtime=RuntimeSettings(intra_op_threads=2), isolated_decode=False)
+    engine = Engine(bundle, settings=fixed)
+    assert engine.thread_policy.cost == "fixed" and set(opened.values()) == {2}
+    assert load_manifest(bundle).graphs["backbone"].file == "backbone.onnx"
