@@ -124,15 +124,20 @@ class _RssSampler:
         if not self.samples:
             return {}
         mb = [m for _, m in self.samples]
-        # After the first fifth of the run (graphs warmed, bank and buffers filled): growth
-        # from there to the end is what an hour-long stream would keep adding.
+        # After the first fifth of the run (graphs warmed, bank and buffers filled), RSS swings
+        # by tens of MB as clips are allocated and freed: compare the peaks of the two halves
+        # of the rest. Growth between them is what an hour-long stream would keep adding.
         settled = mb[len(mb) // 5]
+        rest = mb[len(mb) // 5 :]
+        first, second = rest[: len(rest) // 2] or rest, rest[len(rest) // 2 :] or rest
         return {
             "start_mb": mb[0],
             "settled_mb": settled,
             "end_mb": mb[-1],
             "max_mb": max(mb),
-            "growth_after_settling_mb": round(mb[-1] - settled, 1),
+            "first_half_max_mb": max(first),
+            "second_half_max_mb": max(second),
+            "growth_after_settling_mb": round(max(second) - max(first), 1),
             "samples": self.samples[:: max(1, len(self.samples) // 60)],
         }
 

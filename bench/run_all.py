@@ -252,10 +252,10 @@ def _summary(summary: dict[str, Any], speed: dict[str, Any], wall: float) -> Non
                 rss = v.get("rss", {})
                 rows.append((
                     f"(e) live {k}: {v['stream_seconds']:.0f} s open, stride, lag p95/backbone, "
-                    "RSS settled->end MB",
+                    "RSS peak 1st->2nd half MB",
                     f"{v['stream_stayed_open']}, {v['keyframe_stride_last']}, "
-                    f"{_fmt(v.get('lag_p95_over_backbone'))}, {rss.get('settled_mb')}->"
-                    f"{rss.get('end_mb')}",
+                    f"{_fmt(v.get('lag_p95_over_backbone'))}, {rss.get('first_half_max_mb')}->"
+                    f"{rss.get('second_half_max_mb')}",
                     "open, stated, <= 2, flat",
                 ))  # fmt: skip
     if "f" in speed:

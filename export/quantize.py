@@ -2,19 +2,22 @@
 
 Static post-training quantisation with ONNX Runtime's own tool (``quantize_static``):
 
-* **QDQ format**: QuantizeLinear/DequantizeLinear pairs around the quantised ops; ONNX
-  Runtime's CPU provider fuses them into int8 kernels (QLinearConv, MatMulInteger), and the
-  same graph stays readable by TensorRT. The QOperator format was measured too (bench/
-  bench_quantize.py); its figures are in the bench results.
+* **QOperator format** (QLinearConv nodes): on the R50 backbone, 2 threads, side by side in
+  one process, it ran as fast as or faster than QDQ (Q/DQ pairs that ONNX Runtime fuses into
+  the same kernels; 44 of its 110 convs stayed unfused here) and needs no fusion pass. QDQ
+  stays selectable (`QuantizeOptions.quant_format`); TensorRT builds neither from this graph
+  (use ``--tensorrt int8`` on a float32 export).
 * **Calibration** on real clips: the clips the parity gate already reads (a dataset's val
   video with its ground-truth boxes, or a video with fixed boxes), more of them than the
   gate checks (``--calibration-keyframes``). MinMax ranges over those activations.
-* **Per-channel** int8 weights (one scale per output channel of each conv), int8
-  activations; ``reduce_range`` (7-bit weights) is for CPUs without VNNI, where the 16-bit
-  accumulation of 8x8 products can saturate; on a VNNI CPU it only costs accuracy.
-* **Ops**: only Conv (and MatMul/Gemm when the graph has them) are quantised: they hold
-  nearly all of a SlowFast backbone's work. The RoIAlign, pooling and the small heads stay
-  float32.
+* **Per-channel** int8 weights (one scale per output channel of each conv), uint8
+  activations: the u8 x s8 dot product that VNNI (avx512_vnni / avx_vnni) runs natively.
+  ``reduce_range`` (7-bit weights) is for CPUs without VNNI, where the 16-bit accumulation
+  of 8x8 products can saturate; on a VNNI CPU it only costs accuracy (off by default).
+* **Ops**: Conv and Relu (Relu folds into the QLinearConv's output range). Residual Adds,
+  RoIAlign and pooling stay float32 (adding Add crashed ONNX Runtime 1.32's calibrator on
+  the R50 graph), and so do convs with fewer than 16 input channels: the RGB stems ran 4x
+  slower as QLinearConv than as float32 (profiled per node on the R50 backbone).
 
 The **drift gate**: the int8 graph is compared with the float32 graph it came from on the
 parity samples (which are not all calibration samples: the gate also feeds a two-clip batch),
@@ -57,8 +60,8 @@ class QuantizationError(RuntimeError):
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """How to quantise. Defaults are the fastest on the project's CPU with acceptable drift
-    (bench/bench_quantize.py compares them)."""
+    """How to quantise. Defaults are the fastest measured on the project's CPU (module
+    docstring; bench/results/int8_vs_fp32.json has the resulting speed and drift)."""
 
     quant_format: str = "QOperator"  # or "QDQ"
     per_channel: bool = True

@@ -92,8 +92,8 @@ class RuntimeSettings:
     engine: "onnx" (ONNX Runtime) or "tensorrt" (the bundle's prebuilt ``*.plan`` engines).
     graph_optimization: ONNX Runtime's graph optimisation level: ``all`` (its default: every
         fusion plus the layout transformations, NCHWc for float convs and NHWC for int8 ones),
-        ``extended`` or ``basic``. Measured on the R50 backbone, float32 and int8, by
-        bench/bench_quantize.py: ``all`` was the fastest or tied (bench/results/quantize_*.json).
+        ``extended`` or ``basic``. Measured on the R50 backbone, float32 and int8, side by
+        side by bench/bench_speed.py (d) (bench/results/int8_vs_fp32.json, ``opt_levels``).
     spin_wait: let ORT's worker threads spin between operators (its default). Off here: the
         three graphs and the decoder run concurrently on few cores, and spinning threads burn
         the cycles the other graphs need (measured: end-to-end throughput drops sharply on a
