@@ -326,7 +326,6 @@ def _engine_factory(settings: Settings, bank: Any) -> Any:
             intra_op_threads=settings.ort_intra_op_threads,
         ),
         decode_limits=DecodeLimits(max_file_bytes=max(settings.max_upload_bytes, 1)),
-        top_k=TOP_K,
         max_pts_gap_s=settings.max_pts_gap_s,
     )
     return Engine(settings.bundle, settings=engine_settings, bank=bank)
