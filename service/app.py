@@ -161,8 +161,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await api_store.check_reset()  # learn the store's identity: a later loss is reported
     # Everything loaded so far (modules, the bundle's Python objects) lives as long as the
     # server: freeze it out of the cyclic collector, so that a full collection scans only
-    # per-request garbage and holds the GIL for less time (its effect on live lag alone was
-    # not separable from run-to-run noise on the 2-core machine).
+    # per-request garbage and holds the GIL for less time.
     gc.collect()
     gc.freeze()
     service.warmed = True

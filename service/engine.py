@@ -16,36 +16,25 @@ per-stream worker thread (numpy releases the GIL in its kernels), each graph in 
 worker thread (ONNX Runtime releases the GIL). So decoding stream A, the backbone on a batch,
 and the detector on the next keyframes overlap.
 
-Batching across streams: each batcher cuts batches from every stream's requests. The backbone
-batch function stacks clips of the same spatial size into (B, 3, T, H', W') and concatenates
-every clip's boxes into one (K, 5) tensor ``(batch index, x1, y1, x2, y2)`` in clip pixels.
-The head batch function concatenates persons of several keyframes (K rows).
+Batching across streams: each batcher cuts batches from every stream's requests;
+`service.feeds` turns a batch into the graph's inputs (clips of one size stacked with their
+boxes as one (K, 5) tensor; the persons of several keyframes as K head rows).
 
-Files (`Engine.annotate_file`) use **center** clips (as in training; predictions lag by half a
-clip) and, when the bundle has a bank, a **second pass** over stored features: the head for
-keyframe ``t`` runs once the features of ``t + 30`` are in the bank (or at end of stream) and
-reads ``[t - 30, t + 30]``, exactly the window training used. Uploads wait when a batcher is
-full. Live streams (`LiveSession`) use **causal** clips ending at the keyframe and the causal
-bank window ``[t - 60, t]``; when a batcher is full their oldest keyframes are dropped (counted
-in `EngineStats`).
+Files (`Engine.annotate_file`, run by `service.file_run.FileRun`) use **center** clips (as in
+training; predictions lag by half a clip) and, when the bundle has a bank, a **second pass**
+over stored features: the head for keyframe ``t`` runs once the features of ``t + 30`` are in
+the bank (or at end of stream) and reads ``[t - 30, t + 30]``, exactly the window training used.
+Uploads wait when a batcher is full. Live streams (`LiveSession`) use **causal** clips ending at
+the keyframe and the causal bank window ``[t - 60, t]``; when a batcher is full their oldest
+keyframes are dropped (counted in `EngineStats`).
 
-Memory per stream is bounded (see `StreamSession.nbytes`); measured with the tiny preset
-(short side 128, 16 x 2 frames):
-
-* ring buffer: only frames nearest to some clip sample, uint8 at the short side
-  (128 x 171 x 3 = 66 KB each; normalised to float32 only when a clip is cut): peak 10 frames
-  (0.66 MB) on the 10 fps 768 x 576 pedestrian video, 16 (1.05 MB) on a 30 fps clip
-  (half its frames are never sampled, so never stored); plus the previous source frame for
-  keyframe detection (1.3 MB there);
-* in-flight keyframes: at most ``max_inflight`` clips (5.3 MB each) waiting for the
-  backbone; live streams are capped instead by the batchers' per-stream pending limit;
-* file second pass: person + global features of the seconds awaiting their future context
-  (61 s window: 30 s x persons x 2 x D x 4 B; 170 KB at D = 144, 2.8 MB for R50);
-* bank (in-process): retention x persons/s x D x 2 B (121 x 5 x 144 x 2 = 174 KB;
-  R50 D = 2304: 2.8 MB).
-
-So ~5 MB + in-flight clips per stream for the tiny preset; for R50 (256 x 455, 32 frames)
-the ring is ~45 frames x 350 KB and a clip 45 MB.
+Memory per stream is bounded (see `service.stream.StreamSession.nbytes`): the ring buffer keeps
+only frames nearest to some clip sample (uint8 at the short side, normalised only when a clip is
+cut) plus the previous source frame for keyframe detection; at most ``max_inflight`` clips of an
+upload wait for the backbone (live streams are capped by the batchers' per-stream pending
+limit); the file second pass keeps the features of the seconds awaiting their future context;
+the bank keeps ``retention`` seconds of person features. Figures per preset: docs/internals.md
+("Per-stream memory").
 """
 
 from __future__ import annotations
