@@ -46,6 +46,7 @@ from core.preprocess import pack_pathways, preprocess_clip, resize_short_side  #
 from core.sampling import nearest_frame_indices  # noqa: E402
 from service.bank import InProcessBank  # noqa: E402
 from service.engine import Engine, EngineSettings  # noqa: E402
+from service.feeds import backbone_feeds  # noqa: E402
 from service.ringbuffer import ClipGeometry  # noqa: E402
 from service.runtime import RuntimeSettings  # noqa: E402
 from service.tracker import ByteTracker  # noqa: E402
@@ -115,9 +116,7 @@ def _bare(engine: Engine, caps: dict[str, _Capture], repeats: int = 1) -> dict[s
             images = np.concatenate([i.images for i in batch[s : s + step]])
             det_feeds.append({engine.detector.input_name: images})
     # The engine's own feed builders: the bare runs get byte-identical inputs.
-    bb_feeds = [
-        feed for batch in caps["bb_batcher"].batches for _, feed in engine.backbone_feeds(batch)
-    ]
+    bb_feeds = [feed for batch in caps["bb_batcher"].batches for _, feed in backbone_feeds(batch)]
     head_feeds = [
         feed for batch in caps["head_batcher"].batches for feed in engine.head_feeds(batch)
     ]

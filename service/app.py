@@ -11,53 +11,41 @@ configuration from anywhere else. The lifespan owns every long-lived object::
             with 1001, running jobs finish within grace_period_s or are re-queued
             engine, bank and store closed
 
-Errors leave as JSON ``{"error": <code>, "message": <what to do>}`` (plus ``detail`` for
-validation errors); no stack trace reaches a client.
+The parts live with their topics: error handlers (`service.http_errors`), request limits
+(`service.http_limits`), the job's ``process`` (`service.jobs.annotate`), warm-up
+(`service.warmup`), the routes (`service.routes`); this module composes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import redis.exceptions as redis_errors
-from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.websockets import WebSocketState
 
 from avaserve import __version__
 from service.admission import ConcurrencyLimiter
-from service.auth import KeyRing, WsRefusal, install_log_redaction
-from service.errors import VideoInputError, error_code
-from service.jobs import InMemoryJobStore, Job, JobRunner, RedisJobStore
+from service.auth import KeyRing, install_log_redaction
+from service.http_errors import install_error_handlers
+from service.http_limits import LimitsMiddleware
+from service.jobs import InMemoryJobStore, JobRunner, RedisJobStore
+from service.jobs.annotate import job_processor
 from service.metrics import STAGES, HttpMetricsMiddleware, Metrics
-from service.records import AvaCsvWriter, JsonlWriter
 from service.routes import health, jobs, pages, streams
 from service.routes.deps import ServiceState
 from service.routes.pages import STATIC_DIR
 from service.settings import Settings
+from service.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# Requests other than the upload carry no body worth more than this (JSON options at most).
-MAX_SMALL_BODY = 64 * 1024
 TOP_K = 5  # actions per record in JSON and per box in the AVA CSV (`avaserve annotate`'s default)
 
 DESCRIPTION = """\
@@ -81,237 +69,6 @@ TAGS = [
 ]
 
 
-# ---------------------------------------------------------------------------- jobs
-
-
-def job_processor(
-    engine: Any, *, top_k: int = TOP_K
-) -> Callable[[Job, Callable[[float], None]], Awaitable[Mapping[str, str]]]:
-    """The JobRunner's ``process``: annotate the upload into JSON Lines + AVA CSV (+ MP4).
-
-    The records are exactly what ``avaserve annotate --out --csv`` writes for the same file and
-    bundle: same engine call, same writers, same top-k.
-    """
-
-    async def process(job: Job, progress: Callable[[float], None]) -> Mapping[str, str]:
-        work = Path(job.work_dir)
-        meta = _read_meta(work)
-        duration = float(meta.get("duration_s") or 0.0)
-        video_id = str(meta.get("video_id") or "upload")
-        jsonl, csv_path = work / "results.jsonl", work / "results.csv"
-        jw, cw = JsonlWriter(jsonl, top_k=top_k), AvaCsvWriter(csv_path, top_k=top_k)
-        count = 0
-
-        def on_progress(pts: float) -> None:
-            if duration > 0:
-                progress(min(0.99, pts / duration))
-
-        try:
-            async for prediction in engine.annotate_file(
-                job.input_path, video_id=video_id, progress=on_progress
-            ):
-                jw.write([prediction])
-                cw.write([prediction])
-                count += 1
-        finally:
-            jw.close()
-            cw.close()
-        results = {"json": str(jsonl), "csv": str(csv_path)}
-        if job.options.render:
-            rate = float(engine.manifest.keyframe_rate)
-            results["video"] = await _render(job, jsonl, work / "annotated.mp4", rate)
-        (work / "summary.json").write_text(json.dumps({"predictions": count}))
-        progress(1.0)
-        return results
-
-    return process
-
-
-async def _render(job: Job, jsonl: Path, out: Path, keyframe_rate: float) -> str:
-    """The annotated MP4 (service.render, the same drawing as `avaserve annotate --render`),
-    in a worker thread; the records are read back from the job's own results file."""
-    from service.records import read_jsonl
-    from service.render import render_video
-
-    predictions = read_jsonl(jsonl)
-    await asyncio.to_thread(
-        render_video, job.input_path, predictions, out, keyframe_rate=keyframe_rate
-    )
-    return str(out)
-
-
-def _read_meta(work: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((work / "meta.json").read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-# ---------------------------------------------------------------------------- warm-up
-
-
-def warm_up(engine: Any) -> float:
-    """Run each graph once at its smallest profile shape, so the first user request does not
-    pay ONNX Runtime's lazy initialisation (allocations, kernel selection). Returns seconds."""
-    t0 = time.perf_counter()
-    manifest = engine.manifest
-    canvas = np.full((240, 320, 3), 114, np.uint8)
-    engine.detector.detect([canvas])
-    for role, runtime in (("backbone", engine.backbone), ("head", engine.head)):
-        graph = manifest.graphs[role]
-        inputs: dict[str, np.ndarray] = {}
-        for spec in graph.inputs:
-            rng = graph.shape_ranges.get(spec.name)
-            shape = (
-                tuple(rng.min)
-                if rng is not None
-                else tuple(d if isinstance(d, int) else 1 for d in spec.shape)
-            )
-            inputs[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
-        if "boxes" in inputs:  # one valid box (batch 0, a 16-pixel square)
-            inputs["boxes"][:, 3:] = 16.0
-        if "mask" in inputs:
-            inputs["mask"][:] = 1
-        runtime.run(inputs)
-    return time.perf_counter() - t0
-
-
-# ---------------------------------------------------------------------------- middleware
-
-
-class LimitsMiddleware:
-    """Request time and body-size limits, as plain ASGI so the upload body stays a stream.
-
-    * Every HTTP request except the upload, result downloads and WebSockets gets
-      ``request_timeout_s`` (504 when no response started by then).
-    * Every request except the upload announcing a body over 64 KiB gets 413 before the body
-      is read (the upload has its own limit, counted while streaming to disk).
-    """
-
-    def __init__(self, app: ASGIApp, *, timeout_s: float) -> None:
-        self.app = app
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        method: str = scope.get("method", "GET")
-        is_upload = method == "POST" and path.rstrip("/") == "/v1/jobs"
-        if not is_upload:
-            length = _content_length(scope)
-            if length is not None and length > MAX_SMALL_BODY:
-                await _send_json(send, 413, "body_too_large", "This endpoint takes no large body")
-                return
-        long_running = is_upload or path.endswith(("/results", "/video"))
-        if long_running:
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.app(scope, receive, tracking_send)
-        except TimeoutError:
-            if not started:
-                await _send_json(send, 504, "timeout", "The request took too long; retry later")
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def _send_json(send: Send, status_code: int, error: str, message: str) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(VideoInputError)
-    async def video_input(_: Request, exc: VideoInputError) -> JSONResponse:
-        return JSONResponse({"error": exc.reason, "message": exc.message}, exc.http_status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        body = {"error": error_code(exc.status_code), "message": detail}
-        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(WsRefusal)
-    async def ws_refused(websocket: WebSocket, exc: WsRefusal) -> None:
-        # Before accept: an HTTP answer (401/403/409/429/503 and the REST error body) where
-        # the ASGI server supports it; else the close Starlette would send (HTTP 403).
-        extensions = websocket.scope.get("extensions") or {}
-        if (
-            websocket.client_state == WebSocketState.CONNECTING
-            and "websocket.http.response" in extensions
-        ):
-            body = {"error": error_code(exc.status_code), "message": exc.reason}
-            await websocket.send_denial_response(
-                JSONResponse(body, exc.status_code, headers=exc.headers)
-            )
-        else:
-            await websocket.close(code=exc.code, reason=exc.reason)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
-        ]
-        where = ", ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3])
-        return JSONResponse(
-            {"error": "invalid_request", "message": f"Invalid request ({where})", "detail": errors},
-            422,
-        )
-
-    @app.exception_handler(redis_errors.ConnectionError)
-    @app.exception_handler(redis_errors.TimeoutError)
-    async def store_down(request: Request, exc: Exception) -> JSONResponse:
-        # The job store (Redis) is down or stalled: a quick 503 the client can retry, never a
-        # 500 after a long wait (the API's Redis client has short timeouts).
-        retry = request.app.state.settings.retry_after_s
-        log.warning("job store unavailable for %s %s: %r", request.method, request.url.path, exc)
-        return JSONResponse(
-            {
-                "error": "unavailable",
-                "message": f"The job store (Redis) is not reachable right now; retry in {retry} s.",
-            },
-            503,
-            headers={"Retry-After": str(retry)},
-        )
-
-    @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            {"error": "internal", "message": "Internal server error; it has been logged."}, 500
-        )
-
-
 # ---------------------------------------------------------------------------- the app
 
 
@@ -326,7 +83,6 @@ def _engine_factory(settings: Settings, bank: Any) -> Any:
             intra_op_threads=settings.ort_intra_op_threads,
         ),
         decode_limits=DecodeLimits(max_file_bytes=max(settings.max_upload_bytes, 1)),
-        top_k=TOP_K,
         max_pts_gap_s=settings.max_pts_gap_s,
     )
     return Engine(settings.bundle, settings=engine_settings, bank=bank)
@@ -367,7 +123,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("%s", engine.thread_policy.describe())
     runner = JobRunner(
         store,
-        job_processor(engine),
+        job_processor(engine, top_k=TOP_K),
         workers=settings.workers,
         max_attempts=settings.job_max_attempts,
         retention_s=settings.job_retention_s,
@@ -405,8 +161,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await api_store.check_reset()  # learn the store's identity: a later loss is reported
     # Everything loaded so far (modules, the bundle's Python objects) lives as long as the
     # server: freeze it out of the cyclic collector, so that a full collection scans only
-    # per-request garbage and holds the GIL for less time (its effect on live lag alone was
-    # not separable from run-to-run noise on the 2-core machine).
+    # per-request garbage and holds the GIL for less time.
     gc.collect()
     gc.freeze()
     service.warmed = True
@@ -446,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyring = keyring
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.include_router(pages.router)
     app.include_router(health.router)
     app.include_router(jobs.router)

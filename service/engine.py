@@ -16,36 +16,25 @@ per-stream worker thread (numpy releases the GIL in its kernels), each graph in 
 worker thread (ONNX Runtime releases the GIL). So decoding stream A, the backbone on a batch,
 and the detector on the next keyframes overlap.
 
-Batching across streams: each batcher cuts batches from every stream's requests. The backbone
-batch function stacks clips of the same spatial size into (B, 3, T, H', W') and concatenates
-every clip's boxes into one (K, 5) tensor ``(batch index, x1, y1, x2, y2)`` in clip pixels.
-The head batch function concatenates persons of several keyframes (K rows).
+Batching across streams: each batcher cuts batches from every stream's requests;
+`service.feeds` turns a batch into the graph's inputs (clips of one size stacked with their
+boxes as one (K, 5) tensor; the persons of several keyframes as K head rows).
 
-Files (`Engine.annotate_file`) use **center** clips (as in training; predictions lag by half a
-clip) and, when the bundle has a bank, a **second pass** over stored features: the head for
-keyframe ``t`` runs once the features of ``t + 30`` are in the bank (or at end of stream) and
-reads ``[t - 30, t + 30]``, exactly the window training used. Uploads wait when a batcher is
-full. Live streams (`LiveSession`) use **causal** clips ending at the keyframe and the causal
-bank window ``[t - 60, t]``; when a batcher is full their oldest keyframes are dropped (counted
-in `EngineStats`).
+Files (`Engine.annotate_file`, run by `service.file_run.FileRun`) use **center** clips (as in
+training; predictions lag by half a clip) and, when the bundle has a bank, a **second pass**
+over stored features: the head for keyframe ``t`` runs once the features of ``t + 30`` are in
+the bank (or at end of stream) and reads ``[t - 30, t + 30]``, exactly the window training used.
+Uploads wait when a batcher is full. Live streams (`LiveSession`) use **causal** clips ending at
+the keyframe and the causal bank window ``[t - 60, t]``; when a batcher is full their oldest
+keyframes are dropped (counted in `EngineStats`).
 
-Memory per stream is bounded (see `StreamSession.nbytes`); measured with the tiny preset
-(short side 128, 16 x 2 frames):
-
-* ring buffer: only frames nearest to some clip sample, uint8 at the short side
-  (128 x 171 x 3 = 66 KB each; normalised to float32 only when a clip is cut): peak 10 frames
-  (0.66 MB) on the 10 fps 768 x 576 pedestrian video, 16 (1.05 MB) on a 30 fps clip
-  (half its frames are never sampled, so never stored); plus the previous source frame for
-  keyframe detection (1.3 MB there);
-* in-flight keyframes: at most ``max_inflight`` clips (5.3 MB each) waiting for the
-  backbone; live streams are capped instead by the batchers' per-stream pending limit;
-* file second pass: person + global features of the seconds awaiting their future context
-  (61 s window: 30 s x persons x 2 x D x 4 B; 170 KB at D = 144, 2.8 MB for R50);
-* bank (in-process): retention x persons/s x D x 2 B (121 x 5 x 144 x 2 = 174 KB;
-  R50 D = 2304: 2.8 MB).
-
-So ~5 MB + in-flight clips per stream for the tiny preset; for R50 (256 x 455, 32 frames)
-the ring is ~45 frames x 350 KB and a clip 45 MB.
+Memory per stream is bounded (see `service.stream.StreamSession.nbytes`): the ring buffer keeps
+only frames nearest to some clip sample (uint8 at the short side, normalised only when a clip is
+cut) plus the previous source frame for keyframe detection; at most ``max_inflight`` clips of an
+upload wait for the backbone (live streams are capped by the batchers' per-stream pending
+limit); the file second pass keeps the features of the seconds awaiting their future context;
+the bank keeps ``retention`` seconds of person features. Figures per preset: docs/internals.md
+("Per-stream memory").
 """
 
 from __future__ import annotations
@@ -53,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 import weakref
@@ -67,19 +55,29 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.manifest import BundleError, BundleManifest, load_manifest
-from core.sampling import Alignment
+from core.manifest import BundleError, load_manifest
 from service.bank import BankWindow, FeatureBank, InProcessBank
 from service.batching import Batcher, Dropped
 from service.detector import PersonDetector, load_user_detector
+from service.feeds import (
+    BackboneItem,
+    DetItem,
+    Features,
+    HeadItem,
+    backbone_feeds,
+    backbone_item,
+    head_feeds,
+    head_item,
+    split_rows,
+)
+from service.file_run import FileRun
 from service.limits import DecodeLimits
 from service.records import Context, Prediction
-from service.ringbuffer import Clip, FrameRing
 from service.runtime import Runtime, RuntimeSettings, create_runtime
-from service.scheduler import DEFAULT_MAX_GAP_S, KeyframeScheduler, check_pts
+from service.scheduler import DEFAULT_MAX_GAP_S
+from service.stream import Keyframe, KeyframeResult, StreamSession
 from service.stride import StrideController
 from service.threads import thread_policy
-from service.tracker import ByteTracker
 from service.types import Detections, TrackedPersons
 
 __all__ = ["Engine", "EngineSettings", "EngineStats", "LiveSession", "StreamSession"]
@@ -132,11 +130,7 @@ class EngineSettings:
     max_pts_gap_s: float = DEFAULT_MAX_GAP_S
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     isolated_decode: bool = True
-    top_k: int = 5
 
-
-# Uploads: decoded frames handed from the decode worker thread to the loop per hop.
-_FRAMES_PER_HOP = 16
 
 # keyframe_file / keyframe_live: end-to-end time from a keyframe being due to its result.
 _STAGES = (
@@ -188,203 +182,6 @@ class EngineStats:
                     "total_s": float(self.totals[stage]),
                 }
         return out
-
-
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
-
-
-# -- batch items -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _DetItem:
-    images: np.ndarray  # (1, 3, H, W) detector input
-    transform: Any  # LetterboxTransform
-    segment: int = 0  # the stream's segment (`StreamSession.segment`): a new one resets tracks
-
-
-@dataclass(frozen=True)
-class _BackboneItem:
-    slow: np.ndarray  # (3, T_s, H', W')
-    fast: np.ndarray  # (3, T_f, H', W')
-    boxes: np.ndarray  # (N, 4) xyxy in clip pixels
-
-
-@dataclass(frozen=True)
-class _Features:
-    person: np.ndarray  # (N, D)
-    global_: np.ndarray  # (D,)
-    bank: np.ndarray  # (N, D') features that go into the bank
-
-
-@dataclass(frozen=True)
-class _HeadItem:
-    person: np.ndarray  # (N, D)
-    global_per_person: np.ndarray  # (N, D)
-    bank: np.ndarray  # (W, D') padded window (shared by the keyframe's persons)
-    mask: np.ndarray  # (W,) bool
-
-
-# -- per-stream state ------------------------------------------------------------------------
-
-
-@dataclass
-class _Keyframe:
-    time: float
-    det_item: _DetItem
-    frame_hw: tuple[int, int]
-    due_at: float  # loop time when it became detect-due
-    clip: asyncio.Future[Clip | None]
-    tracked: asyncio.Future[TrackedPersons | None]
-    result: asyncio.Future[_KeyframeResult | None]
-
-    @classmethod
-    def new(
-        cls,
-        time: float,
-        det_item: _DetItem,
-        frame_hw: tuple[int, int],
-        loop: asyncio.AbstractEventLoop,
-        due_at: float | None = None,
-    ) -> _Keyframe:
-        """Detect-due at ``due_at`` (loop time; default now): the moment the frame that made
-        it due entered the engine, so its preparation (resize, detector letterbox, clip
-        assembly) counts as the keyframe's processing. Clip, tracking, result still to come."""
-        return cls(
-            time, det_item, frame_hw, loop.time() if due_at is None else due_at,
-            loop.create_future(), loop.create_future(), loop.create_future(),
-        )  # fmt: skip
-
-
-@dataclass
-class _KeyframeResult:
-    """A keyframe after the backbone (and, live, after the head)."""
-
-    time: float
-    persons: TrackedPersons
-    frame_hw: tuple[int, int]
-    features: _Features | None
-    context: Context = "ok"
-    predictions: list[Prediction] = field(default_factory=list)
-
-
-class StreamSession:
-    """One stream's synchronous state: ring buffer, scheduler, tracker, keyframe frames.
-
-    `step` / `finish` run in the stream's worker thread (one at a time); they return the
-    keyframes that became detect-due (with the detector input already letterboxed) and the
-    clips that became ready. The tracker is only touched from the event loop, in order.
-
-    Segments: a frame more than ``max_pts_gap_s`` after the previous one ends the segment (its
-    pending clips are cut as at `finish`, padded with the last frame before the gap) and starts
-    a new one at that frame; the keyframes in the gap are skipped, so one frame never makes
-    more than ``max_pts_gap_s * keyframe_rate`` keyframes due. The new segment's keyframes
-    carry its number, and the tracker is reset when the first of them is tracked (a person
-    seen minutes later is a new track; the bank keeps its times, so windows stay right).
-    """
-
-    def __init__(
-        self,
-        stream_id: str,
-        manifest: BundleManifest,
-        detector: PersonDetector,
-        *,
-        alignment: Alignment,
-        max_pts_gap_s: float = DEFAULT_MAX_GAP_S,
-    ) -> None:
-        self.stream_id = stream_id
-        self.detector = detector
-        self.ring = FrameRing(
-            manifest.preprocessing, alignment=alignment, keyframe_rate=manifest.keyframe_rate
-        )
-        self.scheduler = KeyframeScheduler(
-            keyframe_rate=manifest.keyframe_rate,
-            after_s=self.ring.geometry.after_s,
-            max_gap_s=max_pts_gap_s,
-        )
-        self.segment = 0  # bumped at every pts gap (see the class docstring)
-        self.tracked_segment = 0  # the segment the tracker's tracks belong to (event loop)
-        thr = detector.score_threshold
-        # Every emitted person (score >= thr) must start or continue a track, so the new-track
-        # bar is thr itself; lower-score boxes only continue tracks (ByteTrack's second tier).
-        self.tracker = ByteTracker(
-            track_thresh=thr, new_track_thresh=thr, low_thresh=min(detector.low_threshold, thr)
-        )
-        self._prev: tuple[float, np.ndarray] | None = None
-        # Live streams slower than real time annotate every k-th keyframe (service/stride.py):
-        # ``keep(t)`` says which; a skipped keyframe is neither detected nor cut into a clip.
-        self.keep: Callable[[float], bool] | None = None
-        self._skipped: set[float] = set()
-        self.skipped = 0
-
-    def _wanted(self, det_due: list[float]) -> list[float]:
-        if self.keep is None:
-            return det_due
-        out = []
-        for t in det_due:
-            if self.keep(t):
-                out.append(t)
-            else:
-                self._skipped.add(t)
-                self.skipped += 1
-        return out
-
-    def _clips(self, clip_due: list[float]) -> list[Clip]:
-        clips = []
-        for t in clip_due:
-            if t in self._skipped:
-                self._skipped.discard(t)
-                continue
-            clips.append(self.ring.clip(t))
-        return clips
-
-    def step(
-        self, pts: float, image: np.ndarray
-    ) -> tuple[list[tuple[float, _DetItem]], list[Clip]]:
-        """One frame: (keyframes now detect-due, clips now ready, in keyframe order).
-
-        Raises `service.scheduler.InvalidPts` for a pts that is not a finite number of
-        seconds in range, before any state changes.
-        """
-        pts = check_pts(pts)
-        flushed: list[Clip] = []
-        if self.scheduler.is_gap(pts):
-            flushed = self.finish()  # the old segment's pending clips, edge-padded
-            self.ring.reset()
-            self.scheduler.reset()
-            self.segment += 1
-        self.ring.update(pts, image)
-        det_due, clip_due = self.scheduler.update(pts)
-        dets = []
-        for t in self._wanted(det_due):
-            frame = image
-            # Nearest of the two frames around t; a halfway tie takes the earlier one.
-            if self._prev is not None and (pts - t) > (t - self._prev[0]) + 1e-6:
-                frame = self._prev[1]
-            images, transform = self.detector.prepare(frame)
-            dets.append((t, _DetItem(images, transform, self.segment)))
-        clips = flushed + self._clips(clip_due)
-        self._release()
-        self._prev = (pts, image)
-        return dets, clips
-
-    def finish(self) -> list[Clip]:
-        self.ring.finish()
-        _, clip_due = self.scheduler.finish()
-        clips = self._clips(clip_due)
-        self._prev = None
-        return clips
-
-    def _release(self) -> None:
-        nxt = self.scheduler.next_clip_time
-        if nxt is not None:
-            self.ring.release_before(float(self.ring.geometry.times(nxt)[0]))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by this stream's frames (ring + the previous raw frame)."""
-        return self.ring.nbytes + (self._prev[1].nbytes if self._prev is not None else 0)
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -464,13 +261,13 @@ class Engine:
         self.bank: FeatureBank = bank or InProcessBank(retention_s=s.bank_retention_s)
         self.stats = EngineStats()
         self.live_sessions: weakref.WeakSet[LiveSession] = weakref.WeakSet()
-        self.det_batcher: Batcher[_DetItem, Detections] = self._batcher(
+        self.det_batcher: Batcher[DetItem, Detections] = self._batcher(
             self._run_detector, "detector", s.detector_batch
         )
-        self.bb_batcher: Batcher[_BackboneItem, _Features] = self._batcher(
+        self.bb_batcher: Batcher[BackboneItem, Features] = self._batcher(
             self._run_backbone, "backbone", self.backbone_batch_size()
         )
-        self.head_batcher: Batcher[_HeadItem, np.ndarray] = self._batcher(
+        self.head_batcher: Batcher[HeadItem, np.ndarray] = self._batcher(
             self._run_head, "head", s.head_batch
         )
 
@@ -557,41 +354,16 @@ class Engine:
             return False
         return bool(shared.shape == full.shape and np.allclose(shared, full, rtol=1e-4, atol=1e-5))
 
-    def _run_detector(self, items: list[_DetItem]) -> list[Detections]:
+    def _run_detector(self, items: list[DetItem]) -> list[Detections]:
         t0 = time.perf_counter()
         out = self.detector.detect_prepared([i.images for i in items], [i.transform for i in items])
         self.stats.observe("detect_run", time.perf_counter() - t0)
         return out
 
-    @staticmethod
-    def backbone_feeds(items: list[_BackboneItem]) -> list[tuple[list[int], dict[str, np.ndarray]]]:
-        """One backbone feed per clip size in ``items`` (clips of different sizes cannot share
-        a tensor), with the positions of the items it holds. Public for bench_pipeline."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, it in enumerate(items):
-            groups.setdefault(it.fast.shape, []).append(i)
-        feeds = []
-        for idxs in groups.values():
-            rows = [
-                np.concatenate(
-                    [np.full((len(items[i].boxes), 1), b, np.float32), items[i].boxes], axis=1
-                )
-                for b, i in enumerate(idxs)
-            ]
-            # A batch of one is a view (no copy of the clip); larger batches must be stacked.
-            feed = {
-                "slow": _stack([items[i].slow for i in idxs]),  # (B, 3, T_s, H', W')
-                "fast": _stack([items[i].fast for i in idxs]),  # (B, 3, T_f, H', W')
-                # (K, 5) batch index, x1, y1, x2, y2 (clip pixels)
-                "boxes": np.concatenate(rows).astype(np.float32, copy=False),
-            }
-            feeds.append((idxs, feed))
-        return feeds
-
-    def _run_backbone(self, items: list[_BackboneItem]) -> list[_Features]:
+    def _run_backbone(self, items: list[BackboneItem]) -> list[Features]:
         t0 = time.perf_counter()
-        results: list[_Features | None] = [None] * len(items)
-        for idxs, feed in self.backbone_feeds(items):
+        results: list[Features | None] = [None] * len(items)
+        for idxs, feed in backbone_feeds(items):
             out = self.backbone.run(feed)
             bank_out = self.bank_backbone.run(feed) if self.bank_backbone is not None else out
             person, glob = out["person"], out["global"]  # (K, D), (B, D)
@@ -604,71 +376,31 @@ class Engine:
                     strict=True,
                 )
             ):
-                results[i] = _Features(p, glob[b], q)
+                results[i] = Features(p, glob[b], q)
         self.stats.observe("backbone_run", time.perf_counter() - t0)
         return [r for r in results if r is not None]
 
-    def head_feeds(self, items: list[_HeadItem]) -> list[dict[str, np.ndarray]]:
-        """The head runs for ``items``, in order. Public for bench_pipeline.
+    def head_feeds(self, items: list[HeadItem]) -> list[dict[str, np.ndarray]]:
+        """The head runs for ``items`` (`service.feeds.head_feeds` with this bundle's head).
+        Public for bench_pipeline."""
+        return head_feeds(
+            items,
+            shares_window=self.head_shares_window,
+            with_bank="bank" in self.head.input_names,
+            mask_dtype=self.mask_dtype,
+        )
 
-        With a window-sharing head (`_probe_shared_window`) one run per keyframe, its window
-        passed once; otherwise one run for all their persons with per-person copies.
-        """
-        if self.head_shares_window:
-            return [
-                {
-                    "person": it.person.astype(np.float32, copy=False),
-                    "global_per_person": it.global_per_person.astype(np.float32, copy=False),
-                    "bank": it.bank[None].astype(np.float32, copy=False),
-                    "mask": it.mask[None].astype(self.mask_dtype, copy=False),
-                }
-                for it in items
-            ]
-        return [self.head_feed(items)]
-
-    def head_feed(self, items: list[_HeadItem]) -> dict[str, np.ndarray]:
-        """The head's feed for ``items``: K = all their persons, each with its window."""
-        counts = [it.person.shape[0] for it in items]
-        feed: dict[str, np.ndarray] = {
-            "person": np.concatenate([it.person for it in items]).astype(np.float32, copy=False),
-            "global_per_person": np.concatenate([it.global_per_person for it in items]).astype(
-                np.float32, copy=False
-            ),
-        }
-        if "bank" in self.head.input_names:
-            # (K, W, D'): each person sees its keyframe's window.
-            feed["bank"] = np.concatenate(
-                [
-                    np.broadcast_to(it.bank, (n, *it.bank.shape))
-                    for it, n in zip(items, counts, strict=True)
-                ]
-            ).astype(np.float32, copy=False)
-            feed["mask"] = np.concatenate(
-                [
-                    np.broadcast_to(it.mask, (n, *it.mask.shape))
-                    for it, n in zip(items, counts, strict=True)
-                ]
-            ).astype(self.mask_dtype, copy=False)
-        return feed
-
-    def _run_head(self, items: list[_HeadItem]) -> list[np.ndarray]:
+    def _run_head(self, items: list[HeadItem]) -> list[np.ndarray]:
         t0 = time.perf_counter()
         runs = [self.head.run(feed)["action"] for feed in self.head_feeds(items)]
         probs = runs[0] if len(runs) == 1 else np.concatenate(runs)  # (K, C) probabilities
         self.stats.observe("head_run", time.perf_counter() - t0)
-        counts = [it.person.shape[0] for it in items]
-        return list(np.split(probs, np.cumsum(counts)[:-1]))
+        return split_rows(probs, [it.person.shape[0] for it in items])
 
     # -- per keyframe ----------------------------------------------------------------------
 
-    def _inflight_floor(self, session: StreamSession) -> int:
-        # The producer waits for a slot at detect-due time; the oldest in-flight keyframe needs
-        # frames up to after_s later, so fewer slots than that would stall the stream.
-        g = session.ring.geometry
-        return math.ceil(g.after_s * g.keyframe_rate) + 2
-
     async def _detect_and_track(
-        self, session: StreamSession, kf: _Keyframe, prev: _Keyframe | None, kind: Kind
+        self, session: StreamSession, kf: Keyframe, prev: Keyframe | None, kind: Kind
     ) -> TrackedPersons | None:
         t0 = time.perf_counter()
         dets: Detections | None
@@ -700,8 +432,8 @@ class Engine:
         return persons
 
     async def _features(
-        self, session: StreamSession, kf: _Keyframe, prev: _Keyframe | None, kind: Kind
-    ) -> _KeyframeResult | None:
+        self, session: StreamSession, kf: Keyframe, prev: Keyframe | None, kind: Kind
+    ) -> KeyframeResult | None:
         """Detection, tracking, clip and backbone for one keyframe."""
         persons = await self._detect_and_track(session, kf, prev, kind)
         clip = await kf.clip
@@ -709,12 +441,8 @@ class Engine:
             return None
         self.stats.counters["keyframes"] += 1
         if len(persons) == 0:
-            return _KeyframeResult(kf.time, persons, kf.frame_hw, None)
-        h, w = kf.frame_hw
-        ch, cw = clip.size_hw
-        # Frame pixels -> normalised -> clip pixels (training's boxes_to_pixels on the clip).
-        scale = np.array([cw / w, ch / h, cw / w, ch / h], np.float32)
-        item = _BackboneItem(clip.slow, clip.fast, (persons.boxes * scale).astype(np.float32))
+            return KeyframeResult(kf.time, persons, kf.frame_hw, None)
+        item = backbone_item(clip, persons.boxes, kf.frame_hw)
         t0 = time.perf_counter()
         try:
             feats = await self.bb_batcher.submit(item, kind=kind, stream_id=session.stream_id)
@@ -722,10 +450,10 @@ class Engine:
             self.stats.count_drop(e.reason)
             return None
         self.stats.observe("backbone", time.perf_counter() - t0)
-        return _KeyframeResult(kf.time, persons, kf.frame_hw, feats)
+        return KeyframeResult(kf.time, persons, kf.frame_hw, feats)
 
     async def _bank_write(
-        self, stream_id: str, res: _KeyframeResult, window: tuple[int, int]
+        self, stream_id: str, res: KeyframeResult, window: tuple[int, int]
     ) -> BankWindow | None:
         if not self.bank_enabled or res.features is None:
             return None
@@ -762,7 +490,7 @@ class Engine:
         self,
         stream_id: str,
         video: str,
-        res: _KeyframeResult,
+        res: KeyframeResult,
         window: BankWindow | None,
         kind: Kind,
     ) -> list[Prediction]:
@@ -773,12 +501,7 @@ class Engine:
         context: Context = (
             "none" if window is None else "degraded" if window.degraded else res.context
         )
-        item = _HeadItem(
-            res.features.person,
-            np.broadcast_to(res.features.global_, (n, res.features.global_.shape[0])),
-            bank,
-            mask,
-        )
+        item = head_item(res.features, bank, mask)
         t0 = time.perf_counter()
         probs = await self.head_batcher.submit(item, kind=kind, stream_id=stream_id)
         self.stats.observe("head", time.perf_counter() - t0)
@@ -816,182 +539,28 @@ class Engine:
         keep_bank: bool = False,
         stream_id: str | None = None,
     ) -> AsyncIterator[Prediction]:
-        """Predictions for a video file, in time order (center clips, second bank pass).
+        """Predictions for a video file, in time order (center clips, second bank pass;
+        `service.file_run`).
 
         Raises `service.errors.VideoInputError` for a file the decoder refuses.
         ``keep_bank`` leaves the stream's bank entries in place (tests, benchmarks).
         """
-        from service.decode import decode_frames, prestart
-
-        video = video_id or Path(path).stem
         sid = stream_id or f"file-{uuid.uuid4().hex[:12]}"
         if stream_id is None and self.bank_enabled:
             self.bank.new_stream(sid)  # made up here: its bank windows need no shared store
-        session = StreamSession(
-            sid,
-            self.manifest,
-            self.detector,
-            alignment="center",
-            max_pts_gap_s=self.settings.max_pts_gap_s,
+        run = FileRun(
+            self,
+            path,
+            video=video_id or Path(path).stem,
+            stream_id=sid,
+            progress=progress,
+            keep_bank=keep_bank,
         )
-        s = self.settings
-        max_inflight = max(s.max_inflight, self._inflight_floor(session))
-        slots = asyncio.Semaphore(max_inflight)
-        loop = asyncio.get_running_loop()
-        worker = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{sid}")
-        decoder = await loop.run_in_executor(
-            worker,
-            lambda: decode_frames(path, s.decode_limits, isolated=s.isolated_decode),
-        )
-        self.last_info = decoder.info
-        order: asyncio.Queue[_Keyframe | None] = asyncio.Queue()
-        pending_clips: deque[_Keyframe] = deque()
-        tasks: set[asyncio.Task[Any]] = set()
-
-        def next_step() -> (
-            tuple[float, int, list[tuple[float, _DetItem]], list[Clip], float] | None
-        ):
-            """Frames up to the first one that makes a keyframe or clip due (at most
-            `_FRAMES_PER_HOP`): one executor hop per few frames, not per frame, keeps the
-            loop's wake-ups off the CPU the graphs need. Order is unchanged: only the last
-            frame of a hop can carry detections or clips."""
-            n = 0
-            pts = 0.0
-            while n < _FRAMES_PER_HOP:
-                t0 = time.perf_counter()
-                try:
-                    frame = next(decoder)
-                except StopIteration:
-                    break
-                n += 1
-                pts = frame.pts_seconds
-                entered = loop.time()  # monotonic: safe to read from this worker thread
-                dets, clips = session.step(pts, frame.image)
-                self.stats.observe("decode", time.perf_counter() - t0)
-                if dets or clips:
-                    return pts, n, dets, clips, entered
-            return (pts, n, [], [], 0.0) if n else None
-
-        async def produce() -> None:
-            prev: _Keyframe | None = None
-            frame_hw: tuple[int, int] | None = None
-            try:
-                while True:
-                    step = await loop.run_in_executor(worker, next_step)
-                    if step is None:
-                        break
-                    pts, n_frames, dets, clips, entered = step
-                    self.stats.counters["frames"] += n_frames
-                    if progress is not None:
-                        progress(pts)
-                    frame_hw = session.ring.frame_hw
-                    ready = deque(clips)
-                    # Clips of keyframes already in flight first: they free in-flight slots
-                    # (waiting for a slot while holding them would stall the stream).
-                    while ready and pending_clips:
-                        pending_clips.popleft().clip.set_result(ready.popleft())
-                    for t, item in dets:
-                        await slots.acquire()
-                        assert frame_hw is not None
-                        kf = _Keyframe.new(t, item, frame_hw, loop, entered)
-                        pending_clips.append(kf)
-                        task = loop.create_task(self._file_keyframe(session, kf, prev, slots))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                        await order.put(kf)
-                        prev = kf
-                    while ready:  # a clip due in the same step as its own detection
-                        pending_clips.popleft().clip.set_result(ready.popleft())
-                clips = await loop.run_in_executor(worker, session.finish)
-                for clip in clips:
-                    pending_clips.popleft().clip.set_result(clip)
-            finally:
-                for kf in pending_clips:
-                    if not kf.clip.done():
-                        kf.clip.set_result(None)
-                await order.put(None)
-
-        producer = loop.create_task(produce())
-        waiting: deque[_KeyframeResult] = deque()
-        written: list[float] = []
-        hi = self.file_window[1]
-        try:
-            while True:
-                kf_or_none = await order.get()
-                ended = kf_or_none is None
-                if kf_or_none is not None:
-                    res = await kf_or_none.result
-                    if res is not None:
-                        waiting.append(res)
-                        written.append(res.time)
-                # Second pass: keyframe s is final once the features of s + hi are in the bank
-                # (the keyframes before it are, too: results are awaited in order).
-                ready: list[_KeyframeResult] = []
-                while waiting and (
-                    ended
-                    or not self.bank_enabled
-                    or (written and written[-1] >= waiting[0].time + hi)
-                ):
-                    ready.append(waiting.popleft())
-                if ready:
-                    groups = await asyncio.gather(*(self._file_head(sid, video, r) for r in ready))
-                    for preds in groups:
-                        for p in preds:
-                            yield p
-                if ended:
-                    break
-            await producer  # re-raises a decode error
-        finally:
-            if not producer.done():
-                producer.cancel()
-            for t in list(tasks):
-                t.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(producer, *tasks, return_exceptions=True)
-            decoder.close()
-            if s.isolated_decode:
-                # A warm decoder for the next upload, started once this one no longer needs CPU.
-                worker.submit(prestart)
-            worker.shutdown(wait=False)
-            if not keep_bank and self.bank_enabled:
-                with contextlib.suppress(Exception):
-                    await self.bank.drop_stream(sid)
-        self.last_stream_id = sid
-
-    async def _file_keyframe(
-        self,
-        session: StreamSession,
-        kf: _Keyframe,
-        prev: _Keyframe | None,
-        slots: asyncio.Semaphore,
-    ) -> None:
-        try:
-            res = await self._features(session, kf, prev, "upload")
-            if res is not None and res.features is not None and self.bank_enabled:
-                # First pass: store this second; the window is read in the second pass.
-                win = await self._bank_write(session.stream_id, res, (0, 0))
-                if win is not None and win.degraded:
-                    res.context = "degraded"
-            kf.result.set_result(res)
-            self.stats.observe("keyframe_file", asyncio.get_running_loop().time() - kf.due_at)
-        except BaseException as e:
-            if not kf.result.done():
-                kf.result.set_exception(e)
-            if not kf.tracked.done():
-                kf.tracked.set_result(None)
-            raise
-        finally:
-            slots.release()
-
-    async def _file_head(self, sid: str, video: str, res: _KeyframeResult) -> list[Prediction]:
-        window = None
-        if self.bank_enabled and res.features is not None:
-            t0 = time.perf_counter()
-            window = await self.bank.read_window(
-                sid, int(round(res.time)), self.file_window, self.manifest.bank.persons_per_second
-            )
-            self.stats.observe("bank", time.perf_counter() - t0)
-        return await self._head(sid, video, res, window, "upload")
+        await run.open()
+        assert run.decoder is not None
+        self.last_info = run.decoder.info  # the decoded video's probe (CLI summary, benches)
+        async for prediction in run.predictions():
+            yield prediction
 
     # -- live ------------------------------------------------------------------------------
 
@@ -1043,9 +612,9 @@ class LiveSession:
             max_pts_gap_s=engine.settings.max_pts_gap_s,
         )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"live-{stream_id}")
-        self._prev: _Keyframe | None = None
-        self._pending_clips: deque[_Keyframe] = deque()
-        self._order: deque[_Keyframe] = deque()
+        self._prev: Keyframe | None = None
+        self._pending_clips: deque[Keyframe] = deque()
+        self._order: deque[Keyframe] = deque()
         self._out: deque[list[Prediction]] = deque(maxlen=max_output)
         self._out_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -1075,7 +644,7 @@ class LiveSession:
         for t, item in dets:
             hw = self.session.ring.frame_hw
             assert hw is not None
-            kf = _Keyframe.new(t, item, hw, loop, entered)
+            kf = Keyframe.new(t, item, hw, loop, entered)
             self._pending_clips.append(kf)
             task = loop.create_task(self._keyframe(kf, self._prev))
             self._tasks.add(task)
@@ -1100,7 +669,7 @@ class LiveSession:
         if busy:
             await asyncio.wait(busy, timeout=timeout)
 
-    async def _keyframe(self, kf: _Keyframe, prev: _Keyframe | None) -> None:
+    async def _keyframe(self, kf: Keyframe, prev: Keyframe | None) -> None:
         eng = self.engine
         try:
             res = await eng._features(self.session, kf, prev, "live")

@@ -15,8 +15,8 @@
   on any machine; without them the error says what to install.
 * `create_runtime(bundle_dir, manifest, role, settings)`: the factory the engine uses.
 
-A PyTorch runtime exists only outside ``service/`` (a development aid): the service never
-imports torch.
+The service never imports torch (tests/test_layering.py): bundles hold ONNX graphs or
+TensorRT engines only.
 """
 
 from __future__ import annotations

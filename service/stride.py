@@ -1,4 +1,4 @@
-"""Keyframe stride for live streams that the model cannot keep up with (issue 18).
+"""Keyframe stride for live streams that the model cannot keep up with.
 
 A live stream brings one keyframe per second (the manifest's ``keyframe_rate``). When the
 model needs longer than that per keyframe (an R50 backbone on a 2-core CPU: about a second),

@@ -1,4 +1,4 @@
-"""How many cores each graph gets, chosen from the model's cost (issue 18).
+"""How many cores each graph gets, chosen from the model's cost.
 
 The service runs three graphs (detector, backbone, head) in their own batcher threads beside
 the decoder. Which one deserves the cores depends on the model:
@@ -58,8 +58,8 @@ def backbone_params(bundle_dir: str | os.PathLike[str], manifest: BundleManifest
         size = path.stat().st_size
     except OSError:
         return 0
-    quant = getattr(manifest, "quantization", None)
-    per_param = 1 if quant is not None and "backbone" in getattr(quant, "graphs", ()) else 4
+    quant = manifest.quantization
+    per_param = 1 if quant is not None and "backbone" in quant.graphs else 4
     return size // per_param
 
 

@@ -16,8 +16,8 @@ occluded people, so they may only *continue* a track, never start one. Assignmen
 
 Why not ByteTrack's IoU cost and gate: at 1 Hz a walking person moves about 0.8 box heights
 between updates while a standing box is about 0.4 heights wide, so on a track's first step (no
-velocity yet) the predicted and detected boxes usually do not overlap and IoU is 0 (measured:
-an IoU-gated variant starts a new id every second for walkers). The cost here is
+velocity yet) the predicted and detected boxes usually do not overlap and IoU is 0, so an
+IoU-gated tracker starts a new id every second for walkers. The cost here is
 
     cost = (1 - IoU) + d2 / gate_chi2,      pairs with d2 >= gate_chi2 are not allowed,
 
@@ -25,8 +25,8 @@ where d2 is the squared Mahalanobis distance of the detection's centre from the 
 predicted centre under the Kalman covariance (DeepSORT's gate, Wojke et al. 2017). The gate
 widens by itself where it should: a new track (unknown velocity) or a lost one (covariance grew
 while unobserved) accepts a long step, a steady track only a small deviation from its predicted
-path. IoU still breaks ties between close candidates. On the random-crowd test scene this cost
-gave mean IDF1 0.967 over 12 seeds against 0.957 for a DIoU cost.
+path. IoU still breaks ties between close candidates. tests/service/test_tracker.py
+(``test_random_crowd_idf1``) holds the cost to its measured IDF1 on a random crowd.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ it on DELETE and when the job expires after ``retention_s``. With several replic
 ``work_dir`` must be on storage they all mount (a job may run on any replica).
 
 Modules: ``record`` (the job, its states, ``JobMeta`` and the ``JobStore`` interface),
-``store_memory`` (in-process), ``store_redis`` (Redis) and ``runner`` (the worker pool).
+``store_memory`` (in-process), ``store_redis`` (Redis), ``runner`` (the worker pool) and
+``annotate`` (the service's ``process``: an upload through the engine into result files).
 """
 
 from service.jobs.record import (
@@ -61,6 +62,7 @@ from service.jobs.record import (
     RequeueOutcome,
     is_job_id,
     new_job_id,
+    read_meta,
     write_meta,
 )
 from service.jobs.runner import (
@@ -95,5 +97,6 @@ __all__ = [
     "RequeueOutcome",
     "is_job_id",
     "new_job_id",
+    "read_meta",
     "write_meta",
 ]

@@ -112,6 +112,28 @@ def write_meta(work_dir: Path, meta: JobMeta) -> None:
     (Path(work_dir) / META_NAME).write_text(json.dumps(meta), encoding="utf-8")
 
 
+def read_meta(work_dir: Path) -> JobMeta | None:
+    """``work_dir/meta.json`` as written by `write_meta`, or None when it is missing, not
+    JSON or not a meta record (the job still runs: without an id or a duration)."""
+    try:
+        data = json.loads((Path(work_dir) / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        duration = data.get("duration_s")
+        return JobMeta(
+            video_id=str(data.get("video_id") or ""),
+            duration_s=None if duration is None else float(duration),
+            width=int(data.get("width") or 0),
+            height=int(data.get("height") or 0),
+            fps=float(data.get("fps") or 0.0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 class JobQuotaExceeded(Exception):
     """``submit`` refused: the owner (``scope='key'``) or the service (``'global'``) already
     has ``limit`` unfinished jobs. ``admission.admit_job`` maps it to 429/503."""

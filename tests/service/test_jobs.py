@@ -16,6 +16,7 @@ from service.jobs import (
     InMemoryJobStore,
     Job,
     JobError,
+    JobMeta,
     JobOptions,
     JobQuotaExceeded,
     JobRunner,
@@ -23,6 +24,8 @@ from service.jobs import (
     ProgressFn,
     RedisJobStore,
     is_job_id,
+    read_meta,
+    write_meta,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -685,3 +688,13 @@ def os_utime_back(folder: Path, seconds: float) -> None:
     t = time.time() - seconds
     for p in (*folder.iterdir(), folder):
         os.utime(p, (t, t))
+
+
+async def test_job_meta_round_trips_and_bad_meta_reads_as_none(tmp_path: Path) -> None:
+    meta = JobMeta(video_id="clip", duration_s=12.5, width=640, height=360, fps=25.0)
+    write_meta(tmp_path, meta)
+    assert read_meta(tmp_path) == meta
+    assert read_meta(tmp_path / "missing") is None
+    for bad in ("not json", "[1, 2]", '{"duration_s": "long"}'):
+        (tmp_path / "meta.json").write_text(bad, encoding="utf-8")
+        assert read_meta(tmp_path) is None, bad
