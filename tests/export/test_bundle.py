@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-import export.bundle as bundle_mod
+import export.parity as parity_mod
 from core.manifest import load_manifest, validate_bundle
 from export.bundle import (
     CheckpointError,
@@ -125,7 +125,7 @@ def test_head_probabilities_and_dynamic_axes_run(full_bundle: Path) -> None:
 def test_parity_failure_refuses_to_write(
     video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bundle_mod._features_reference
+    real = parity_mod.features_reference
 
     def off_by_1e2(model: object) -> object:
         inner = real(model)  # type: ignore[arg-type]
@@ -137,7 +137,7 @@ def test_parity_failure_refuses_to_write(
 
         return run
 
-    monkeypatch.setattr(bundle_mod, "_features_reference", off_by_1e2)
+    monkeypatch.setattr(parity_mod, "features_reference", off_by_1e2)
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("previous bundle")
@@ -267,7 +267,7 @@ def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, [*args, "--size", "160x120"])
     assert result.exit_code == 0, result.output
     info = preset_info("slowfast_tiny")
-    clips, source = bundle_mod.parity_clips(info, data_dir=world, count=2)
+    clips, source = parity_mod.parity_clips(info, data_dir=world, count=2)
     assert "ground-truth boxes" in source and len(clips) == 2
     gt = read_keyframes(world / "annotations" / "val.csv")
     for clip in clips:
@@ -283,8 +283,8 @@ def test_synthetic_fallback_warns(
 ) -> None:
     from core.preset_info import preset_info
 
-    monkeypatch.setattr(bundle_mod, "DEFAULT_VIDEO_FILE", Path("/nonexistent.mp4"))
-    clips, source = bundle_mod.parity_clips(preset_info("slowfast_tiny"), count=1)
+    monkeypatch.setattr(parity_mod, "DEFAULT_VIDEO_FILE", Path("/nonexistent.mp4"))
+    clips, source = parity_mod.parity_clips(preset_info("slowfast_tiny"), count=1)
     assert "SYNTHETIC" in source and len(clips) == 1
     assert "NO REAL VIDEO" in caplog.text
 
