@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.ava import LabelMap
+from core.defaults import DEFAULT_SCORE_THRESHOLD
 
 __all__ = [
     "DETECTOR_INPUT",
@@ -331,7 +332,7 @@ class DetectorSpec(_Strict):
         default=None, description="Per-channel std divided after mean; None = no normalisation."
     )
     score_threshold: float = Field(
-        default=0.8,
+        default=DEFAULT_SCORE_THRESHOLD,
         ge=0.0,
         le=1.0,
         description="Persons below this are dropped by the service (report A 0.8, B 0.85).",

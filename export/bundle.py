@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.bank_layout import slot_offsets
+from core.defaults import DEFAULT_SCORE_THRESHOLD
 from core.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
 from core.manifest import (
     BankSpec,
@@ -356,7 +357,7 @@ def build_bundle(
     atol: float = 1e-4,
     rtol: float = 0.0,
     slim: bool = True,
-    score_threshold: float = 0.8,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     limits: ExportLimits = ExportLimits(),
     tensorrt: Precision | None = None,
     triton_dir: StrPath | None = None,

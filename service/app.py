@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketState
 
 from avaserve import __version__
+from core.defaults import TOP_K
 from service.admission import ConcurrencyLimiter
 from service.auth import KeyRing, WsRefusal, install_log_redaction
 from service.errors import VideoInputError, error_code
@@ -58,7 +59,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Requests other than the upload carry no body worth more than this (JSON options at most).
 MAX_SMALL_BODY = 64 * 1024
-TOP_K = 5  # actions per record in JSON and per box in the AVA CSV (`avaserve annotate`'s default)
 
 DESCRIPTION = """\
 Per-second person action detection (the 80 AVA atomic actions) for uploaded videos and live
@@ -345,8 +345,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         from service.bank_redis import RedisBank
 
-        retention = 120  # EngineSettings.bank_retention_s, as `avaserve annotate` sets it
-        bank: Any = RedisBank(redis_url, retention_s=retention, ttl_s=retention + 60)
+        bank: Any = RedisBank(redis_url)  # keeps core.defaults.BANK_RETENTION_S, as the engine
         # Two job-store clients: the workers' (BLMOVE needs a long read timeout; the runner
         # retries) and the API's, whose short timeouts turn an outage into a quick 503.
         store: Any = RedisJobStore(redis_url)

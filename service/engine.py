@@ -67,6 +67,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.defaults import BANK_RETENTION_S, DEFAULT_SCORE_THRESHOLD
 from core.manifest import BundleError, BundleManifest, load_manifest
 from core.sampling import Alignment
 from service.bank import BankWindow, FeatureBank, InProcessBank
@@ -111,7 +112,7 @@ class EngineSettings:
     max_inflight: keyframes of one upload between detection and features (bounds memory);
         raised automatically to what the clip span needs to avoid a stall.
     window_seconds: bank window length override (<= the bundle's); None = the bundle's.
-    score_threshold: persons kept for the action model; None = the bundle's (0.8).
+    score_threshold: persons kept for the action model; None = the bundle's (its DetectorSpec's).
     bank_retention_s: seconds the in-process/Redis bank keeps per stream (>= the window).
     max_pts_gap_s: a frame this far (seconds) after the previous one starts a new segment: the
         keyframes in between are skipped, not filled in (`service.scheduler`), and tracks end.
@@ -128,7 +129,7 @@ class EngineSettings:
     max_inflight: int = 4
     window_seconds: int | None = None
     score_threshold: float | None = None
-    bank_retention_s: int = 120
+    bank_retention_s: int = BANK_RETENTION_S
     max_pts_gap_s: float = DEFAULT_MAX_GAP_S
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     isolated_decode: bool = True
@@ -427,7 +428,11 @@ class Engine:
                 detector_path,
                 score_threshold=thr
                 if thr is not None
-                else (m.detector.score_threshold if m.detector is not None else 0.8),
+                else (
+                    m.detector.score_threshold
+                    if m.detector is not None
+                    else DEFAULT_SCORE_THRESHOLD
+                ),
                 providers=s.runtime.providers,
                 intra_op_threads=self.thread_policy.detector,
             )
