@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from core.bank_layout import slot_offsets
+from core.bank_layout import file_window, head_shares_window, live_window, slot_offsets
 from core.defaults import DEFAULT_SCORE_THRESHOLD
 from core.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
 from core.manifest import (
@@ -170,6 +170,30 @@ class ExportLimits:
     max_head_persons: int = 128
     opt_head_persons: int = 16
     max_aspect: float = 2.0
+
+
+def _shares_window(work: Path, graph: GraphSpec, model: ActionModel) -> bool:
+    """Whether the exported head takes one window for all persons (manifest ``shared_window``),
+    tried on the graph in ONNX Runtime as `core.bank_layout.head_shares_window` describes."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(work / graph.file), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {t.name: t.shape for t in graph.inputs}
+    mask = next((t for t in graph.inputs if t.name == "mask"), None)
+    mask_dtype = np.bool_ if mask is None or mask.dtype == "bool" else np.dtype(mask.dtype)
+    bank = inputs.get("bank")
+    if model.lfb is not None:  # the bank's width, as the service takes it (manifest first)
+        bank_dim = model.lfb.dim_bank
+    else:
+        bank_dim = bank[-1] if bank is not None and isinstance(bank[-1], int) else 1
+
+    def run(feed: Mapping[str, Array]) -> dict[str, Array]:
+        return dict(zip(names, sess.run(None, dict(feed)), strict=True))
+
+    w_range = graph.shape_ranges.get("bank")
+    window = w_range.opt[1] if w_range is not None else None
+    return head_shares_window(run, inputs, bank_dim, mask_dtype, window)
 
 
 def _fix_ir(path: Path) -> None:
@@ -553,6 +577,9 @@ def build_bundle(
                 feature_dim=model.lfb.dim_bank if model.lfb is not None else 0,
                 source="bank_backbone" if bank_model is not None else "backbone",
                 **_bank_layout(model, loaded.bank_window_seconds, loaded.bank_persons_per_second),
+                file_window=file_window(loaded.bank_window_seconds),
+                live_window=live_window(loaded.bank_window_seconds),
+                shared_window=_shares_window(work, graphs["head"].spec, model),
             ),
             graphs={role: g.spec for role, g in graphs.items()},
             runtime=RuntimeHints(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.ava import EVALUATED_IDS, POSE_IDS, LabelMap
+from core.bank_layout import window_seconds_of_half_width
 from core.manifest import sha256_file
 from core.preset_info import PresetInfo
 from export.writing import ExportError
@@ -175,7 +176,6 @@ def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = N
     pose, evaluated, names = _class_facts(
         model.class_ids, pose_ids=checkpoint.preset_overrides.get("pose_ids")
     )
-    half = int(config.get("bank_window", 30))
     return LoadedModel(
         model=model,
         info=info,
@@ -186,7 +186,7 @@ def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = N
         provenance=p.name,
         checkpoint_sha256=sha256_file(p),
         bank_model=bank_model,
-        bank_window_seconds=2 * half + 1,
+        bank_window_seconds=window_seconds_of_half_width(int(config.get("bank_window", 30))),
         bank_persons_per_second=int(config.get("bank_persons_per_second", 5)),
     )
 
