@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.ava import LabelMap
 from core.defaults import DEFAULT_SCORE_THRESHOLD
+from core.sampling import Alignment, ClipSpec
 
 __all__ = [
     "DETECTOR_INPUT",
@@ -270,6 +271,16 @@ class Preprocessing(_Strict):
     @property
     def num_slow_frames(self) -> int:
         return self.num_frames // self.alpha
+
+    def clip(self, alignment: Alignment | None = None) -> ClipSpec:
+        """The bundle's clip sampling (`core.sampling.ClipSpec`); ``alignment`` overrides
+        ``clip_alignment`` (a live stream samples causal clips from a centre-trained model)."""
+        return ClipSpec(
+            num_frames=self.num_frames,
+            sampling_rate=self.sampling_rate,
+            target_fps=self.target_fps,
+            alignment=self.clip_alignment if alignment is None else alignment,
+        )
 
     @property
     def clip_seconds(self) -> float:

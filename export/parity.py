@@ -314,9 +314,9 @@ def parity_clips(
     boxes, else the shared basketball video (fixed boxes), else synthetic noise (warned).
     Clips go through core/clips.py with the preset's numbers, as training and the service do.
     """
-    from core.clips import ClipSpec, iter_keyframe_clips
+    from core.clips import iter_keyframe_clips
 
-    spec = ClipSpec.from_preset(info)
+    spec = info.clip
     fixed = np.asarray(FIXED_BOXES, np.float32)
     if video is None and data_dir is not None:
         from core.ava_data import read_dataset_info, read_keyframes
