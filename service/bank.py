@@ -31,11 +31,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from core.bank_layout import layout_window
+from core.bank_layout import file_window, layout_window, live_window
 from core.defaults import BANK_RETENTION_S
 
-LIVE_WINDOW = (-60, 0)  # causal [t-60, t]
-FILE_WINDOW = (-30, 30)  # second pass [t-30, t+30], as in training
+# A 61 s bundle's windows, by core.bank_layout's rule (the engine takes its own from the
+# manifest's bank.live_window / bank.file_window).
+LIVE_WINDOW = live_window(61)  # causal [t-60, t]
+FILE_WINDOW = file_window(61)  # second pass [t-30, t+30], as in training
 
 _STREAM_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,200}$")
 
