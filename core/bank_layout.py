@@ -17,16 +17,24 @@ masked. The slot's time offset ``origin_s + slot // persons`` is what a time-awa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "TIME_ENCODING_DIM",
     "TIME_ENCODING_PERIODS_S",
+    "file_window",
+    "head_shares_window",
     "layout_window",
+    "live_window",
     "slot_indices",
     "slot_offsets",
+    "window_seconds_of_half_width",
 ]
+
+Window = tuple[int, int]
 
 # sin and cos at each period (seconds): 4 s .. ~154 s in steps of x1.5, fine enough to place
 # a 10 s boundary and coarse enough to cover a 60 s causal window without aliasing.
@@ -72,3 +80,82 @@ def layout_window(
     out[slot[keep]] = feats[keep]
     mask[slot[keep]] = True
     return out, mask
+
+
+# -- the window in seconds ---------------------------------------------------------------------
+#
+# One quantity travels from training to the service: the window's length in seconds, inclusive
+# of the keyframe's second (61 for Wu et al.'s [t - 30, t + 30]). Training's config states the
+# half-width (``bank_window = 30``); export converts it once, here, and writes the seconds and
+# both windows into the manifest, which the service reads as they are.
+
+
+def window_seconds_of_half_width(half_width: int) -> int:
+    """Training's ``bank_window`` (seconds each side of t) -> the window's length in seconds."""
+    if half_width < 0:
+        raise ValueError(f"bank window half-width must be >= 0 s, got {half_width}")
+    return 2 * int(half_width) + 1
+
+
+def file_window(window_seconds: int) -> Window:
+    """(lo, hi) seconds around the keyframe the file pass reads: centred, as training reads."""
+    if window_seconds < 1:
+        raise ValueError(f"a bank window needs >= 1 s, got {window_seconds}")
+    half = (window_seconds - 1) // 2
+    return (-half, half)  # 61 -> [t-30, t+30]
+
+
+def live_window(window_seconds: int) -> Window:
+    """(lo, hi) seconds a live stream reads: causal, ending at the keyframe."""
+    if window_seconds < 1:
+        raise ValueError(f"a bank window needs >= 1 s, got {window_seconds}")
+    return (-(window_seconds - 1), 0)  # 61 -> [t-60, t]
+
+
+# W of the trial window when the head's W is dynamic (any size shows whether ops broadcast).
+TRIAL_WINDOW = 7
+
+HeadRun = Callable[[Mapping[str, npt.NDArray[np.generic]]], Mapping[str, npt.NDArray[np.generic]]]
+
+
+def head_shares_window(
+    run: HeadRun,
+    inputs: Mapping[str, tuple[int | str, ...]],
+    bank_dim: int,
+    mask_dtype: npt.DTypeLike,
+    window: int | None = None,
+) -> bool:
+    """Can the head take one keyframe's window once, ``bank (1, W, D)`` for K persons?
+
+    Every person of a keyframe reads the same window, yet the head's inputs are per person
+    (K, W, D): K copies, and K times the bank projections (the bulk of the head's work).
+    A head whose ops broadcast over the batch axis (the project's LFB head does) gives the
+    same output for a single copy. ``run`` (the head graph, named inputs -> outputs) is tried
+    once on random inputs against the K-copy feed; any error or difference beyond float
+    reassociation -> per-person copies. ``inputs``: the head's input shapes by name.
+    ``window``: W to try when the graph's W is dynamic (export passes its shape range's, which a
+    time-aware head needs: it reads exactly its slots); None = `TRIAL_WINDOW`.
+
+    Export calls this on the head it just wrote and records the answer in the manifest
+    (``bank.shared_window``); the service only calls it for bundles written before that.
+    """
+    if "bank" not in inputs or "mask" not in inputs:
+        return False
+    rng = np.random.default_rng(0)
+    # person and (when the head has a global branch) global_per_person: (K, D) each.
+    dims = {n: inputs[n][-1] for n in ("person", "global_per_person") if n in inputs}
+    if "person" not in dims or not all(isinstance(v, int) for v in dims.values()):
+        return False
+    # A time-aware head reads a fixed number of slots (static in the graph, or its range's).
+    w_dim = inputs["bank"][1]
+    w = w_dim if isinstance(w_dim, int) else (window or TRIAL_WINDOW)
+    k = 3
+    base = {n: rng.standard_normal((k, int(v))).astype(np.float32) for n, v in dims.items()}
+    bank = rng.standard_normal((1, w, bank_dim)).astype(np.float32)
+    mask = (np.arange(w) % 3 != 2)[None].astype(mask_dtype)  # some slots masked
+    try:
+        full = run({**base, "bank": np.repeat(bank, k, 0), "mask": np.repeat(mask, k, 0)})["action"]
+        shared = run({**base, "bank": bank, "mask": mask})["action"]
+    except Exception:  # noqa: BLE001 - a graph that cannot broadcast: the K-copy feed
+        return False
+    return bool(shared.shape == full.shape and np.allclose(shared, full, rtol=1e-4, atol=1e-5))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.preprocess import pack_pathways, preprocess_clip, resize_short_side
-from core.sampling import Alignment, clip_times, nearest_frame_indices
+from core.sampling import ClipSpec, nearest_frame_indices
 from core.video import VideoDecodeError, iter_rgb_frames, open_video
 
 __all__ = [
@@ -58,39 +57,6 @@ __all__ = [
 StrPath = str | PathLike[str]
 Frames = npt.NDArray[np.uint8]  # (T, H, W, 3) RGB
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Which frames form a clip: ``num_frames`` samples ``sampling_rate`` frames apart on
-    a ``target_fps`` grid, placed by ``alignment`` around the keyframe (core.sampling).
-
-    Usually built from a preset with `ClipSpec.from_preset`.
-    """
-
-    num_frames: int
-    sampling_rate: int
-    target_fps: float = 30.0
-    alignment: Alignment = "center"
-
-    @classmethod
-    def from_preset(cls, info: Any) -> ClipSpec:
-        """From a `core.preset_info.PresetInfo` (or anything with the same fields)."""
-        return cls(
-            num_frames=int(info.num_frames),
-            sampling_rate=int(info.sampling_rate),
-            target_fps=float(info.target_fps),
-            alignment=info.alignment,
-        )
-
-    def times(self, keyframe_time: float) -> npt.NDArray[np.float64]:
-        return clip_times(
-            keyframe_time,
-            num_frames=self.num_frames,
-            sampling_rate=self.sampling_rate,
-            target_fps=self.target_fps,
-            alignment=self.alignment,
-        )
 
 
 # -- the shared assembler --------------------------------------------------------------------

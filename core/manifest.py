@@ -34,6 +34,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.ava import LabelMap
+from core.defaults import DEFAULT_SCORE_THRESHOLD
+from core.sampling import Alignment, ClipSpec
 
 __all__ = [
     "DETECTOR_INPUT",
@@ -270,6 +272,16 @@ class Preprocessing(_Strict):
     def num_slow_frames(self) -> int:
         return self.num_frames // self.alpha
 
+    def clip(self, alignment: Alignment | None = None) -> ClipSpec:
+        """The bundle's clip sampling (`core.sampling.ClipSpec`); ``alignment`` overrides
+        ``clip_alignment`` (a live stream samples causal clips from a centre-trained model)."""
+        return ClipSpec(
+            num_frames=self.num_frames,
+            sampling_rate=self.sampling_rate,
+            target_fps=self.target_fps,
+            alignment=self.clip_alignment if alignment is None else alignment,
+        )
+
     @property
     def clip_seconds(self) -> float:
         """Time span the fast pathway's samples cover."""
@@ -331,7 +343,7 @@ class DetectorSpec(_Strict):
         default=None, description="Per-channel std divided after mean; None = no normalisation."
     )
     score_threshold: float = Field(
-        default=0.8,
+        default=DEFAULT_SCORE_THRESHOLD,
         ge=0.0,
         le=1.0,
         description="Persons below this are dropped by the service (report A 0.8, B 0.85).",
@@ -414,6 +426,24 @@ class BankSpec(_Strict):
         description="slots layout: the first slot's second relative to the keyframe (-30 for "
         "training's [t-30, t+30]). Rows outside the trained seconds are left out.",
     )
+    file_window: tuple[int, int] | None = Field(
+        default=None,
+        description="[lo, hi] seconds around the keyframe that a file's second pass reads "
+        "(core.bank_layout.file_window: [-30, 30] for 61 s). Written by export; None (bundles "
+        "before it): derived from window_seconds.",
+    )
+    live_window: tuple[int, int] | None = Field(
+        default=None,
+        description="[lo, hi] seconds a live stream reads, causal (core.bank_layout.live_window: "
+        "[-60, 0] for 61 s). Written by export; None (bundles before it): derived.",
+    )
+    shared_window: bool | None = Field(
+        default=None,
+        description="True: the head takes a keyframe's window once, bank (1, W, D) for all K "
+        "persons (its ops broadcast over persons); false: one copy per person. Export checks "
+        "it on the head it wrote (core.bank_layout.head_shares_window); None (bundles before "
+        "it): the service checks at load.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BankSpec:
@@ -422,6 +452,15 @@ class BankSpec(_Strict):
                 f"bank.feature_dim={self.feature_dim} but bank.enabled is true; set it to the "
                 f"bank features' width (D')"
             )
+        for name in ("file_window", "live_window"):
+            win = getattr(self, name)
+            if win is not None and not (
+                win[0] <= 0 <= win[1] and win[1] - win[0] + 1 <= self.window_seconds
+            ):
+                raise ValueError(
+                    f"bank.{name}={list(win)} must hold the keyframe (lo <= 0 <= hi) and span at "
+                    f"most window_seconds={self.window_seconds} s"
+                )
         if self.layout == "slots" and self.slot_origin_s < -(self.window_seconds - 1):
             raise ValueError(
                 f"bank.slot_origin_s={self.slot_origin_s} lies before a "

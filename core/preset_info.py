@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.sampling import Alignment
+from core.sampling import Alignment, ClipSpec
 
 # Kinetics pixel statistics on [0, 1] RGB used by PySlowFast's and pytorchvideo's SlowFast
 # configs (DATA.MEAN / DATA.STD); AVA fine-tuning keeps them.
@@ -53,6 +53,11 @@ class PresetInfo:
                 f"preset {self.name!r}: sampling_rate, short_side and target_fps must be "
                 f"positive; got {self.sampling_rate}, {self.short_side}, {self.target_fps}"
             )
+
+    @property
+    def clip(self) -> ClipSpec:
+        """The preset's clip sampling (the record training, export and the service share)."""
+        return ClipSpec.from_preset(self)
 
     @property
     def slow_frames(self) -> int:

@@ -22,13 +22,15 @@ shapes as everywhere else.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "Alignment",
+    "ClipSpec",
     "clip_frame_indices",
     "clip_offsets",
     "clip_times",
@@ -81,6 +83,47 @@ def clip_times(
         raise ValueError(f"target_fps must be > 0, got {target_fps}")
     offsets = clip_offsets(num_frames, sampling_rate, alignment)
     return float(keyframe_time) + offsets.astype(np.float64) / float(target_fps)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which frames form a clip: ``num_frames`` samples ``sampling_rate`` frames apart on
+    a ``target_fps`` grid, placed by ``alignment`` around the keyframe (core.sampling).
+
+    The one clip-sampling record: a preset's (`core.preset_info.PresetInfo.clip`), a bundle's
+    (`core.manifest.Preprocessing.clip`) and the service's ring buffer
+    (`service.ringbuffer.ClipGeometry`) all hand out this type; `offsets_s` is the one place
+    the offsets become seconds.
+    """
+
+    num_frames: int
+    sampling_rate: int
+    target_fps: float = 30.0
+    alignment: Alignment = "center"
+
+    @classmethod
+    def from_preset(cls, info: Any) -> ClipSpec:
+        """From a `core.preset_info.PresetInfo` (or anything with the same fields)."""
+        return cls(
+            num_frames=int(info.num_frames),
+            sampling_rate=int(info.sampling_rate),
+            target_fps=float(info.target_fps),
+            alignment=info.alignment,
+        )
+
+    def offsets_s(self) -> FloatArray:
+        """Sample times relative to the keyframe, in seconds (as `clip_times` adds them)."""
+        offsets = clip_offsets(self.num_frames, self.sampling_rate, self.alignment)
+        return offsets.astype(np.float64) / float(self.target_fps)
+
+    def times(self, keyframe_time: float) -> npt.NDArray[np.float64]:
+        return clip_times(
+            keyframe_time,
+            num_frames=self.num_frames,
+            sampling_rate=self.sampling_rate,
+            target_fps=self.target_fps,
+            alignment=self.alignment,
+        )
 
 
 def nearest_frame_indices(target_times: npt.ArrayLike, frame_times: npt.ArrayLike) -> IntArray:

@@ -20,11 +20,10 @@ Inputs of the graphs are dynamic along batch ``B``, boxes ``K``, bank window ``W
 clip's spatial size ``H``/``W`` (the short side is fixed by the manifest, the long side follows
 the video's aspect ratio). The manifest's ``shape_ranges`` give TensorRT its profile.
 
-Checkpoints are read with `models.checkpoints.load_checkpoint` (the one format, written by
-training and by ``avaserve import-checkpoint``): the model is built from the preset and every
-option the checkpoint carries, and its state dict is loaded strictly. A training checkpoint's
-config gives the bank window and persons per second. The stage-1 bank model comes from the
-checkpoint's ``bank_model`` or from its own file (``bank_checkpoint``).
+The steps live by topic: `export.checkpoint_load` turns a checkpoint into a `LoadedModel`,
+`export.parity` makes the gate's clips, samples and references and runs the gate, and
+`export.writing` holds the work-directory dance; this module composes them into
+`build_bundle`. Their public names stay importable from here.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from core.ava import EVALUATED_IDS, POSE_IDS, LabelMap
-from core.bank_layout import slot_offsets
+from core.bank_layout import file_window, head_shares_window, live_window, slot_offsets
+from core.defaults import DEFAULT_SCORE_THRESHOLD
 from core.detector_io import SPEC_METADATA_KEY, spec_from_onnx_metadata
 from core.manifest import (
     BankSpec,
@@ -61,15 +60,22 @@ from core.manifest import (
     ShapeRange,
     TensorRTEPOptions,
     describe_graph,
-    sha256_file,
     validate_bundle,
     write_manifest,
 )
-from core.preset_info import PresetInfo
+from export import parity
+from export.checkpoint_load import (
+    CheckpointError,
+    LoadedModel,
+    load_action_model,
+    load_checkpoint_models,
+    random_init_model,
+)
+from export.parity import ParityClip, parity_clips
+from export.writing import ExportError, move_into_place, prepare_out, versions
 
 if TYPE_CHECKING:
     from models.action_model import ActionModel
-    from models.checkpoints import Checkpoint
 
 __all__ = [
     "BundleResult",
@@ -98,101 +104,6 @@ DEFAULT_OPSET = 17
 # opset 17 needs IR >= 8. onnx 1.23 stamps IR 14 on models it builds, which ONNX Runtime
 # 1.31 cannot read (it reads <= 13); 8 is what opset 17 needs and every ORT >= 1.11 reads.
 IR_VERSION = 8
-DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "assets" / "video"
-DEFAULT_VIDEO_FILE = DEFAULT_VIDEO / "basketball_2people.mp4"
-# Boxes used on a video without annotations: normalised xyxy, two people-sized regions and a
-# small one near the border (RoIAlign's edge handling is where exporters tend to diverge).
-FIXED_BOXES: tuple[tuple[float, float, float, float], ...] = (
-    (0.10, 0.20, 0.45, 0.95),
-    (0.55, 0.15, 0.90, 0.90),
-    (0.00, 0.00, 0.12, 0.30),
-)
-
-
-class ExportError(RuntimeError):
-    """The export cannot go on; the message names what is wrong and what to do."""
-
-
-class CheckpointError(ExportError):
-    """A checkpoint that cannot be turned into an ActionModel."""
-
-
-# -- models ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """An ActionModel ready to export, with what the manifest needs to say about it.
-
-    ``bank_model``: report A's stage-1 model whose person features fill the bank, when the
-    checkpoint carries one (then exported as bank_backbone.onnx); None = the bank holds the
-    main backbone's own person features.
-    """
-
-    model: ActionModel
-    info: PresetInfo
-    class_ids: tuple[int, ...]
-    pose_ids: tuple[int, ...]
-    evaluated_ids: tuple[int, ...]
-    class_names: tuple[str, ...]
-    provenance: str  # checkpoint file name, or "random-init ... UNTRAINED"
-    checkpoint_sha256: str | None = None
-    bank_model: ActionModel | None = None
-    bank_window_seconds: int = 61
-    bank_persons_per_second: int = 5
-    trained: bool = True
-
-
-def _class_facts(
-    class_ids: Sequence[int],
-    *,
-    pose_ids: Sequence[int] | None = None,
-    evaluated_ids: Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
-    ids = tuple(int(c) for c in class_ids)
-    pose = tuple(i for i in (pose_ids if pose_ids is not None else POSE_IDS) if i in set(ids))
-    if evaluated_ids is not None:
-        evaluated = tuple(int(i) for i in evaluated_ids)
-    elif set(ids) == set(range(1, 81)):
-        evaluated = tuple(EVALUATED_IDS)  # the ActivityNet 60
-    else:
-        evaluated = ids  # a world or a custom label set: every class is scored
-    names = tuple(class_names) if class_names is not None else LabelMap.from_ids(ids).names
-    return pose, evaluated, names
-
-
-def random_init_model(
-    preset: str,
-    *,
-    seed: int = 0,
-    use_lfb: bool = True,
-    use_global: bool = True,
-    overrides: Mapping[str, Any] | None = None,
-) -> LoadedModel:
-    """A randomly initialised preset (development bundles only: labelled UNTRAINED)."""
-    import torch
-
-    from models.presets import PRESETS
-
-    if preset not in PRESETS:
-        raise ExportError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    torch.manual_seed(seed)
-    kw = {"use_lfb": use_lfb, "use_global": use_global, **dict(overrides or {})}
-    model = PRESETS[preset](**kw).eval()
-    info = model.preset_info
-    assert info is not None
-    pose, evaluated, names = _class_facts(model.class_ids)
-    return LoadedModel(
-        model=model,
-        info=info,
-        class_ids=model.class_ids,
-        pose_ids=pose,
-        evaluated_ids=evaluated,
-        class_names=names,
-        provenance=f"random-init:{preset}:seed={seed} (UNTRAINED; development bundle only)",
-        trained=False,
-    )
 
 
 def _bank_layout(model: Any, window_seconds: int, persons: int) -> dict[str, Any]:
@@ -208,85 +119,6 @@ def _bank_layout(model: Any, window_seconds: int, persons: int) -> dict[str, Any
             f"{window_seconds} s x {persons}/s window; export with the training window"
         )
     return {"layout": "slots", "slot_origin_s": origin}
-
-
-def _build(checkpoint: Checkpoint, where: str) -> ActionModel:
-    from models.checkpoints import build_model
-
-    try:
-        return build_model(checkpoint)
-    except ValueError as e:
-        raise CheckpointError(f"{where}: {e}") from None
-
-
-def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = None) -> LoadedModel:
-    """Read a checkpoint (`models.checkpoints`: the model is built from the options it
-    carries) into a `LoadedModel`.
-
-    ``bank_checkpoint``: report A's stage-1 checkpoint whose person features fill the bank
-    (exported as bank_backbone.onnx); overrides a ``bank_model`` inside ``path``.
-    """
-    from models.checkpoints import load_checkpoint
-
-    p = Path(path)
-    try:
-        checkpoint = load_checkpoint(p)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    model = _build(checkpoint, str(p))
-    config = (checkpoint.training or {}).get("config") or {}
-    assert isinstance(config, Mapping)
-
-    bank_model = None
-    if checkpoint.bank_model is not None:
-        where = f"{p} [bank_model]"
-        bank_model = _build(checkpoint.bank_model, where)
-        if model.lfb is not None and bank_model.person_dim != model.lfb.dim_bank:
-            raise CheckpointError(
-                f"{where}: the stage-1 model's features are {bank_model.person_dim}-d but the "
-                f"LFB reads {model.lfb.dim_bank}-d bank features"
-            )
-    if bank_checkpoint is not None:
-        bank_model = load_checkpoint_models(bank_checkpoint).model
-        if model.lfb is None:
-            raise CheckpointError(f"--bank-checkpoint given but {p} has no feature bank (LFB)")
-        if bank_model.person_dim != model.lfb.dim_bank:
-            raise CheckpointError(
-                f"{bank_checkpoint}: its person features are {bank_model.person_dim}-d but the "
-                f"LFB of {p} reads {model.lfb.dim_bank}-d bank features"
-            )
-    if model.lfb is not None and bank_model is None and config.get("train_backbone", False):
-        log.warning(
-            "%s fine-tuned its backbone in stage 2 but carries no stage-1 model: the bank will "
-            "hold stage-2 features, not the stage-1 features the LFB was trained on. Pass "
-            "--bank-checkpoint STAGE1 for report A's setup",
-            p.name,
-        )
-    info = model.preset_info
-    assert info is not None
-    pose, evaluated, names = _class_facts(
-        model.class_ids, pose_ids=checkpoint.preset_overrides.get("pose_ids")
-    )
-    half = int(config.get("bank_window", 30))
-    return LoadedModel(
-        model=model,
-        info=info,
-        class_ids=model.class_ids,
-        pose_ids=pose,
-        evaluated_ids=evaluated,
-        class_names=names,
-        provenance=p.name,
-        checkpoint_sha256=sha256_file(p),
-        bank_model=bank_model,
-        bank_window_seconds=2 * half + 1,
-        bank_persons_per_second=int(config.get("bank_persons_per_second", 5)),
-    )
-
-
-def load_action_model(ckpt_path: StrPath) -> tuple[ActionModel, PresetInfo, tuple[int, ...]]:
-    """A training checkpoint -> (ActionModel in eval mode, its PresetInfo, class ids)."""
-    loaded = load_checkpoint_models(ckpt_path)
-    return loaded.model, loaded.info, loaded.class_ids
 
 
 # -- detector argument -----------------------------------------------------------------------
@@ -318,132 +150,6 @@ def parse_detector(text: str) -> DetectorSource:
     return DetectorSource(kind, p)  # type: ignore[arg-type]
 
 
-# -- parity clips ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParityClip:
-    """One preprocessed clip with its boxes: what the gate feeds the graphs.
-
-    slow (3, T_s, H, W), fast (3, T_f, H, W) float32; boxes (N, 4) xyxy in clip pixels;
-    keyframe (h, w, 3) uint8 RGB at source resolution (for the detector).
-    """
-
-    slow: Array
-    fast: Array
-    boxes: Array
-    keyframe: Array
-    label: str
-
-
-def _keyframe_index(info: PresetInfo) -> int:
-    from core.sampling import clip_offsets
-
-    offsets = clip_offsets(info.num_frames, info.sampling_rate, info.alignment)
-    return int(np.argmin(np.abs(offsets)))
-
-
-def _to_clip(frames: Array, boxes_norm: Array, info: PresetInfo, label: str) -> ParityClip:
-    from core.clips import boxes_to_pixels, pack_pathways, preprocess_clip
-
-    clip = preprocess_clip(frames, short_side=info.short_side, mean=info.mean, std=info.std)
-    slow, fast = pack_pathways(clip, info.alpha)  # (3, T_s, H, W), (3, T_f, H, W)
-    h, w = clip.shape[2:]
-    return ParityClip(
-        slow, fast, boxes_to_pixels(boxes_norm, w, h), frames[_keyframe_index(info)], label
-    )
-
-
-def _video_duration(path: Path) -> float:
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        if container.duration is not None:
-            return float(container.duration) / 1e6
-    return 0.0
-
-
-def parity_clips(
-    info: PresetInfo,
-    *,
-    video: StrPath | None = None,
-    data_dir: StrPath | None = None,
-    count: int = 3,
-    seed: int = 0,
-) -> tuple[list[ParityClip], str]:
-    """Real clips for the gate, and a description of where they came from.
-
-    Preference: ``video`` (fixed boxes), else a val video of ``data_dir`` with its ground-truth
-    boxes, else the shared basketball video (fixed boxes), else synthetic noise (warned).
-    Clips go through core/clips.py with the preset's numbers, as training and the service do.
-    """
-    from core.clips import ClipSpec, iter_keyframe_clips
-
-    spec = ClipSpec.from_preset(info)
-    fixed = np.asarray(FIXED_BOXES, np.float32)
-    if video is None and data_dir is not None:
-        from core.ava_data import read_dataset_info, read_keyframes
-        from core.clips import find_video
-
-        root = Path(data_dir)
-        ds = read_dataset_info(root)
-        ann = root / "annotations" / "val.csv"
-        if not ann.is_file():
-            raise ExportError(f"--data {root}: {ann} not found (need val annotations for parity)")
-        keyframes = read_keyframes(ann, unknown_classes="skip")
-        if not keyframes:
-            raise ExportError(f"--data {root}: {ann} has no keyframes")
-        vid = keyframes[0].video_id
-        chosen = [k for k in keyframes if k.video_id == vid and len(k.boxes)]
-        step = max(1, len(chosen) // count)
-        chosen = chosen[::step][:count]
-        path = find_video(root / "videos", vid)
-        times = [k.timestamp - ds.time_offset for k in chosen]
-        by_time = dict(zip(times, chosen, strict=True))
-        clips = [
-            _to_clip(frames, by_time[t].boxes, info, f"{vid}@{t:g}s")
-            for t, frames in iter_keyframe_clips(path, times, spec)
-        ]
-        return clips, f"{path} (dataset val video {vid}, ground-truth boxes)"
-    if video is None and DEFAULT_VIDEO_FILE.is_file():
-        video = DEFAULT_VIDEO_FILE
-    if video is not None:
-        path = Path(video)
-        if not path.is_file():
-            raise ExportError(f"--parity-video {path}: file not found")
-        duration = _video_duration(path)
-        if duration <= 0:
-            raise ExportError(f"--parity-video {path}: cannot read its duration")
-        # Keyframes spread over the video, at whole seconds as the service ticks.
-        times = sorted(
-            {float(max(0, round(duration * (i + 1) / (count + 1)))) for i in range(count)}
-        )
-        clips = [
-            _to_clip(frames, fixed, info, f"{path.name}@{t:g}s")
-            for t, frames in iter_keyframe_clips(path, times, spec)
-        ]
-        return clips, f"{path} (keyframes {times} s, fixed boxes)"
-    log.warning(
-        "NO REAL VIDEO FOR THE PARITY GATE: using synthetic noise clips. Pass --parity-video "
-        "or --data; noise exercises the arithmetic but not realistic activations."
-    )
-    rng = np.random.default_rng(seed)
-    h, w = info.short_side, int(round(info.short_side * 4 / 3))
-    clips = [
-        _to_clip(
-            rng.integers(0, 256, (info.num_frames, h, w, 3), dtype=np.uint8),
-            fixed,
-            info,
-            f"noise{i}",
-        )
-        for i in range(count)
-    ]
-    return clips, "SYNTHETIC NOISE (no video available)"
-
-
 # -- graph export ----------------------------------------------------------------------------
 
 
@@ -464,6 +170,30 @@ class ExportLimits:
     max_head_persons: int = 128
     opt_head_persons: int = 16
     max_aspect: float = 2.0
+
+
+def _shares_window(work: Path, graph: GraphSpec, model: ActionModel) -> bool:
+    """Whether the exported head takes one window for all persons (manifest ``shared_window``),
+    tried on the graph in ONNX Runtime as `core.bank_layout.head_shares_window` describes."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(work / graph.file), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {t.name: t.shape for t in graph.inputs}
+    mask = next((t for t in graph.inputs if t.name == "mask"), None)
+    mask_dtype = np.bool_ if mask is None or mask.dtype == "bool" else np.dtype(mask.dtype)
+    bank = inputs.get("bank")
+    if model.lfb is not None:  # the bank's width, as the service takes it (manifest first)
+        bank_dim = model.lfb.dim_bank
+    else:
+        bank_dim = bank[-1] if bank is not None and isinstance(bank[-1], int) else 1
+
+    def run(feed: Mapping[str, Array]) -> dict[str, Array]:
+        return dict(zip(names, sess.run(None, dict(feed)), strict=True))
+
+    w_range = graph.shape_ranges.get("bank")
+    window = w_range.opt[1] if w_range is not None else None
+    return head_shares_window(run, inputs, bank_dim, mask_dtype, window)
 
 
 def _fix_ir(path: Path) -> None:
@@ -493,212 +223,6 @@ def _slim(path: Path, dst: Path) -> bool:
     model.ir_version = IR_VERSION
     onnx.save(model, str(dst))
     return True
-
-
-Reference = Callable[[Mapping[str, Array]], Mapping[str, Array]]
-
-
-class _Cached:
-    """A reference that computes each sample once (the gate runs before and after slimming).
-
-    Keyed by the identity of the input arrays, which the samples keep alive.
-    """
-
-    def __init__(self, inner: Reference) -> None:
-        self.inner = inner
-        self._cache: dict[tuple[tuple[str, int], ...], Mapping[str, Array]] = {}
-        self._keep: list[Mapping[str, Array]] = []
-
-    def __call__(self, feed: Mapping[str, Array]) -> Mapping[str, Array]:
-        key = tuple(sorted((k, id(v)) for k, v in feed.items()))
-        if key not in self._cache:
-            self._keep.append(dict(feed))
-            self._cache[key] = self.inner(feed)
-        return self._cache[key]
-
-
-@dataclass
-class _MagnitudeReference:
-    """Wraps a reference to remember each output's largest |value| (for --parity-rtol)."""
-
-    inner: Reference
-    scale: dict[str, float] = field(default_factory=dict)
-
-    def __call__(self, feed: Mapping[str, Array]) -> Mapping[str, Array]:
-        out = self.inner(feed)
-        for k, v in out.items():
-            m = float(np.abs(v).max()) if np.asarray(v).size else 0.0
-            if np.issubdtype(np.asarray(v).dtype, np.floating) and np.isfinite(m):
-                self.scale[k] = max(self.scale.get(k, 0.0), m)
-        return out
-
-
-def _gate(
-    path: Path,
-    reference: Reference,
-    samples: Sequence[Mapping[str, Array]],
-    *,
-    graph: str,
-    atol: float,
-    rtol: float,
-    exact: Sequence[str] = (),
-) -> ParityRecord:
-    """Run the parity gate; ParityError naming graph/output/diff on failure.
-
-    Passes when ``max|onnx - ref| <= atol + rtol * max|ref|`` per output (rtol 0 by default:
-    the issue's plain 1e-4 absolute gate); outputs in ``exact`` (integer ids) must match exactly.
-    """
-    from export.parity import ParityError, check_parity
-
-    ref = _MagnitudeReference(reference)
-    report = check_parity(path, ref, samples, graph=graph, tolerance=atol, raise_on_failure=False)
-    tolerances: dict[str, float] = {}
-    for name, o in report.outputs.items():
-        tol = 0.0 if name in exact else atol + rtol * ref.scale.get(name, 0.0)
-        tolerances[name] = tol
-        if not o.max_abs_diff <= tol:
-            extra = f"{o.detail}; " if o.detail else ""
-            scale = ref.scale.get(name)
-            raise ParityError(
-                graph,
-                name,
-                o.max_abs_diff,
-                tol,
-                f"{extra}file {path.name}, {report.samples} samples"
-                + (f", reference max |value| {scale:.3g}" if scale is not None else ""),
-            )
-    log.info(
-        "parity %s (%s): %s",
-        graph,
-        "slimmed" if path.name.endswith(".slim") else path.name,
-        ", ".join(
-            f"{k}={o.max_abs_diff:.2e} (max|ref| {ref.scale.get(k, 0.0):.3g})"
-            for k, o in report.outputs.items()
-        ),
-    )
-    return ParityRecord(
-        max_abs_diff={k: o.max_abs_diff for k, o in report.outputs.items()},
-        tolerance=max(tolerances.values(), default=atol),
-        samples=max(report.samples, 1),
-    )
-
-
-def _features_reference(model: ActionModel) -> Reference:
-    import torch
-
-    def run(feed: Mapping[str, Array]) -> dict[str, Array]:
-        with torch.no_grad():
-            person, glob = model.features(
-                *(
-                    torch.from_numpy(np.ascontiguousarray(feed[n]))
-                    for n in ("slow", "fast", "boxes")
-                )
-            )
-        return {"person": person.numpy(), "global": glob.numpy()}
-
-    return run
-
-
-def _head_reference(model: ActionModel, output_names: Sequence[str]) -> Reference:
-    import torch
-
-    from models.onnx_utils import HeadGraph
-
-    head = HeadGraph(model, probabilities=True).eval()
-    dim_bank = model.lfb.dim_bank if model.lfb is not None else 1
-
-    def run(feed: Mapping[str, Array]) -> dict[str, Array]:
-        person = torch.from_numpy(np.ascontiguousarray(feed["person"]))
-        k = person.shape[0]
-        # Inputs the exporter pruned (no global branch / no LFB) are ignored by the model.
-        gpp = feed.get("global_per_person")
-        bank = feed.get("bank")
-        mask = feed.get("mask")
-        args = (
-            person,
-            torch.from_numpy(gpp) if gpp is not None else torch.zeros_like(person),
-            torch.from_numpy(bank) if bank is not None else torch.zeros(k, 1, dim_bank),
-            torch.from_numpy(mask) if mask is not None else torch.zeros(k, 1),
-        )
-        with torch.no_grad():
-            outs = head(*args)
-        return {n: o.numpy() for n, o in zip(output_names, outs, strict=True)}
-
-    return run
-
-
-def _features_samples(clips: Sequence[ParityClip]) -> list[dict[str, Array]]:
-    """One sample per clip (B=1), one batched sample (B=2) and one with no boxes (K=0)."""
-    samples = []
-    for c in clips:
-        boxes = np.concatenate([np.zeros((len(c.boxes), 1), np.float32), c.boxes], axis=1)
-        samples.append({"slow": c.slow[None], "fast": c.fast[None], "boxes": boxes})
-    if len(clips) >= 2 and clips[0].slow.shape == clips[1].slow.shape:
-        a, b = clips[0], clips[1]
-        boxes = np.concatenate(
-            [
-                np.concatenate([np.zeros((len(a.boxes), 1), np.float32), a.boxes], axis=1),
-                np.concatenate([np.ones((len(b.boxes), 1), np.float32), b.boxes], axis=1),
-            ]
-        )
-        samples.append(
-            {
-                "slow": np.stack([a.slow, b.slow]),
-                "fast": np.stack([a.fast, b.fast]),
-                "boxes": boxes,
-            }
-        )
-    c = clips[0]
-    samples.append(
-        {"slow": c.slow[None], "fast": c.fast[None], "boxes": np.zeros((0, 5), np.float32)}
-    )
-    return samples
-
-
-def _head_samples(
-    person_feats: Sequence[tuple[Array, Array, Array]],
-    bank_pool: Array,
-    dim_bank: int,
-    slots: int | None = None,
-) -> list[dict[str, Array]]:
-    """Head inputs from real features: (person (K,D), global (B,D), boxes (K,5)) per clip.
-
-    The bank window is the pooled person features of all parity clips (what neighbouring
-    seconds would hold), with the tail masked off for every other person so that partial
-    windows are covered; plus one sample with an empty (fully masked) window. ``slots``: a
-    time-aware head's fixed W; the pool is repeated or cut to fill it.
-    """
-    samples = []
-    w = max(1, len(bank_pool))
-    pool = bank_pool if len(bank_pool) else np.zeros((1, dim_bank), np.float32)
-    if slots is not None:
-        pool = np.resize(pool, (slots, pool.shape[1]))
-        w = slots
-    for person, glob, boxes in person_feats:
-        k = len(person)
-        gpp = glob[boxes[:, 0].astype(np.int64)] if k else np.zeros_like(person)
-        bank = np.ascontiguousarray(np.broadcast_to(pool[None], (k, w, pool.shape[1])))
-        mask = np.ones((k, w), np.float32)
-        mask[1::2, w // 2 + 1 :] = 0.0
-        samples.append(
-            {
-                "person": person,
-                "global_per_person": gpp.astype(np.float32),
-                "bank": bank.astype(np.float32),
-                "mask": mask,
-            }
-        )
-    person, glob, boxes = person_feats[0]
-    k = len(person)
-    samples.append(
-        {
-            "person": person,
-            "global_per_person": glob[boxes[:, 0].astype(np.int64)].astype(np.float32),
-            "bank": np.zeros((k, slots or 1, pool.shape[1]), np.float32),
-            "mask": np.zeros((k, slots or 1), np.float32),
-        }
-    )
-    return samples
 
 
 def _range(shape: Sequence[int | str], dims: Mapping[str, tuple[int, int, int]]) -> ShapeRange:
@@ -740,7 +264,7 @@ def _export_and_gate(
     role: str,
     file: str,
     export: Callable[[Path], object],
-    reference: Reference | None,
+    reference: parity.MappedReference | None,
     samples: Sequence[Mapping[str, Array]],
     *,
     work: Path,
@@ -755,15 +279,17 @@ def _export_and_gate(
     export(path)
     _fix_ir(path)
     record = None
-    reference = _Cached(reference) if reference is not None else None
+    reference = parity.CachedReference(reference) if reference is not None else None
     if reference is not None:
-        record = _gate(path, reference, samples, graph=role, atol=atol, rtol=rtol, exact=exact)
+        record = parity.gate(
+            path, reference, samples, graph=role, atol=atol, rtol=rtol, exact=exact
+        )
     slimmed = False
     if slim:
         tmp = work / f".{file}.slim"
         if _slim(path, tmp):
             slim_record = (
-                _gate(tmp, reference, samples, graph=role, atol=atol, rtol=rtol, exact=exact)
+                parity.gate(tmp, reference, samples, graph=role, atol=atol, rtol=rtol, exact=exact)
                 if reference is not None
                 else None
             )
@@ -779,7 +305,7 @@ def _export_and_gate(
 def _detector(
     source: DetectorSource,
     work: Path,
-    clips: Sequence[ParityClip],
+    clips: Sequence[parity.ParityClip],
     *,
     opset: int,
     score_threshold: float,
@@ -794,10 +320,10 @@ def _detector(
             source.path, dst, score_threshold=score_threshold, opset=opset
         )
         _fix_ir(dst)
-        record = _gate(
+        record = parity.gate(
             dst,
-            _yolox_reference(source.path, spec),
-            _detector_samples(clips, spec),
+            parity.yolox_reference(source.path, spec),
+            parity.detector_samples(clips, spec),
             graph="detector",
             atol=atol,
             rtol=0.0,
@@ -831,30 +357,6 @@ def _detector(
     return spec, _Exported("detector", spec_g, record, False)
 
 
-def _yolox_reference(src: Path, spec: DetectorSpec) -> Reference:
-    """The source YOLOX graph in ONNX Runtime + the numpy decode/NMS of export/detector.py."""
-    import onnx
-    import onnxruntime as ort
-
-    from export.detector import probe_yolox_layout, yolox_postprocess_numpy
-
-    layout = probe_yolox_layout(onnx.load(str(src)), spec.input_size)
-    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-
-    def run(feed: Mapping[str, Array]) -> dict[str, Array]:
-        raw = sess.run(None, {name: feed["images"]})[0]
-        return dict(yolox_postprocess_numpy(raw, spec, layout))
-
-    return run
-
-
-def _detector_samples(clips: Sequence[ParityClip], spec: DetectorSpec) -> list[dict[str, Array]]:
-    from core.detector_io import preprocess
-
-    return [{"images": preprocess(np.ascontiguousarray(c.keyframe), spec)[0]} for c in clips]
-
-
 # -- the bundle ------------------------------------------------------------------------------
 
 
@@ -865,36 +367,6 @@ class BundleResult:
     checks: list[BundleCheck]
     parity_source: str
     slimmed: dict[str, bool]
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for mod, key in (("torch", "torch_version"), ("onnx", "onnx_version")):
-        try:
-            out[key] = str(__import__(mod).__version__)
-        except ImportError:
-            out[key] = None
-    import onnxruntime
-
-    out["onnxruntime_version"] = str(onnxruntime.__version__)
-    return out
-
-
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ExportError(f"--out {out} exists and is not empty; pass --force to replace it")
-
-
-def _move_into_place(work: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_bundle(
@@ -909,7 +381,7 @@ def build_bundle(
     atol: float = 1e-4,
     rtol: float = 0.0,
     slim: bool = True,
-    score_threshold: float = 0.8,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     limits: ExportLimits = ExportLimits(),
     tensorrt: Precision | None = None,
     triton_dir: StrPath | None = None,
@@ -940,13 +412,13 @@ def build_bundle(
     if opset < 17:
         raise ExportError(f"--opset {opset}: the bundle needs opset >= 17 (LayerNormalization)")
     out_p = Path(out)
-    _prepare_out(out_p, force)
+    prepare_out(out_p, force)
     if tensorrt is not None:
         from export.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail before minutes of export work, not after
     model, info = loaded.model.eval(), loaded.info
-    clips, parity_source = parity_clips(
+    clips, parity_source = parity.parity_clips(
         info, video=parity_video, data_dir=data_dir, count=parity_keyframes
     )
     log.info("parity clips: %s", parity_source)
@@ -973,7 +445,7 @@ def build_bundle(
     slots = model.lfb.num_slots if model.lfb is not None else None
     if slots is not None:  # a time-aware LFB reads exactly its W slots
         head_dims["W"] = (slots, slots, slots)
-    feat_samples = _features_samples(clips)
+    feat_samples = parity.features_samples(clips)
     c0 = feat_samples[0]
     example = tuple(torch.from_numpy(c0[n]) for n in FEATURES_INPUTS)
 
@@ -997,9 +469,13 @@ def build_bundle(
             return run
 
         graphs: dict[str, _Exported] = {}
-        feat_ref = _Cached(_features_reference(model))
+        feat_ref = parity.CachedReference(parity.features_reference(model))
         bank_model = loaded.bank_model
-        bank_ref = _Cached(_features_reference(bank_model)) if bank_model is not None else feat_ref
+        bank_ref = (
+            parity.CachedReference(parity.features_reference(bank_model))
+            if bank_model is not None
+            else feat_ref
+        )
         graphs["backbone"] = _export_and_gate(
             "backbone",
             "backbone.onnx",
@@ -1027,7 +503,7 @@ def build_bundle(
             per_clip.append((f["person"], f["global"], smp["boxes"]))
         pool = np.concatenate([bank_ref(smp)["person"] for smp in feat_samples[: len(clips)]])
         dim_bank = model.lfb.dim_bank if model.lfb is not None else model.person_dim
-        head_samples = _head_samples(per_clip, pool, dim_bank, slots)
+        head_samples = parity.head_samples(per_clip, pool, dim_bank, slots)
         head = HeadGraph(model, probabilities=True)
         h0 = head_samples[0]
         head_example = tuple(torch.from_numpy(h0[n]) for n in HEAD_INPUTS)
@@ -1050,7 +526,7 @@ def build_bundle(
             "head",
             "head.onnx",
             export_head,
-            _head_reference(model, head.output_names),
+            parity.head_reference(model, head.output_names),
             head_samples,
             dims=head_dims,
             **common,
@@ -1068,7 +544,7 @@ def build_bundle(
                 max_clips=limits.max_clips,
             )
 
-        versions = _versions()
+        tools = versions()
         manifest = BundleManifest(
             model=ModelInfo(
                 preset=info.name,
@@ -1101,6 +577,9 @@ def build_bundle(
                 feature_dim=model.lfb.dim_bank if model.lfb is not None else 0,
                 source="bank_backbone" if bank_model is not None else "backbone",
                 **_bank_layout(model, loaded.bank_window_seconds, loaded.bank_persons_per_second),
+                file_window=file_window(loaded.bank_window_seconds),
+                live_window=live_window(loaded.bank_window_seconds),
+                shared_window=_shares_window(work, graphs["head"].spec, model),
             ),
             graphs={role: g.spec for role, g in graphs.items()},
             runtime=RuntimeHints(
@@ -1113,9 +592,9 @@ def build_bundle(
                 avaserve_version=__version__,
                 checkpoint=loaded.provenance,
                 checkpoint_sha256=loaded.checkpoint_sha256,
-                torch_version=versions["torch_version"],
-                onnx_version=versions["onnx_version"],
-                onnxruntime_version=versions["onnxruntime_version"],
+                torch_version=tools["torch_version"],
+                onnx_version=tools["onnx_version"],
+                onnxruntime_version=tools["onnxruntime_version"],
             ),
         )
         if quantize is not None:
@@ -1146,7 +625,7 @@ def build_bundle(
             manifest = BundleManifest.model_validate(raw)
         write_manifest(work, manifest)
         validate_bundle(work)  # the bundle as the service will see it, before it is visible
-        _move_into_place(work, out_p)
+        move_into_place(work, out_p)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -17,6 +17,8 @@ from typing import NoReturn
 
 import typer
 
+from core.defaults import DEFAULT_SCORE_THRESHOLD
+
 __all__ = ["bundle_app", "export_command", "register"]
 
 bundle_app = typer.Typer(
@@ -69,7 +71,9 @@ def export_command(
         "detector contract and a PATH.json DetectorSpec beside it).",
     ),
     score_threshold: float = typer.Option(
-        0.8, "--score-threshold", help="Detector person score threshold (report A: 0.8)."
+        DEFAULT_SCORE_THRESHOLD,
+        "--score-threshold",
+        help="Detector person score threshold (the default is report A's).",
     ),
     data: Path | None = typer.Option(
         None, "--data", help="AVA-format dataset dir: parity on a val video with GT boxes."

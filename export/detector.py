@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 from onnx import helper, numpy_helper, version_converter
 
 from core.boxes import batched_nms
+from core.defaults import DEFAULT_SCORE_THRESHOLD
 from core.manifest import (
     DETECTOR_INPUT,
     DETECTOR_OUTPUTS,
@@ -185,7 +186,7 @@ def build_yolox_detector(
     *,
     class_ids: Sequence[int] = (0,),
     person_class_id: int = 0,
-    score_threshold: float = 0.8,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_score_threshold: float = 0.1,
     nms_iou: float = 0.45,
     max_detections: int = 100,

@@ -341,13 +341,13 @@ def calibration_feeds(
     """(calibration feeds, drift-gate samples, source) for a bundle's backbone, from the clips
     the parity gate reads (export/bundle.py `parity_clips`): ``count`` clips calibrate; the gate
     runs the parity gate's usual samples on the first three."""
-    from export.bundle import _features_samples, parity_clips
+    from export.parity import features_samples, parity_clips
 
     info = preset_info_of(manifest)
     clips, source = parity_clips(info, video=video, data_dir=data_dir, count=count)
-    feeds = _features_samples(clips)
+    feeds = features_samples(clips)
     calib = [f for f in feeds[: len(clips)] if len(f["boxes"])]
-    gate = _features_samples(clips[:3])
+    gate = features_samples(clips[:3])
     return calib, gate, source
 
 
@@ -367,12 +367,12 @@ def quantize_bundle(
     import shutil
 
     from core.manifest import load_manifest, validate_bundle, write_manifest
-    from export.bundle import ExportError, _move_into_place, _prepare_out
+    from export.writing import ExportError, move_into_place, prepare_out
 
     manifest = load_manifest(src)
     if manifest.quantization is not None:
         raise ExportError(f"{src}: already quantised ({manifest.quantization.mode})")
-    _prepare_out(dst, force)
+    prepare_out(dst, force)
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
@@ -387,7 +387,7 @@ def quantize_bundle(
         )
         write_manifest(work, new)
         validate_bundle(work)
-        _move_into_place(work, dst)
+        move_into_place(work, dst)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from core.ava import POSE_IDS
-from core.bank_layout import slot_offsets
+from core.bank_layout import slot_offsets, window_seconds_of_half_width
 from models.action_model import ActionModel
 
 __all__ = [
@@ -96,15 +96,15 @@ def action_head_options(
     bank_dir: str | None = None,
 ) -> dict[str, Any]:
     """The head keywords of a trained action model: the dataset's classes; for stage 2 the
-    LFB (``bank_dim``-d bank, slot times of a ``2 * bank_window + 1`` s window when
+    LFB (``bank_dim``-d bank, slot times of the window ``bank_window`` s each side of t when
     ``bank_time``), the global branch, the bank's appearance grid and the LFB's recall."""
     head: dict[str, Any] = {"class_ids": tuple(int(c) for c in class_ids), "pose_ids": POSE_IDS}
     if not stage2:
         return head
     head.update(use_lfb=True, lfb_dim_bank=bank_dim, use_global=use_global)
     if bank_time:
-        w = bank_window
-        head["lfb_slot_offsets"] = slot_offsets(-w, 2 * w + 1, bank_persons_per_second)
+        seconds = window_seconds_of_half_width(bank_window)
+        head["lfb_slot_offsets"] = slot_offsets(-bank_window, seconds, bank_persons_per_second)
     if appearance_grid is not None:
         head["appearance_grid"] = appearance_grid
     if bank_recall:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from core.defaults import TOP_K
+
 __all__ = ["DEFAULT_BUNDLE", "annotate_command", "register"]
 
 # The committed demo bundle (tiny SlowFast + YOLOX-nano), relative to the repository root.
@@ -51,7 +53,7 @@ def annotate_command(
         None, "--out", help="JSON Lines results (default: <video name>.jsonl here)."
     ),
     csv_out: Path | None = typer.Option(None, "--csv", help="Official AVA CSV results."),
-    csv_top_k: int = typer.Option(5, "--csv-top-k", min=1, help="AVA CSV: actions per box."),
+    csv_top_k: int = typer.Option(TOP_K, "--csv-top-k", min=1, help="AVA CSV: actions per box."),
     csv_min_score: float | None = typer.Option(
         None, "--csv-min-score", help="AVA CSV: every action >= this instead of top-k."
     ),
@@ -159,8 +161,7 @@ async def _annotate(
     if redis_url:
         from service.bank_redis import RedisBank
 
-        retention = settings.bank_retention_s
-        bank = RedisBank(redis_url, retention_s=retention, ttl_s=retention + 60)
+        bank = RedisBank(redis_url, retention_s=settings.bank_retention_s)
     engine = Engine(bundle_dir, settings=settings, bank=bank, detector_path=detector)
     jsonl = JsonlWriter(out)
     csv_writer = (

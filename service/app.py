@@ -31,6 +31,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from avaserve import __version__
+from core.defaults import TOP_K
 from service.admission import ConcurrencyLimiter
 from service.auth import KeyRing, install_log_redaction
 from service.http_errors import install_error_handlers
@@ -46,7 +47,6 @@ from service.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
-TOP_K = 5  # actions per record in JSON and per box in the AVA CSV (`avaserve annotate`'s default)
 
 DESCRIPTION = """\
 Per-second person action detection (the 80 AVA atomic actions) for uploaded videos and live
@@ -101,8 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         from service.bank_redis import RedisBank
 
-        retention = 120  # EngineSettings.bank_retention_s, as `avaserve annotate` sets it
-        bank: Any = RedisBank(redis_url, retention_s=retention, ttl_s=retention + 60)
+        bank: Any = RedisBank(redis_url)  # keeps core.defaults.BANK_RETENTION_S, as the engine
         # Two job-store clients: the workers' (BLMOVE needs a long read timeout; the runner
         # retries) and the API's, whose short timeouts turn an outage into a quick 503.
         store: Any = RedisJobStore(redis_url)

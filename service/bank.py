@@ -31,10 +31,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from core.bank_layout import layout_window
+from core.bank_layout import file_window, layout_window, live_window
+from core.defaults import BANK_RETENTION_S
 
-LIVE_WINDOW = (-60, 0)  # causal [t-60, t]
-FILE_WINDOW = (-30, 30)  # second pass [t-30, t+30], as in training
+# A 61 s bundle's windows, by core.bank_layout's rule (the engine takes its own from the
+# manifest's bank.live_window / bank.file_window).
+LIVE_WINDOW = live_window(61)  # causal [t-60, t]
+FILE_WINDOW = file_window(61)  # second pass [t-30, t+30], as in training
 
 _STREAM_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,200}$")
 
@@ -208,7 +211,8 @@ class StreamStore:
 
     Synchronous core shared by ``InProcessBank`` and the Redis bank's local cache.
     retention_s: seconds kept behind the newest written second. Must cover the widest window
-        read (60 for both live and the file pass run 30 s behind the first). More -> memory.
+        read (60 for a 61 s bundle: live reads 60 s back and the file pass runs 30 s behind the
+        first). Default core.defaults.BANK_RETENTION_S. More -> memory.
     max_streams: streams held; the least recently used is evicted beyond it. Bounds memory
         when many short streams come and go.
     idle_ttl_s: a stream not touched for this long is evicted at the next access to the store
@@ -218,7 +222,7 @@ class StreamStore:
     def __init__(
         self,
         *,
-        retention_s: int = 60,
+        retention_s: int = BANK_RETENTION_S,
         max_streams: int = 1024,
         idle_ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -291,13 +295,13 @@ class InProcessBank:
     """The embedded default: the bank lives in this process's memory (see StreamStore knobs).
 
     Memory per stream is bounded by retention: (retention_s + 1) * max_per_second * D * 2 bytes,
-    e.g. 61 * 5 * 2304 * 2 = 1.4 MB for SlowFast R50 features.
+    e.g. 121 * 5 * 2304 * 2 = 2.8 MB for SlowFast R50 features.
     """
 
     def __init__(
         self,
         *,
-        retention_s: int = 60,
+        retention_s: int = BANK_RETENTION_S,
         max_streams: int = 1024,
         idle_ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,

@@ -48,6 +48,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from core.defaults import BANK_RETENTION_S
 from service.bank import (
     BankStats,
     BankWindow,
@@ -63,6 +64,8 @@ from service.bank import (
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<qII")  # second (int64), rows n (uint32), dim D (uint32)
+# Key expiry beyond the retention: a live stream may pause this long and keep its context.
+TTL_MARGIN_S = 60
 _EVERYTHING = -(2**62)  # known_from of a stream new to this process: nothing precedes it
 
 
@@ -91,8 +94,9 @@ class RedisBank:
 
     url / client: where Redis is (``redis://host:port/db``); or an existing client.
     retention_s: seconds kept behind the newest (as StreamStore).
-    ttl_s: key expiry, refreshed at each call. Shorter -> an abandoned stream is freed sooner;
-        it must exceed the longest pause of a live stream you still want to resume.
+    ttl_s: key expiry, refreshed at each call; None = retention_s + TTL_MARGIN_S. Shorter ->
+        an abandoned stream is freed sooner; it must exceed the longest pause of a live stream
+        you still want to resume.
     socket_timeout_s / connect_timeout_s: per-command bounds. A keyframe budget is about 1 s,
         so 100 ms is the most context is allowed to cost; too short -> false "degraded" on a
         busy Redis.
@@ -107,8 +111,8 @@ class RedisBank:
         *,
         client: aioredis.Redis | None = None,
         key_prefix: str = "avaserve:bank",
-        retention_s: int = 60,
-        ttl_s: int = 120,
+        retention_s: int = BANK_RETENTION_S,
+        ttl_s: int | None = None,
         socket_timeout_s: float = 0.1,
         connect_timeout_s: float = 0.1,
         backoff_initial_s: float = 0.5,
@@ -128,6 +132,8 @@ class RedisBank:
                 # timeout into several per keyframe. The breaker below does the waiting.
                 retry=Retry(NoBackoff(), 0),
             )
+        if ttl_s is None:
+            ttl_s = retention_s + TTL_MARGIN_S
         if ttl_s <= retention_s:
             raise ValueError(f"RedisBank: ttl_s ({ttl_s}) must exceed retention_s ({retention_s})")
         self._client = client

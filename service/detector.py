@@ -9,8 +9,8 @@ The spec says how to letterbox/normalise a frame (core.detector_io) and which cl
 person. `PersonDetector.detect(frames)` returns one `Detections` per frame in **frame
 pixels**, persons only, down to the graph's low NMS floor: the tracker uses the low tier to
 continue tracks, and the pipeline keeps only persons at or above ``score_threshold`` (the
-manifest's, 0.8 by default) for the action model, so served boxes are the evaluated box
-source.
+manifest's; core.defaults.DEFAULT_SCORE_THRESHOLD by default) for the action model, so served
+boxes are the evaluated box source.
 
 ``--detector PATH`` (a user's own detector) accepts two kinds of ONNX file, told apart by their
 signature, because the service may not import ``export`` (which needs the ``onnx`` package)
@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.boxes import nms
+from core.defaults import DEFAULT_SCORE_THRESHOLD
 from core.detector_io import LetterboxTransform, preprocess, unletterbox_boxes
 from core.manifest import DETECTOR_INPUT, DETECTOR_OUTPUTS, BundleError, DetectorSpec
 from core.yolox import YoloxLayout, decode_yolox, layout_from_probes, probe_images
@@ -177,7 +178,7 @@ def _yolox_spec(h: int, w: int, file: str, score_threshold: float) -> DetectorSp
 def load_user_detector(
     path: StrPath,
     *,
-    score_threshold: float = 0.8,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int = 0,
 ) -> PersonDetector:

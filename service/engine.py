@@ -55,6 +55,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.bank_layout import file_window, head_shares_window, live_window
+from core.defaults import BANK_RETENTION_S, DEFAULT_SCORE_THRESHOLD
 from core.manifest import BundleError, load_manifest
 from service.bank import BankWindow, FeatureBank, InProcessBank
 from service.batching import Batcher, Dropped
@@ -109,7 +111,7 @@ class EngineSettings:
     max_inflight: keyframes of one upload between detection and features (bounds memory);
         raised automatically to what the clip span needs to avoid a stall.
     window_seconds: bank window length override (<= the bundle's); None = the bundle's.
-    score_threshold: persons kept for the action model; None = the bundle's (0.8).
+    score_threshold: persons kept for the action model; None = the bundle's (its DetectorSpec's).
     bank_retention_s: seconds the in-process/Redis bank keeps per stream (>= the window).
     max_pts_gap_s: a frame this far (seconds) after the previous one starts a new segment: the
         keyframes in between are skipped, not filled in (`service.scheduler`), and tracks end.
@@ -126,7 +128,7 @@ class EngineSettings:
     max_inflight: int = 4
     window_seconds: int | None = None
     score_threshold: float | None = None
-    bank_retention_s: int = 120
+    bank_retention_s: int = BANK_RETENTION_S
     max_pts_gap_s: float = DEFAULT_MAX_GAP_S
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     isolated_decode: bool = True
@@ -224,7 +226,11 @@ class Engine:
                 detector_path,
                 score_threshold=thr
                 if thr is not None
-                else (m.detector.score_threshold if m.detector is not None else 0.8),
+                else (
+                    m.detector.score_threshold
+                    if m.detector is not None
+                    else DEFAULT_SCORE_THRESHOLD
+                ),
                 providers=s.runtime.providers,
                 intra_op_threads=self.thread_policy.detector,
             )
@@ -252,12 +258,16 @@ class Engine:
                 f"{m.bank.window_seconds} s of bank context"
             )
         self.window_seconds = ws
-        self.file_window = (-((ws - 1) // 2), (ws - 1) // 2)  # 61 -> [t-30, t+30]
-        self.live_window = (-(ws - 1), 0)  # 61 -> [t-60, t]
+        # The manifest's windows; a shorter --window (or a bundle from before export wrote
+        # them) derives them from the seconds by the same rule export uses.
+        own = ws == m.bank.window_seconds
+        self.file_window = (m.bank.file_window if own else None) or file_window(ws)
+        self.live_window = (m.bank.live_window if own else None) or live_window(ws)
         self.bank_capacity = m.bank.max_entries if m.bank.enabled else 1
         self.bank_dim = self._bank_dim()
         self.mask_dtype = self._mask_dtype()
-        self.head_shares_window = self._probe_shared_window()
+        shared = m.bank.shared_window
+        self.head_shares_window = shared if shared is not None else self._legacy_shared_window()
         self.bank: FeatureBank = bank or InProcessBank(retention_s=s.bank_retention_s)
         self.stats = EngineStats()
         self.live_sessions: weakref.WeakSet[LiveSession] = weakref.WeakSet()
@@ -319,40 +329,12 @@ class Engine:
         spec = next((t for t in self.manifest.graphs["head"].inputs if t.name == "mask"), None)
         return np.bool_ if spec is None or spec.dtype == "bool" else np.dtype(spec.dtype)
 
-    def _probe_shared_window(self) -> bool:
-        """Can the head take one keyframe's window once, ``bank (1, W, D)`` for K persons?
-
-        Every person of a keyframe reads the same window, yet the head's inputs are per person
-        (K, W, D): K copies, and K times the bank projections (the bulk of the head's work).
-        A head whose ops broadcast over the batch axis (the project's LFB head does) gives the
-        same output for a single copy. Tried once at load on random inputs against the K-copy
-        feed; any error or difference beyond float reassociation -> per-person copies.
-        """
-        names = self.head.input_names
-        if "bank" not in names or "mask" not in names:
-            return False
-        rng = np.random.default_rng(0)
-        inputs = {t.name: t.shape for t in self.manifest.graphs["head"].inputs}
-        d, dg = inputs["person"][-1], inputs["global_per_person"][-1]
-        if not isinstance(d, int) or not isinstance(dg, int):
-            return False
-        # A time-aware head reads a fixed number of slots (its W is static in the graph).
-        w = inputs["bank"][1] if isinstance(inputs["bank"][1], int) else 7
-        k = 3
-        base = {
-            "person": rng.standard_normal((k, d)).astype(np.float32),
-            "global_per_person": rng.standard_normal((k, dg)).astype(np.float32),
-        }
-        bank = rng.standard_normal((1, w, self.bank_dim)).astype(np.float32)
-        mask = (np.arange(w) % 3 != 2)[None].astype(self.mask_dtype)  # some slots masked
-        try:
-            full = self.head.run(
-                {**base, "bank": np.repeat(bank, k, 0), "mask": np.repeat(mask, k, 0)}
-            )["action"]
-            shared = self.head.run({**base, "bank": bank, "mask": mask})["action"]
-        except Exception:  # noqa: BLE001 - a graph that cannot broadcast: the K-copy feed
-            return False
-        return bool(shared.shape == full.shape and np.allclose(shared, full, rtol=1e-4, atol=1e-5))
+    def _legacy_shared_window(self) -> bool:
+        """A bundle exported before ``bank.shared_window``: find out by running the head once
+        (`core.bank_layout.head_shares_window`, what export now does and records)."""
+        names = set(self.head.input_names)
+        inputs = {t.name: t.shape for t in self.manifest.graphs["head"].inputs if t.name in names}
+        return head_shares_window(self.head.run, inputs, self.bank_dim, self.mask_dtype)
 
     def _run_detector(self, items: list[DetItem]) -> list[Detections]:
         t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from typing import IO, Literal
 import numpy as np
 
 from core.ava import LabelMap
+from core.defaults import TOP_K
 
 __all__ = [
     "Context",
@@ -86,7 +87,7 @@ class Prediction:
             (int(self.labels.ids[i]), self.labels.names[i], float(self.probs[i])) for i in order
         ]
 
-    def to_json(self, *, top_k: int = 5) -> dict[str, object]:
+    def to_json(self, *, top_k: int = TOP_K) -> dict[str, object]:
         return {
             "video": self.video,
             "time": round(float(self.time), 6),
@@ -132,7 +133,7 @@ class Prediction:
 class JsonlWriter:
     """Appends predictions to a JSON Lines file as they arrive (flushes per keyframe batch)."""
 
-    def __init__(self, path: StrPath, *, top_k: int = 5) -> None:
+    def __init__(self, path: StrPath, *, top_k: int = TOP_K) -> None:
         self.path = Path(path)
         self.top_k = top_k
         self._fh: IO[str] = self.path.open("w", encoding="utf-8")
@@ -148,7 +149,7 @@ class JsonlWriter:
         self._fh.close()
 
 
-def write_jsonl(predictions: Iterable[Prediction], path: StrPath, *, top_k: int = 5) -> int:
+def write_jsonl(predictions: Iterable[Prediction], path: StrPath, *, top_k: int = TOP_K) -> int:
     w = JsonlWriter(path, top_k=top_k)
     try:
         w.write(predictions)

@@ -48,7 +48,7 @@ import numpy.typing as npt
 
 from core.manifest import Preprocessing
 from core.preprocess import pack_pathways, preprocess_clip, resize_short_side
-from core.sampling import Alignment, clip_offsets, nearest_frame_indices
+from core.sampling import Alignment, ClipSpec, nearest_frame_indices
 
 __all__ = ["Clip", "ClipGeometry", "FrameRing"]
 
@@ -61,26 +61,28 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class ClipGeometry:
-    """Where a clip's samples sit relative to its keyframe, in seconds (from the manifest)."""
+    """Where a clip's samples sit relative to its keyframe, in seconds (from the manifest):
+    the bundle's `core.sampling.ClipSpec` with the stream's alignment, and the keyframe rate."""
 
-    offsets_s: npt.NDArray[np.float64]  # (T_f,)
-    num_frames: int
+    clip: ClipSpec
     alpha: int
     keyframe_rate: float
-    alignment: Alignment
+    offsets_s: npt.NDArray[np.float64]  # (T_f,), clip.offsets_s()
 
     @classmethod
     def from_manifest(
         cls, prep: Preprocessing, alignment: Alignment, keyframe_rate: float = 1.0
     ) -> ClipGeometry:
-        offsets = clip_offsets(prep.num_frames, prep.sampling_rate, alignment)
-        return cls(
-            offsets_s=offsets.astype(np.float64) / float(prep.target_fps),
-            num_frames=prep.num_frames,
-            alpha=prep.alpha,
-            keyframe_rate=float(keyframe_rate),
-            alignment=alignment,
-        )
+        clip = prep.clip(alignment)
+        return cls(clip, prep.alpha, float(keyframe_rate), clip.offsets_s())
+
+    @property
+    def num_frames(self) -> int:
+        return self.clip.num_frames
+
+    @property
+    def alignment(self) -> Alignment:
+        return self.clip.alignment
 
     @property
     def before_s(self) -> float:

@@ -44,6 +44,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from core.defaults import TOP_K
 from service.admission import LimitExceeded
 from service.auth import WsRefusal, authenticate_websocket
 from service.decode.live import (
@@ -371,7 +372,7 @@ class _Connection:
     async def emitter(self) -> None:
         async for item in self.session.results():
             t, predictions = self._keyframe(item)
-            records = [p.to_json(top_k=5) for p in predictions]
+            records = [p.to_json(top_k=TOP_K) for p in predictions]
             arrived = self.arrival_of(t)
             if arrived is not None:
                 self.stats.lag_s = time.monotonic() - arrived

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-import export.bundle as bundle_mod
+import export.parity as parity_mod
 from core.manifest import load_manifest, validate_bundle
 from export.bundle import (
     CheckpointError,
@@ -76,6 +76,9 @@ def test_manifest_describes_what_was_exported(full_bundle: Path) -> None:
     assert p.clip_alignment == "center" and p.mean == (0.45, 0.45, 0.45)
     assert m.bank.enabled and m.bank.source == "backbone" and m.bank.feature_dim == 144
     assert (m.bank.window_seconds, m.bank.persons_per_second) == (61, 5)
+    # The windows and the head's window sharing are written, not left to the service to derive.
+    assert (m.bank.file_window, m.bank.live_window) == ((-30, 30), (-60, 0))
+    assert m.bank.shared_window is True  # the LFB head broadcasts over persons
     assert m.detector is not None and m.detector.format == "yolox"
     assert m.detector.score_threshold == 0.8
     head = m.graphs["head"]
@@ -125,7 +128,7 @@ def test_head_probabilities_and_dynamic_axes_run(full_bundle: Path) -> None:
 def test_parity_failure_refuses_to_write(
     video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bundle_mod._features_reference
+    real = parity_mod.features_reference
 
     def off_by_1e2(model: object) -> object:
         inner = real(model)  # type: ignore[arg-type]
@@ -137,7 +140,7 @@ def test_parity_failure_refuses_to_write(
 
         return run
 
-    monkeypatch.setattr(bundle_mod, "_features_reference", off_by_1e2)
+    monkeypatch.setattr(parity_mod, "features_reference", off_by_1e2)
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("previous bundle")
@@ -173,6 +176,7 @@ def test_without_lfb_and_global_the_head_has_no_bank_or_scene(video: Path, tmp_p
     assert [t.name for t in head.outputs] == ["action"]
     assert not {"bank", "mask"} & {t.name for t in head.inputs}
     assert not m.bank.enabled and m.bank.feature_dim == 0
+    assert m.bank.shared_window is False  # no bank input to share
     assert m.detector is None and "detector" not in m.graphs
     assert set(m.parity) == {"backbone", "head"}
 
@@ -215,6 +219,7 @@ def test_checkpoint_with_stage1_bank_model(video: Path, tmp_path: Path) -> None:
     m = load_manifest(out)
     assert m.bank.source == "bank_backbone" and "bank_backbone" in m.graphs
     assert (m.bank.window_seconds, m.bank.persons_per_second) == (21, 3)
+    assert (m.bank.file_window, m.bank.live_window) == ((-10, 10), (-20, 0))
     assert m.graphs["head"].shape_ranges["bank"].max[1] == 63
     assert set(m.parity) == {"backbone", "bank_backbone", "head"}
     assert [t.name for t in m.graphs["head"].outputs] == ["action"]
@@ -267,7 +272,7 @@ def test_parity_clips_from_a_dataset_use_val_ground_truth(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, [*args, "--size", "160x120"])
     assert result.exit_code == 0, result.output
     info = preset_info("slowfast_tiny")
-    clips, source = bundle_mod.parity_clips(info, data_dir=world, count=2)
+    clips, source = parity_mod.parity_clips(info, data_dir=world, count=2)
     assert "ground-truth boxes" in source and len(clips) == 2
     gt = read_keyframes(world / "annotations" / "val.csv")
     for clip in clips:
@@ -283,8 +288,8 @@ def test_synthetic_fallback_warns(
 ) -> None:
     from core.preset_info import preset_info
 
-    monkeypatch.setattr(bundle_mod, "DEFAULT_VIDEO_FILE", Path("/nonexistent.mp4"))
-    clips, source = bundle_mod.parity_clips(preset_info("slowfast_tiny"), count=1)
+    monkeypatch.setattr(parity_mod, "DEFAULT_VIDEO_FILE", Path("/nonexistent.mp4"))
+    clips, source = parity_mod.parity_clips(preset_info("slowfast_tiny"), count=1)
     assert "SYNTHETIC" in source and len(clips) == 1
     assert "NO REAL VIDEO" in caplog.text
 
@@ -382,6 +387,7 @@ def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> No
     m = load_manifest(out)
     assert m.bank.layout == "slots" and m.bank.slot_origin_s == -4
     assert m.bank.window_seconds == 9 and m.bank.max_entries == 18
+    assert m.bank.file_window == (-4, 4) and m.bank.shared_window is True  # W fixed at 18
 
     # A window of another layout is refused at export.
     bad = tmp_path / "bad.pt"

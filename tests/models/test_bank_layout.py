@@ -8,9 +8,13 @@ import pytest
 from core.bank_layout import (
     TIME_ENCODING_DIM,
     TIME_ENCODING_PERIODS_S,
+    file_window,
+    head_shares_window,
     layout_window,
+    live_window,
     slot_indices,
     slot_offsets,
+    window_seconds_of_half_width,
 )
 
 
@@ -72,3 +76,43 @@ def test_time_encoding_tells_every_second_of_a_long_window_apart() -> None:
     assert enc.shape == (91, TIME_ENCODING_DIM) == (91, 2 * len(TIME_ENCODING_PERIODS_S))
     dist = torch.cdist(enc, enc) + torch.eye(91) * 1e9
     assert float(dist.min()) > 0.5  # no two seconds share (or nearly share) a code
+
+
+def test_one_window_length_and_its_two_windows() -> None:
+    """Training's half-width becomes seconds once; both windows follow from the seconds."""
+    assert window_seconds_of_half_width(30) == 61 and window_seconds_of_half_width(0) == 1
+    assert file_window(61) == (-30, 30) and live_window(61) == (-60, 0)
+    assert file_window(9) == (-4, 4) and live_window(9) == (-8, 0)
+    assert file_window(1) == live_window(1) == (0, 0)
+    for bad in (lambda: window_seconds_of_half_width(-1), lambda: file_window(0)):
+        with pytest.raises(ValueError, match="bank window"):
+            bad()
+
+
+def test_head_shares_window_only_when_one_copy_gives_the_same_output() -> None:
+    """A head that broadcasts the window over persons shares it; one that mixes persons with
+    the window (or fails on a (1, W, D) window) gets per-person copies."""
+    inputs = {
+        "person": ("K", 4),
+        "global_per_person": ("K", 3),
+        "bank": ("K", "W", 2),
+        "mask": ("K", "W"),
+    }
+
+    def broadcasting(feed):
+        bank = (feed["bank"] * feed["mask"][..., None]).sum(axis=1)  # (1 or K, 2)
+        return {"action": feed["person"][:, :2] + bank}
+
+    def per_person(feed):
+        if feed["bank"].shape[0] != feed["person"].shape[0]:
+            raise ValueError("bank batch must equal persons")
+        return broadcasting(feed)
+
+    def mixes_persons(feed):  # output depends on the bank's batch size
+        return {"action": feed["person"][:, :2] * feed["bank"].shape[0]}
+
+    assert head_shares_window(broadcasting, inputs, 2, np.float32)
+    assert not head_shares_window(per_person, inputs, 2, np.float32)
+    assert not head_shares_window(mixes_persons, inputs, 2, np.float32)
+    no_bank = {k: v for k, v in inputs.items() if k != "bank"}
+    assert not head_shares_window(broadcasting, no_bank, 2, np.float32)

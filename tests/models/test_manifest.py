@@ -203,6 +203,23 @@ def test_manifest_without_model_options_reads_as_before(bundle: Path) -> None:
     assert m.output_activation == "pose_softmax_sigmoid" and m.softmax_mask() == m.pose_mask()
 
 
+def test_bank_windows_and_sharing_are_optional_and_checked(bundle: Path) -> None:
+    """Older manifests have no windows nor window sharing (None: the service derives them); a
+    written window must hold the keyframe and fit window_seconds."""
+    raw = json.loads((bundle / MANIFEST_NAME).read_text())
+    b = load_manifest(bundle).bank
+    assert (b.file_window, b.live_window, b.shared_window) == (None, None, None)
+    raw["bank"].update(file_window=[-30, 30], live_window=[-60, 0], shared_window=True)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+    b = load_manifest(bundle).bank
+    assert (b.file_window, b.live_window, b.shared_window) == ((-30, 30), (-60, 0), True)
+    for bad in ([-31, 30], [1, 5], [-5, -1]):
+        raw["bank"]["file_window"] = bad
+        (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+        with pytest.raises(BundleError, match="file_window"):
+            load_manifest(bundle)
+
+
 def test_tensorrt_ep_options_carry_profiles(bundle: Path) -> None:
     opts = tensorrt_ep_options(load_manifest(bundle), "head", bundle)
     assert opts["trt_fp16_enable"] == "True"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.defaults import BANK_RETENTION_S
 from service.bank import FILE_WINDOW, LIVE_WINDOW, BankWindow, FeatureBank, InProcessBank
 
 
@@ -114,7 +115,7 @@ def test_padded_window() -> None:
         ("cam", [1], np.zeros(8), LIVE_WINDOW, 5, r"\(N, D\)"),
         ("cam", [1, 2], np.zeros((1, 8)), LIVE_WINDOW, 5, "2 track ids for 1"),
         ("cam", [1], np.zeros((1, 8)), (0, -1), 5, "lo <= hi"),
-        ("cam", [1], np.zeros((1, 8)), (-90, 0), 5, "retention_s"),
+        ("cam", [1], np.zeros((1, 8)), (-BANK_RETENTION_S - 1, 0), 5, "retention_s"),
         ("cam", [1], np.zeros((1, 8)), LIVE_WINDOW, 0, "max_per_second"),
         ("cam", [1], np.zeros((1, 9)), LIVE_WINDOW, 5, "dim 9"),
     ],

@@ -68,7 +68,7 @@ async def test_same_windows_as_in_process_and_one_round_trip(redis_server: Any) 
 
 @pytest.mark.asyncio
 async def test_keys_hash_tag_ttl_trim_fp16(redis_server: Any) -> None:
-    bank = fast_bank(redis_server.url, ttl_s=120)
+    bank = fast_bank(redis_server.url, retention_s=60, ttl_s=120)
     f32 = np.random.default_rng(0).standard_normal((2, D)).astype(np.float32)
     for t in range(90):
         w = await bank.write_and_read("cam-7", t, np.array([1, 2]), f32, LIVE_WINDOW, 5)
@@ -237,7 +237,7 @@ async def test_connect_warms_up_without_tripping_the_breaker(redis_server: Any) 
 @pytest.mark.parametrize("dim", [2304, 256])
 async def test_memory_per_stream_minute(redis_server: Any, dim: int) -> None:
     """60 s of 5 persons/s, then 4 more minutes: memory tracks the payload and stays bounded."""
-    bank = fast_bank(redis_server.url)
+    bank = fast_bank(redis_server.url, retention_s=60)
     r = aioredis.Redis.from_url(redis_server.url)
     key = "avaserve:bank:{cam}:sec"
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -154,6 +155,38 @@ def test_head_that_cannot_share_a_window_gets_copies(
     # Same detector/backbone, so the same persons; only the head differs.
     assert [(p.time, p.track_id) for p in preds] == [(p.time, p.track_id) for p in reference]
     assert all(np.isfinite(p.probs).all() for p in preds)
+
+
+def test_windows_and_window_sharing_are_read_from_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest that states its windows and the head's window sharing is taken at its word:
+    the head is not run at load (the tiny head would share). Without the fields, the legacy
+    check runs and the windows follow from window_seconds."""
+    path = tb.make_bundle(tmp_path / "b")
+    legacy = Engine(path, settings=_settings())
+    assert legacy.head_shares_window  # found by running the head
+    assert (legacy.file_window, legacy.live_window) == ((-30, 30), (-60, 0))
+    asyncio.run(legacy.close())
+
+    raw = json.loads((path / "manifest.json").read_text())
+    raw["bank"].update(file_window=[-12, 12], live_window=[-24, 0], shared_window=False)
+    (path / "manifest.json").write_text(json.dumps(raw))
+
+    def no_probe(self: Engine) -> bool:
+        raise AssertionError("the head was probed although the manifest says")
+
+    monkeypatch.setattr(Engine, "_legacy_shared_window", no_probe)
+    engine = Engine(path, settings=_settings())
+    try:
+        assert not engine.head_shares_window
+        assert (engine.file_window, engine.live_window) == ((-12, 12), (-24, 0))
+        # A shorter --window derives both windows from its seconds, by export's rule.
+        short = Engine(path, settings=_settings(window_seconds=21))
+        assert (short.file_window, short.live_window) == ((-10, 10), (-20, 0))
+        asyncio.run(short.close())
+    finally:
+        asyncio.run(engine.close())
 
 
 @pytest.mark.parametrize("layout", ["unordered", "slots"])

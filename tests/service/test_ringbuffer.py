@@ -79,7 +79,7 @@ def test_clips_equal_training(
     prep = _prep(**prep_kw)
     served = _service_clips(video, prep, alignment)
     assert sorted(served) == [0.0, 1.0, 2.0, 3.0]
-    spec = ClipSpec(prep.num_frames, prep.sampling_rate, prep.target_fps, alignment)  # type: ignore[arg-type]
+    spec = prep.clip(alignment)  # type: ignore[arg-type]
     trained = dict(iter_keyframe_clips(video, sorted(served), spec))
     for t, frames in trained.items():
         x = preprocess_clip(frames, short_side=prep.short_side, mean=prep.mean, std=prep.std)
@@ -181,3 +181,26 @@ def test_rejects_bad_input() -> None:
         ring.update(0.1, np.zeros((9, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="crop"):
         FrameRing(_prep(crop=16), alignment="center")
+
+
+def test_one_clip_sampling_record_from_preset_to_ring() -> None:
+    """The preset, the manifest's preprocessing and the ring hand out the same `ClipSpec`;
+    the ring's offsets are the record's, and its times are what training's clip_times gives."""
+    import dataclasses
+
+    from core.preset_info import preset_info
+    from core.sampling import ClipSpec as SamplingClipSpec
+    from core.sampling import clip_times
+
+    assert ClipSpec is SamplingClipSpec  # core.clips re-exports the one record
+    info = preset_info("slowfast_tiny")
+    prep = _prep(short_side=info.short_side, num_frames=info.num_frames)
+    assert prep.clip() == info.clip
+    causal = ClipGeometry.from_manifest(prep, "causal")
+    assert causal.clip == prep.clip("causal") == dataclasses.replace(info.clip, alignment="causal")
+    assert (causal.num_frames, causal.alignment) == (info.num_frames, "causal")
+    np.testing.assert_array_equal(causal.offsets_s, causal.clip.offsets_s())
+    np.testing.assert_array_equal(
+        causal.times(7.0),
+        clip_times(7.0, num_frames=16, sampling_rate=2, target_fps=30.0, alignment="causal"),
+    )
