@@ -6,6 +6,8 @@ against), and the boxes those loops hand the backbone. The benches put the repos
 from __future__ import annotations
 
 import math
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +83,30 @@ def clip_boxes(boxes: np.ndarray, key: np.ndarray, fast: np.ndarray) -> np.ndarr
     return np.concatenate([np.zeros((len(boxes), 1), np.float32), boxes * scale], 1).astype(
         np.float32
     )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server the bench starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trickle(sock: socket.socket, piece: bytes, every_s: float, limit_s: float) -> float:
+    """Send ``piece`` every ``every_s`` until the server answers or closes (or ``limit_s``);
+    returns how long the connection was held. Leaves ``sock`` open with a 5 s timeout, to read
+    the answer."""
+    t0 = time.monotonic()
+    sock.settimeout(every_s)
+    while time.monotonic() - t0 < limit_s:
+        try:
+            sock.sendall(piece)
+            sock.recv(1, socket.MSG_PEEK)
+            break  # the server answered (or closed: b"")
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    held = time.monotonic() - t0
+    sock.settimeout(5)
+    return held

@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import clip_boxes, naive_keyframe_clips, video_duration_s  # noqa: E402
+from bench._common import (  # noqa: E402
+    clip_boxes,
+    free_port,  # noqa: E402
+    naive_keyframe_clips,
+    video_duration_s,
+)
 from service.bank import InProcessBank  # noqa: E402
 from service.engine import Engine, EngineSettings  # noqa: E402
 from service.runtime import RuntimeSettings  # noqa: E402
@@ -243,12 +247,6 @@ def bench_b(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
     return res
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _BankRecorder:
     """Passes bank calls through and records them (method, args), to replay them later."""
 
@@ -293,7 +291,7 @@ def bench_c(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
     server = None
     binary = shutil.which("redis-server")
     if binary:
-        port = _free_port()
+        port = free_port()
         workdir = tempfile.mkdtemp(prefix="bench-redis-")
         server = subprocess.Popen(
             [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
