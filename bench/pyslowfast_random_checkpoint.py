@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-_COMMON: dict[str, Any] = {
+# The model-defining values every PySlowFast AVA yaml sets alike (DATA.NUM_FRAMES and the
+# per-config ones below aside); tests/models/test_pyslowfast_reference.py builds from them too.
+COMMON: dict[str, Any] = {
     "DETECTION.ENABLE": True,
-    "DETECTION.ALIGNED": False,
     "SLOWFAST.ALPHA": 4,
     "SLOWFAST.BETA_INV": 8,
     "SLOWFAST.FUSION_CONV_CHANNEL_RATIO": 2,
@@ -47,20 +48,23 @@ _COMMON: dict[str, Any] = {
     "MODEL.NUM_CLASSES": 80,
     "MODEL.ARCH": "slowfast",
     "DATA.SAMPLING_RATE": 2,
-    "DATA.TEST_CROP_SIZE": 256,
 }
-_R101_50_50 = {
-    **_COMMON,
+# configs/AVA/c2/*.yaml: the Caffe2-trained models (unaligned RoIAlign, 256 px test crop).
+_C2: dict[str, Any] = {**COMMON, "DETECTION.ALIGNED": False, "DATA.TEST_CROP_SIZE": 256}
+# configs/AVA/c2/SLOWFAST_32x2_R101_50_50.yaml beyond COMMON (64x2 differs only in frames).
+R101_50_50: dict[str, Any] = {
+    "DETECTION.ALIGNED": False,
+    "DATA.TEST_CROP_SIZE": 256,
     "SLOWFAST.FUSION_KERNEL_SZ": 5,
     "RESNET.DEPTH": 101,
     "NONLOCAL.LOCATION": [[[], []], [[], []], [[6, 13, 20], []], [[], []]],
     "NONLOCAL.POOL": [[[2, 2, 2], [2, 2, 2]]] * 4,
 }
 CONFIGS: dict[str, dict[str, Any]] = {
-    "SLOWFAST_32x2_R101_50_50": {**_R101_50_50, "DATA.NUM_FRAMES": 32},
-    "SLOWFAST_64x2_R101_50_50": {**_R101_50_50, "DATA.NUM_FRAMES": 64},
+    "SLOWFAST_32x2_R101_50_50": {**_C2, **R101_50_50, "DATA.NUM_FRAMES": 32},
+    "SLOWFAST_64x2_R101_50_50": {**_C2, **R101_50_50, "DATA.NUM_FRAMES": 64},
     "SLOWFAST_32x2_R50": {
-        **_COMMON,
+        **_C2,
         "SLOWFAST.FUSION_KERNEL_SZ": 7,
         "RESNET.DEPTH": 50,
         "NONLOCAL.LOCATION": [[[], []]] * 4,
@@ -68,6 +72,27 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "DATA.NUM_FRAMES": 32,
     },
 }
+
+
+def configure(cfg: Any, values: dict[str, Any]) -> Any:
+    """Set each dotted ``values`` key (``"RESNET.DEPTH"``) on PySlowFast's config node ``cfg``."""
+    for dotted, value in values.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+    return cfg
+
+
+def fake_detectron2(roi_align: type[nn.Module]) -> dict[str, types.ModuleType]:
+    """``detectron2`` and ``detectron2.layers`` modules holding only ``ROIAlign = roi_align``,
+    for ``sys.modules``: all PySlowFast's AVA head imports from detectron2."""
+    detectron2 = types.ModuleType("detectron2")
+    layers = types.ModuleType("detectron2.layers")
+    layers.ROIAlign = roi_align  # type: ignore[attr-defined]
+    detectron2.layers = layers  # type: ignore[attr-defined]
+    return {"detectron2": detectron2, "detectron2.layers": layers}
 
 
 class _PlaceholderRoIAlign(nn.Module):
@@ -85,22 +110,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    detectron2 = types.ModuleType("detectron2")
-    layers = types.ModuleType("detectron2.layers")
-    layers.ROIAlign = _PlaceholderRoIAlign  # type: ignore[attr-defined]
-    detectron2.layers = layers  # type: ignore[attr-defined]
-    sys.modules.setdefault("detectron2", detectron2)
-    sys.modules.setdefault("detectron2.layers", layers)
+    for name, module in fake_detectron2(_PlaceholderRoIAlign).items():
+        sys.modules.setdefault(name, module)
     from slowfast.config.defaults import get_cfg
     from slowfast.models.video_model_builder import SlowFastModel
 
-    cfg = get_cfg()
-    for dotted, value in CONFIGS[args.config].items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = getattr(node, part)
-        setattr(node, leaf, value)
+    cfg = configure(get_cfg(), CONFIGS[args.config])
     torch.manual_seed(args.seed)
     model = SlowFastModel(cfg).eval()
     g = torch.Generator().manual_seed(args.seed + 1)
