@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +112,14 @@ def trickle(sock: socket.socket, piece: bytes, every_s: float, limit_s: float) -
     held = time.monotonic() - t0
     sock.settimeout(5)
     return held
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server a bench started and wait for its graceful shutdown; kill it (and say
+    so) if it takes more than 40 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        print("server ignored SIGTERM for 40 s: killed", file=sys.stderr)

@@ -21,7 +21,6 @@ import asyncio
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import free_port  # noqa: E402
+from bench._common import free_port, stop_server  # noqa: E402
 from service.decode.live import PTS_HEADER, frame_message  # noqa: E402
 from service.serve_cli import encode_frame  # noqa: E402
 
@@ -152,12 +151,7 @@ def main() -> int:
         res = asyncio.run(_attack(port, server.pid, frames, args.jump, args.fps))
         health = _healthz(port)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            print("server ignored SIGTERM for 40 s: killed", file=sys.stderr)
+        stop_server(server)
 
     messages = res.pop("messages")
     errors = [m for m in messages if m.get("type") == "error"]

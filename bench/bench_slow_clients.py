@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from tempfile import TemporaryDirectory
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import free_port, trickle  # noqa: E402
+from bench._common import free_port, stop_server, trickle  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 SLACK_S = 2.0
@@ -110,11 +109,7 @@ def main() -> int:
             time.sleep(0.5)
             folders_after = len(list(upload_dir.glob("*"))) if upload_dir.exists() else 0
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
 
     def summary(rows: list[tuple[float, int | None]]) -> str:
         by: dict[int | None, list[float]] = {}

@@ -95,6 +95,27 @@ def fake_detectron2(roi_align: type[nn.Module]) -> dict[str, types.ModuleType]:
     return {"detectron2": detectron2, "detectron2.layers": layers}
 
 
+def randomise(model: nn.Module, g: torch.Generator, *, nonlocal_bias: bool = False) -> None:
+    """Randomise a freshly built PySlowFast model so that no block is an identity: BatchNorm
+    statistics and affine terms, the non-local convolutions at PySlowFast's Caffe2 init scale
+    (0.01, keeping the dot products O(1); their biases too with ``nonlocal_bias``) and the
+    head's projection."""
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm3d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            elif isinstance(m, nn.Conv3d) and "_nonlocal" in name:
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
+                if nonlocal_bias:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
+        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
+
+
 class _PlaceholderRoIAlign(nn.Module):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -118,19 +139,7 @@ def main() -> None:
     cfg = configure(get_cfg(), CONFIGS[args.config])
     torch.manual_seed(args.seed)
     model = SlowFastModel(cfg).eval()
-    g = torch.Generator().manual_seed(args.seed + 1)
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, nn.BatchNorm3d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            elif isinstance(m, nn.Conv3d) and "_nonlocal" in name:
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
-        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
-        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
+    randomise(model, torch.Generator().manual_seed(args.seed + 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": 0, "model_state": model.state_dict(), "cfg": cfg.dump()}, args.out)
     params = sum(p.numel() for p in model.parameters())

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import source_layouts as L
 import torch
+from random_weights import randomise_norms
 from torch import nn
 
 from models.checkpoints import Checkpoint, build_model, load_checkpoint, save_checkpoint
@@ -740,19 +741,6 @@ def pytorchvideo_detection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield slowfast_r50_detection
 
 
-def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            # gamma < 1 keeps activations O(1) through the residual sums, as in a trained
-            # network, so an absolute 1e-4 tolerance means something.
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-
-
 def test_pytorchvideo_detection_state_dict_loads_strictly(pytorchvideo_detection: Any) -> None:
     ref = pytorchvideo_detection(pretrained=False)
     source = ref.state_dict()
@@ -772,7 +760,7 @@ def test_pytorchvideo_detection_outputs_match_after_import(pytorchvideo_detectio
     """
     torch.manual_seed(0)
     ref = pytorchvideo_detection(pretrained=False).eval()
-    _randomise_norms(ref)
+    randomise_norms(ref)
     ref.detection_head.activation = None  # compare logits; pytorchvideo applies a sigmoid
 
     result = import_state_dict(ref.state_dict(), "pytorchvideo", preset="slowfast_r50_ava")

@@ -35,7 +35,13 @@ from roi_reference import RoIAlignStandIn
 from torch import nn
 from typer.testing import CliRunner
 
-from bench.pyslowfast_random_checkpoint import COMMON, R101_50_50, configure, fake_detectron2
+from bench.pyslowfast_random_checkpoint import (
+    COMMON,
+    R101_50_50,
+    configure,
+    fake_detectron2,
+    randomise,
+)
 from core.probs import action_probabilities
 from models.checkpoints import build_model, load_checkpoint
 
@@ -118,21 +124,7 @@ def _build(ref: types.SimpleNamespace, name: str) -> tuple[Any, nn.Module]:
     cfg = configure(ref.get_cfg(), CONFIGS[name])
     torch.manual_seed(0)
     model = ref.SlowFastModel(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module_name, m in model.named_modules():
-            if isinstance(m, nn.BatchNorm3d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            elif isinstance(m, nn.Conv3d) and "_nonlocal" in module_name:
-                # PySlowFast's Caffe2 non-local init scale; keeps the dot products O(1).
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
-        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
+    randomise(model, torch.Generator().manual_seed(1), nonlocal_bias=True)
     return cfg, model
 
 
