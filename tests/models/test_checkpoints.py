@@ -13,7 +13,6 @@ import importlib.util
 import pickle
 import re
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import source_layouts as L
 import torch
 from random_weights import randomise_norms
 from torch import nn
+from upstream_env import stub_module
 
 from models.checkpoints import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from models.importers import (
@@ -728,12 +728,7 @@ def pytorchvideo_detection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if importlib.util.find_spec("pytorchvideo") is None:
         pytest.skip("pytorchvideo not installed (optional reference)")
     if importlib.util.find_spec("torchvision") is None:
-        tv = types.ModuleType("torchvision")
-        ops = types.ModuleType("torchvision.ops")
-        ops.RoIAlign = _StandInRoIAlign  # type: ignore[attr-defined]
-        tv.ops = ops  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "torchvision", tv)
-        monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
+        stub_module(monkeypatch, "torchvision.ops", RoIAlign=_StandInRoIAlign)
         for name in [m for m in sys.modules if m.startswith("pytorchvideo")]:
             monkeypatch.delitem(sys.modules, name)  # re-import against the stand-in
     from pytorchvideo.models.hub.slowfast import slowfast_r50_detection
