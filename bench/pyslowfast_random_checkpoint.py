@@ -95,6 +95,17 @@ def fake_detectron2(roi_align: type[nn.Module]) -> dict[str, types.ModuleType]:
     return {"detectron2": detectron2, "detectron2.layers": layers}
 
 
+def randomise_batchnorm(m: nn.BatchNorm3d, g: torch.Generator) -> None:
+    """Random statistics and affine terms for ``m``, so it is no identity. gamma < 1 keeps
+    activations O(1) through the residual sums, as in a trained network."""
+    n = m.num_features
+    with torch.no_grad():
+        m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
 def randomise(model: nn.Module, g: torch.Generator, *, nonlocal_bias: bool = False) -> None:
     """Randomise a freshly built PySlowFast model so that no block is an identity: BatchNorm
     statistics and affine terms, the non-local convolutions at PySlowFast's Caffe2 init scale
@@ -103,11 +114,7 @@ def randomise(model: nn.Module, g: torch.Generator, *, nonlocal_bias: bool = Fal
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, nn.BatchNorm3d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                randomise_batchnorm(m, g)
             elif isinstance(m, nn.Conv3d) and "_nonlocal" in name:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
                 if nonlocal_bias:
