@@ -315,7 +315,8 @@ def make_video(
 
 
 class SlowRuntime:
-    """Wraps a runtime so each run takes at least ``delay`` seconds (a saturated detector or backbone)."""
+    """Wraps a runtime so each run takes at least ``delay`` seconds (a saturated detector or
+    backbone)."""
 
     def __init__(self, inner: Any, delay: float) -> None:
         self.inner, self.delay = inner, delay
