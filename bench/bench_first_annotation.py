@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,15 +34,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import free_port  # noqa: E402
 from service.serve_cli import stream_video  # noqa: E402
 
 DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "basketball_2people.mp4"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _launch(
@@ -113,7 +107,7 @@ def main() -> None:
     }
 
     # Live: command -> first annotation over the WebSocket.
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc, t0 = _launch(args.bundle, port, log, args.command, args.cwd)
     try:
@@ -140,7 +134,7 @@ def main() -> None:
         return
 
     # REST: command -> job done (all records available).
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc, t0 = _launch(args.bundle, port, log)
     try:

@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.preprocess import pack_pathways, preprocess_clip, resize_short_side  # noqa: E402
-from core.sampling import nearest_frame_indices  # noqa: E402
+from bench._common import (  # noqa: E402
+    clip_boxes,
+    free_port,  # noqa: E402
+    naive_keyframe_clips,
+    video_duration_s,
+)
 from service.bank import InProcessBank  # noqa: E402
 from service.engine import Engine, EngineSettings  # noqa: E402
 from service.feeds import backbone_feeds  # noqa: E402
-from service.ringbuffer import ClipGeometry  # noqa: E402
 from service.runtime import RuntimeSettings  # noqa: E402
 from service.tracker import ByteTracker  # noqa: E402
 
@@ -184,66 +186,25 @@ def bench_a(bundle: Path, video: Path, threads: int | None) -> dict[str, Any]:
 
 async def _naive(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
     """Per keyframe: reopen, seek, decode the clip, batch 1 everywhere (the demo scripts' way)."""
-    import av
-    from av.video.reformatter import VideoReformatter
 
     engine = Engine(bundle, settings=_settings(threads))
     m = engine.manifest
-    prep = m.preprocessing
-    geo = ClipGeometry.from_manifest(prep, "center", m.keyframe_rate)
     tracker = ByteTracker(
         track_thresh=engine.detector.score_threshold,
         new_track_thresh=engine.detector.score_threshold,
         low_thresh=engine.detector.low_threshold,
     )
     bank = InProcessBank(retention_s=120)
-    with av.open(str(video)) as c:
-        duration = float(c.duration / 1e6) if c.duration else 0.0
+    duration = video_duration_s(video)
     t0 = time.perf_counter()
     records = 0
-    for n in range(int(math.floor(duration * m.keyframe_rate)) + 1):
-        t = n / m.keyframe_rate
-        times = geo.times(t)
-        frames: list[tuple[float, np.ndarray]] = []
-        with av.open(str(video)) as c:
-            # The same RGB conversion as the service (a reused reformatter), so the speed-up
-            # comes from the pipeline, not from a slower frame conversion.
-            rgb = VideoReformatter()
-            s = c.streams.video[0]
-            start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
-            seek = max(0.0, float(times[0]) - 1.0)
-            c.seek(int((seek + start) / s.time_base), stream=s, backward=True)
-            for f in c.decode(s):
-                pts = float(f.time) - start
-                frames.append((pts, rgb.reformat(f, format="rgb24").to_ndarray()))
-                if pts >= times[-1]:
-                    break
-        if not frames or frames[-1][0] < t:
-            continue
-        pts_arr = np.array([p for p, _ in frames])
-        idx = nearest_frame_indices(times, pts_arr)
-        # The service's preprocessing: each sampled frame resized once, then normalised.
-        small = {i: resize_short_side(frames[i][1], prep.short_side) for i in set(idx.tolist())}
-        x = preprocess_clip(
-            np.stack([small[i] for i in idx.tolist()]),
-            short_side=prep.short_side,
-            mean=prep.mean,
-            std=prep.std,
-            pixel_scale=prep.pixel_scale,
-        )  # (3, T, H', W')
-        slow, fast = (a[None] for a in pack_pathways(x, prep.alpha))  # (1, 3, T, H', W')
-        key = frames[int(nearest_frame_indices([t], pts_arr)[0])][1]
+    for n, t, slow, fast, key in naive_keyframe_clips(video, m, duration):
         dets = engine.detector.detect([key])[0]
         tracked = tracker.update(dets, t)
         persons = tracked[np.flatnonzero(tracked.scores >= engine.detector.score_threshold)]
         if len(persons) == 0:
             continue
-        h, w = key.shape[:2]
-        ch, cw = fast.shape[3], fast.shape[4]
-        scale = np.array([cw / w, ch / h, cw / w, ch / h], np.float32)
-        boxes = np.concatenate(
-            [np.zeros((len(persons), 1), np.float32), persons.boxes * scale], 1
-        ).astype(np.float32)
+        boxes = clip_boxes(persons.boxes, key, fast)
         out = engine.backbone.run({"slow": slow, "fast": fast, "boxes": boxes})
         person, glob = out["person"], out["global"]
         window = None
@@ -283,12 +244,6 @@ def bench_b(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
         f"-> {res['speedup']:.2f}x faster"
     )
     return res
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _BankRecorder:
@@ -335,7 +290,7 @@ def bench_c(bundle: Path, video: Path, threads: int) -> dict[str, Any]:
     server = None
     binary = shutil.which("redis-server")
     if binary:
-        port = _free_port()
+        port = free_port()
         workdir = tempfile.mkdtemp(prefix="bench-redis-")
         server = subprocess.Popen(
             [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],

@@ -21,8 +21,6 @@ import asyncio
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,18 +31,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import free_port, stop_server  # noqa: E402
 from service.decode.live import PTS_HEADER, frame_message  # noqa: E402
 from service.serve_cli import encode_frame  # noqa: E402
 
 DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "basketball_2people.mp4"
 KEY = "bench-key-0123456789abcdef"
 RSS_BAR_MB = 50.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mb(pid: int) -> float:
@@ -132,7 +125,7 @@ def main() -> int:
     args = ap.parse_args()
 
     frames = _frames(args.video, args.fps, 10.0)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AVASERVE_API_KEYS": KEY,
@@ -158,12 +151,7 @@ def main() -> int:
         res = asyncio.run(_attack(port, server.pid, frames, args.jump, args.fps))
         health = _healthz(port)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            print("server ignored SIGTERM for 40 s: killed", file=sys.stderr)
+        stop_server(server)
 
     messages = res.pop("messages")
     errors = [m for m in messages if m.get("type") == "error"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,14 +29,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._common import free_port, stop_server, trickle  # noqa: E402
+
 KEY = "bench-key-0123456789abcdef"
 SLACK_S = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(sock: socket.socket) -> int | None:
@@ -52,20 +49,8 @@ def _trickle(
     port: int, head: bytes, piece: bytes, every_s: float, out: list, limit_s: float
 ) -> None:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    t0 = time.monotonic()
     sock.sendall(head)
-    sock.settimeout(every_s)
-    while time.monotonic() - t0 < limit_s:
-        try:
-            sock.sendall(piece)
-            sock.recv(1, socket.MSG_PEEK)
-            break  # answered or closed
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-    held = time.monotonic() - t0
-    sock.settimeout(5)
+    held = trickle(sock, piece, every_s, limit_s)
     out.append((held, _status(sock)))
     sock.close()
 
@@ -77,7 +62,7 @@ def main() -> int:
     ap.add_argument("--headers", type=int, default=20)
     args = ap.parse_args()
 
-    port = _free_port()
+    port = free_port()
     with TemporaryDirectory() as tmp:
         upload_dir = Path(tmp) / "uploads"
         env = {**os.environ, "AVASERVE_API_KEYS": KEY, "AVASERVE_UPLOAD_DIR": str(upload_dir),
@@ -124,11 +109,7 @@ def main() -> int:
             time.sleep(0.5)
             folders_after = len(list(upload_dir.glob("*"))) if upload_dir.exists() else 0
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
 
     def summary(rows: list[tuple[float, int | None]]) -> str:
         by: dict[int | None, list[float]] = {}

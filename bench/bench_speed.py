@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import re
 import statistics
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import clip_boxes, naive_keyframe_clips, video_duration_s  # noqa: E402
 from core.manifest import BundleManifest, load_manifest  # noqa: E402
 from service.engine import Engine, EngineSettings  # noqa: E402
 from service.threads import available_cores  # noqa: E402
@@ -216,15 +216,10 @@ def bench_d(bundle: Path, int8: Path, video: Path, runs: int) -> dict[str, Any]:
 def _peer_loop(bundle: Path, video: Path, device: str = "cpu") -> dict[str, Any]:
     """Per keyframe: open, seek, decode the clip, detect (batch 1), eager model (batch 1).
     ``device="cuda"`` runs the eager model on the GPU when this torch has CUDA."""
-    import av
     import torch
-    from av.video.reformatter import VideoReformatter
 
-    from core.preprocess import pack_pathways, preprocess_clip, resize_short_side
-    from core.sampling import nearest_frame_indices
     from models.onnx_utils import HeadGraph
     from service.detector import PersonDetector
-    from service.ringbuffer import ClipGeometry
     from service.runtime import RuntimeSettings, create_runtime
 
     manifest = load_manifest(bundle)
@@ -239,54 +234,20 @@ def _peer_loop(bundle: Path, video: Path, device: str = "cpu") -> dict[str, Any]
         create_runtime(bundle, manifest, "detector", RuntimeSettings(intra_op_threads=cores)),
         manifest.detector,
     )
-    prep = manifest.preprocessing
-    geo = ClipGeometry.from_manifest(prep, "center", manifest.keyframe_rate)
-    with av.open(str(video)) as c:
-        duration = float(c.duration / 1e6) if c.duration else 0.0
+    duration = video_duration_s(video)
     bank: list[tuple[float, torch.Tensor]] = []
     dim_bank = model.lfb.dim_bank if model.lfb is not None else 1
     half = (manifest.bank.window_seconds - 1) // 2
     records = 0
     t0 = time.perf_counter()
-    for n in range(int(math.floor(duration * manifest.keyframe_rate)) + 1):
-        t = n / manifest.keyframe_rate
-        times = geo.times(t)
-        frames: list[tuple[float, np.ndarray]] = []
-        with av.open(str(video)) as c:
-            rgb = VideoReformatter()
-            s = c.streams.video[0]
-            start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
-            c.seek(int((max(0.0, float(times[0]) - 1.0) + start) / s.time_base), stream=s)
-            for f in c.decode(s):
-                pts = float(f.time) - start
-                frames.append((pts, rgb.reformat(f, format="rgb24").to_ndarray()))
-                if pts >= times[-1]:
-                    break
-        if not frames or frames[-1][0] < t:
-            continue
-        pts_arr = np.array([p for p, _ in frames])
-        idx = nearest_frame_indices(times, pts_arr)
-        small = {i: resize_short_side(frames[i][1], prep.short_side) for i in set(idx.tolist())}
-        x = preprocess_clip(
-            np.stack([small[i] for i in idx.tolist()]),
-            short_side=prep.short_side,
-            mean=prep.mean,
-            std=prep.std,
-            pixel_scale=prep.pixel_scale,
-        )
-        slow, fast = (torch.from_numpy(a[None]).to(dev) for a in pack_pathways(x, prep.alpha))
-        key = frames[int(nearest_frame_indices([t], pts_arr)[0])][1]
+    for _, t, slow_np, fast_np, key in naive_keyframe_clips(video, manifest, duration):
+        slow, fast = (torch.from_numpy(a).to(dev) for a in (slow_np, fast_np))
         dets = detector.detect([key])[0]
         keep = dets.scores >= detector.score_threshold
         boxes_f = dets.boxes[keep]
         if len(boxes_f) == 0:
             continue
-        h, w = key.shape[:2]
-        ch, cw = fast.shape[3], fast.shape[4]
-        scale = np.array([cw / w, ch / h, cw / w, ch / h], np.float32)
-        boxes = np.concatenate(
-            [np.zeros((len(boxes_f), 1), np.float32), boxes_f * scale], 1
-        ).astype(np.float32)
+        boxes = clip_boxes(boxes_f, key, fast_np)
         with torch.inference_mode():
             person, glob = model.features(slow, fast, torch.from_numpy(boxes).to(dev))
             k = len(person)

@@ -35,7 +35,6 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import statistics
 import sys
 import threading
@@ -48,6 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import free_port  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.serve_cli import encode_frame, uvicorn_config  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -55,12 +55,6 @@ from service.settings import Settings  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "basketball_2people.mp4"
 KEY = "bench-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _frames(video: Path, fps: float, short_side: int) -> list[tuple[float, bytes]]:
@@ -383,7 +377,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "ws_lag.json")
     args = ap.parse_args()
 
-    overrides: dict[str, Any] = {"port": _free_port(), "api_keys": KEY, "live_queue_frames": 256}
+    overrides: dict[str, Any] = {"port": free_port(), "api_keys": KEY, "live_queue_frames": 256}
     if args.bundle is not None:
         overrides["bundle"] = args.bundle
     settings = Settings(**overrides)

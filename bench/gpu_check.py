@@ -159,13 +159,14 @@ def _streams_once(port: int, n: int, frames: Any, fps: float) -> list[dict[str, 
 
 def live_and_streams(bundle: Path, video: Path, seconds: float, max_streams: int) -> dict[str, Any]:
     """(e) one stream, then 1, 2, 4, ... concurrent streams on one server (module docstring)."""
-    from bench.bench_ws_lag import KEY, _frames, _free_port, _looped, _serve
+    from bench._common import free_port
+    from bench.bench_ws_lag import KEY, _frames, _looped, _serve
     from service.settings import Settings
 
     providers = "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"
     settings = Settings(
         bundle=bundle,
-        port=_free_port(),
+        port=free_port(),
         api_keys=KEY,
         ort_providers=providers,  # type: ignore[arg-type]
         max_streams_per_key=max_streams,

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-_COMMON: dict[str, Any] = {
+# The model-defining values every PySlowFast AVA yaml sets alike (DATA.NUM_FRAMES and the
+# per-config ones below aside); tests/models/test_pyslowfast_reference.py builds from them too.
+COMMON: dict[str, Any] = {
     "DETECTION.ENABLE": True,
-    "DETECTION.ALIGNED": False,
     "SLOWFAST.ALPHA": 4,
     "SLOWFAST.BETA_INV": 8,
     "SLOWFAST.FUSION_CONV_CHANNEL_RATIO": 2,
@@ -47,20 +48,23 @@ _COMMON: dict[str, Any] = {
     "MODEL.NUM_CLASSES": 80,
     "MODEL.ARCH": "slowfast",
     "DATA.SAMPLING_RATE": 2,
-    "DATA.TEST_CROP_SIZE": 256,
 }
-_R101_50_50 = {
-    **_COMMON,
+# configs/AVA/c2/*.yaml: the Caffe2-trained models (unaligned RoIAlign, 256 px test crop).
+_C2: dict[str, Any] = {**COMMON, "DETECTION.ALIGNED": False, "DATA.TEST_CROP_SIZE": 256}
+# configs/AVA/c2/SLOWFAST_32x2_R101_50_50.yaml beyond COMMON (64x2 differs only in frames).
+R101_50_50: dict[str, Any] = {
+    "DETECTION.ALIGNED": False,
+    "DATA.TEST_CROP_SIZE": 256,
     "SLOWFAST.FUSION_KERNEL_SZ": 5,
     "RESNET.DEPTH": 101,
     "NONLOCAL.LOCATION": [[[], []], [[], []], [[6, 13, 20], []], [[], []]],
     "NONLOCAL.POOL": [[[2, 2, 2], [2, 2, 2]]] * 4,
 }
 CONFIGS: dict[str, dict[str, Any]] = {
-    "SLOWFAST_32x2_R101_50_50": {**_R101_50_50, "DATA.NUM_FRAMES": 32},
-    "SLOWFAST_64x2_R101_50_50": {**_R101_50_50, "DATA.NUM_FRAMES": 64},
+    "SLOWFAST_32x2_R101_50_50": {**_C2, **R101_50_50, "DATA.NUM_FRAMES": 32},
+    "SLOWFAST_64x2_R101_50_50": {**_C2, **R101_50_50, "DATA.NUM_FRAMES": 64},
     "SLOWFAST_32x2_R50": {
-        **_COMMON,
+        **_C2,
         "SLOWFAST.FUSION_KERNEL_SZ": 7,
         "RESNET.DEPTH": 50,
         "NONLOCAL.LOCATION": [[[], []]] * 4,
@@ -68,6 +72,55 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "DATA.NUM_FRAMES": 32,
     },
 }
+
+
+def configure(cfg: Any, values: dict[str, Any]) -> Any:
+    """Set each dotted ``values`` key (``"RESNET.DEPTH"``) on PySlowFast's config node ``cfg``."""
+    for dotted, value in values.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+    return cfg
+
+
+def fake_detectron2(roi_align: type[nn.Module]) -> dict[str, types.ModuleType]:
+    """``detectron2`` and ``detectron2.layers`` modules holding only ``ROIAlign = roi_align``,
+    for ``sys.modules``: all PySlowFast's AVA head imports from detectron2."""
+    detectron2 = types.ModuleType("detectron2")
+    layers = types.ModuleType("detectron2.layers")
+    layers.ROIAlign = roi_align  # type: ignore[attr-defined]
+    detectron2.layers = layers  # type: ignore[attr-defined]
+    return {"detectron2": detectron2, "detectron2.layers": layers}
+
+
+def randomise_batchnorm(m: nn.BatchNorm3d, g: torch.Generator) -> None:
+    """Random statistics and affine terms for ``m``, so it is no identity. gamma < 1 keeps
+    activations O(1) through the residual sums, as in a trained network."""
+    n = m.num_features
+    with torch.no_grad():
+        m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def randomise(model: nn.Module, g: torch.Generator, *, nonlocal_bias: bool = False) -> None:
+    """Randomise a freshly built PySlowFast model so that no block is an identity: BatchNorm
+    statistics and affine terms, the non-local convolutions at PySlowFast's Caffe2 init scale
+    (0.01, keeping the dot products O(1); their biases too with ``nonlocal_bias``) and the
+    head's projection."""
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm3d):
+                randomise_batchnorm(m, g)
+            elif isinstance(m, nn.Conv3d) and "_nonlocal" in name:
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
+                if nonlocal_bias:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
+        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
 
 
 class _PlaceholderRoIAlign(nn.Module):
@@ -85,37 +138,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    detectron2 = types.ModuleType("detectron2")
-    layers = types.ModuleType("detectron2.layers")
-    layers.ROIAlign = _PlaceholderRoIAlign  # type: ignore[attr-defined]
-    detectron2.layers = layers  # type: ignore[attr-defined]
-    sys.modules.setdefault("detectron2", detectron2)
-    sys.modules.setdefault("detectron2.layers", layers)
+    for name, module in fake_detectron2(_PlaceholderRoIAlign).items():
+        sys.modules.setdefault(name, module)
     from slowfast.config.defaults import get_cfg
     from slowfast.models.video_model_builder import SlowFastModel
 
-    cfg = get_cfg()
-    for dotted, value in CONFIGS[args.config].items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = getattr(node, part)
-        setattr(node, leaf, value)
+    cfg = configure(get_cfg(), CONFIGS[args.config])
     torch.manual_seed(args.seed)
     model = SlowFastModel(cfg).eval()
-    g = torch.Generator().manual_seed(args.seed + 1)
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, nn.BatchNorm3d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            elif isinstance(m, nn.Conv3d) and "_nonlocal" in name:
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
-        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
-        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
+    randomise(model, torch.Generator().manual_seed(args.seed + 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": 0, "model_state": model.state_dict(), "cfg": cfg.dump()}, args.out)
     params = sum(p.numel() for p in model.parameters())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._common import free_port  # noqa: E402
+
 CLI = [sys.executable, "-m", "avaserve.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _first_difference(a: list[dict], b: list[dict]) -> str:
@@ -48,7 +45,7 @@ def main() -> int:
     ap.add_argument("videos", nargs="+", type=Path)
     ap.add_argument("--bundle", type=Path, default=REPO / "bundles" / "demo")
     args = ap.parse_args()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVASERVE_")}
     env["AVASERVE_PORT"] = str(port)

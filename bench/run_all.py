@@ -188,18 +188,17 @@ def main() -> None:
         speed[bench] = figs
     if "e" not in skip:
         load0, figs = os.getloadavg(), {}
-        demo_s = 30 if args.quick else 0
-        _run([PY, "bench/bench_ws_lag.py", "--bundle", paths["demo"], "--video", demo_video,
-              "--fps", "15", "--short-side", "240", "--repeat", "1", "--floor-runs", "0",
-              "--replay-passes", "0", "--loop-seconds", str(demo_s),
-              "--out", tmp / "ws_demo.json"], timeout=900)  # fmt: skip
-        figs["demo"] = _json(tmp / "ws_demo.json")
-        r50_s = 40 if args.quick else 120
-        _run([PY, "bench/bench_ws_lag.py", "--bundle", paths["r50_int8"], "--video", BASKETBALL,
-              "--fps", "15", "--short-side", "256", "--repeat", "1", "--floor-runs", "0",
-              "--replay-passes", "0", "--loop-seconds", str(r50_s),
-              "--out", tmp / "ws_r50.json"], timeout=900)  # fmt: skip
-        figs["r50_int8"] = _json(tmp / "ws_r50.json")
+        # (name, bundle, video, short side, seconds of the looped open stream)
+        for name, bundle, video, short_side, seconds in (
+            ("demo", "demo", demo_video, 240, 30 if args.quick else 0),
+            ("r50_int8", "r50_int8", BASKETBALL, 256, 40 if args.quick else 120),
+        ):
+            out = tmp / f"ws_{name}.json"
+            _run([PY, "bench/bench_ws_lag.py", "--bundle", paths[bundle], "--video", video,
+                  "--fps", "15", "--short-side", str(short_side), "--repeat", "1",
+                  "--floor-runs", "0", "--replay-passes", "0", "--loop-seconds", str(seconds),
+                  "--out", out], timeout=900)  # fmt: skip
+            figs[name] = _json(out)
         write("live", figs, load0)
         speed["e"] = figs
     _summary(summary, speed, time.monotonic() - t_start)

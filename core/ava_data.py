@@ -214,6 +214,17 @@ def _parse_box(
     return (x1, y1, x2, y2)
 
 
+def _parse_keyed_box(
+    path: StrPath, line: int, fields: list[str], columns: Sequence[int]
+) -> tuple[str, int, tuple[float, float, float, float]]:
+    """Check a row has one of ``columns`` column counts and parse its leading video id,
+    timestamp and box (the six columns every AVA box CSV starts with)."""
+    _check_columns(path, line, fields, columns)
+    video_id = _parse_video_id(path, line, fields[0])
+    timestamp = _parse_timestamp(path, line, fields[1])
+    return video_id, timestamp, _parse_box(path, line, fields[2:6])
+
+
 def _parse_video_id(path: StrPath, line: int, text: str) -> str:
     if not text:
         raise AvaFormatError(path, line, "video_id", "empty video id")
@@ -260,10 +271,7 @@ def read_annotations(
         raise ValueError(f"unknown_classes must be 'error' or 'skip', got {unknown_classes!r}")
     out: list[AnnotationRow] = []
     for line, fields in _rows(path, "annotation"):
-        _check_columns(path, line, fields, (7, 8))
-        video_id = _parse_video_id(path, line, fields[0])
-        timestamp = _parse_timestamp(path, line, fields[1])
-        box = _parse_box(path, line, fields[2:6])
+        video_id, timestamp, box = _parse_keyed_box(path, line, fields, (7, 8))
         action_id = _parse_int(path, line, "action_id", fields[6])
         if action_id < 1:
             raise AvaFormatError(path, line, "action_id", f"{action_id} is not a class id (>= 1)")
@@ -296,10 +304,7 @@ def read_results(
     """
     out: list[DetectionRow] = []
     for line, fields in _rows(path, "results"):
-        _check_columns(path, line, fields, (8,))
-        video_id = _parse_video_id(path, line, fields[0])
-        timestamp = _parse_timestamp(path, line, fields[1])
-        box = _parse_box(path, line, fields[2:6])
+        video_id, timestamp, box = _parse_keyed_box(path, line, fields, (8,))
         action_id = _parse_int(path, line, "action_id", fields[6])
         score = _parse_float(path, line, "score", fields[7])
         if _check_class(path, line, action_id, label_map, unknown_classes):
@@ -314,10 +319,7 @@ def read_proposals(path: StrPath, *, min_score: float = 0.0) -> list[DetectionRo
     """
     out: list[DetectionRow] = []
     for line, fields in _rows(path, "proposals"):
-        _check_columns(path, line, fields, (7, 8))
-        video_id = _parse_video_id(path, line, fields[0])
-        timestamp = _parse_timestamp(path, line, fields[1])
-        box = _parse_box(path, line, fields[2:6])
+        video_id, timestamp, box = _parse_keyed_box(path, line, fields, (7, 8))
         score = _parse_float(path, line, "score", fields[-1])
         if score >= min_score:
             out.append(DetectionRow(video_id, timestamp, box, None, score, line))

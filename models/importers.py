@@ -227,6 +227,28 @@ class _Unrepresentable:
 _KeyMapper = Callable[[str], "str | _Unrepresentable | None"]
 
 
+# A residual block's parameters: (source pattern, our name's template filled with its groups).
+_BlockRules = tuple[tuple[str, str], ...]
+_PYSLOWFAST_BLOCK: _BlockRules = (
+    (r"branch1\.(\w+)", "shortcut_conv.{0}"),
+    (r"branch1_bn\.(\w+)", "shortcut_norm.{0}"),
+    (r"branch2\.([abc])\.(\w+)", "conv_{0}.{1}"),
+    (r"branch2\.([abc])_bn\.(\w+)", "norm_{0}.{1}"),
+)
+_PYTORCHVIDEO_BLOCK: _BlockRules = (
+    (r"branch1_(conv|norm)\.(\w+)", "shortcut_{0}.{1}"),
+    (r"branch2\.(conv|norm)_([abc])\.(\w+)", "{0}_{1}.{2}"),
+)
+
+
+def _map_block(prefix: str, tail: str, rules: _BlockRules) -> str | None:
+    """``prefix.<name>`` for the first rule matching the block-relative ``tail``, else None."""
+    for pattern, template in rules:
+        if t := re.fullmatch(pattern, tail):
+            return f"{prefix}.{template.format(*t.groups())}"
+    return None
+
+
 def _map_pyslowfast(key: str) -> str | _Unrepresentable | None:
     if m := re.fullmatch(r"s1\.pathway([01])_stem\.(conv|bn)\.(\w+)", key):
         part = "conv" if m[2] == "conv" else "norm"
@@ -236,16 +258,7 @@ def _map_pyslowfast(key: str) -> str | _Unrepresentable | None:
         return f"backbone.fusions.{int(m[1]) - 1}.{part}.{m[3]}"
     if m := re.fullmatch(r"s([2-5])\.pathway([01])_res(\d+)\.(.+)", key):
         prefix = f"backbone.stages.{int(m[1]) - 2}.{_PATHWAYS[int(m[2])]}.blocks.{m[3]}"
-        tail = m[4]
-        if t := re.fullmatch(r"branch1\.(\w+)", tail):
-            return f"{prefix}.shortcut_conv.{t[1]}"
-        if t := re.fullmatch(r"branch1_bn\.(\w+)", tail):
-            return f"{prefix}.shortcut_norm.{t[1]}"
-        if t := re.fullmatch(r"branch2\.([abc])\.(\w+)", tail):
-            return f"{prefix}.conv_{t[1]}.{t[2]}"
-        if t := re.fullmatch(r"branch2\.([abc])_bn\.(\w+)", tail):
-            return f"{prefix}.norm_{t[1]}.{t[2]}"
-        return None
+        return _map_block(prefix, m[4], _PYSLOWFAST_BLOCK)
     if m := re.fullmatch(r"s([2-5])\.pathway([01])_nonlocal(\d+)\.(conv_\w+|bn)\.(\w+)", key):
         if m[2] == "1":
             return _Unrepresentable(
@@ -331,12 +344,7 @@ def _map_pytorchvideo(key: str) -> str | _Unrepresentable | None:
         r"blocks\.([1-4])\.multipathway_blocks\.([01])\.res_blocks\.(\d+)\.(.+)", key
     ):
         prefix = f"backbone.stages.{int(m[1]) - 1}.{_PATHWAYS[int(m[2])]}.blocks.{m[3]}"
-        tail = m[4]
-        if t := re.fullmatch(r"branch1_(conv|norm)\.(\w+)", tail):
-            return f"{prefix}.shortcut_{t[1]}.{t[2]}"
-        if t := re.fullmatch(r"branch2\.(conv|norm)_([abc])\.(\w+)", tail):
-            return f"{prefix}.{t[1]}_{t[2]}.{t[3]}"
-        return None
+        return _map_block(prefix, m[4], _PYTORCHVIDEO_BLOCK)
     if m := re.fullmatch(r"detection_head\.proj\.(weight|bias)", key):
         return f"classifier.{m[1]}"
     if re.fullmatch(r"blocks\.\d+\.proj\.(weight|bias)", key):

@@ -175,6 +175,16 @@ def status_class(code: int) -> str:
     return f"{min(max(code // 100, 1), 5)}xx"
 
 
+_Family = GaugeMetricFamily | CounterMetricFamily
+
+
+def _labelled(family: _Family, allowed: tuple[str, ...], values: Mapping[str, float]) -> _Family:
+    """``family`` with one sample per allowed label value (0 for those ``values`` lacks)."""
+    for value in allowed:
+        family.add_metric([value], float(values.get(value, 0)))
+    return family
+
+
 class _PullCollector(Collector):
     """Reads the bound objects' counters at scrape time."""
 
@@ -277,35 +287,36 @@ class _PullCollector(Collector):
 
     def _runner_families(self) -> Iterator[Metric]:
         runner = self.runner
-        oldest = GaugeMetricFamily(
-            f"{PREFIX}_job_oldest_seconds",
-            "queued: seconds the longest-waiting queued job has waited; running: seconds since "
-            "the stalest running job last made progress (0 when none; with Redis: all replicas).",
-            labels=["state"],
+        yield _labelled(
+            GaugeMetricFamily(
+                f"{PREFIX}_job_oldest_seconds",
+                "queued: seconds the longest-waiting queued job has waited; running: seconds "
+                "since the stalest running job last made progress (0 when none; with Redis: all "
+                "replicas).",
+                labels=["state"],
+            ),
+            AGED_JOB_STATES,
+            runner.oldest_s if runner is not None else {},
         )
-        ages = dict(runner.oldest_s) if runner is not None else {}
-        for state in AGED_JOB_STATES:
-            oldest.add_metric([state], float(ages.get(state, 0.0)))
-        yield oldest
-        workers = GaugeMetricFamily(
-            f"{PREFIX}_job_workers",
-            "This process's job workers: healthy, stuck (not coming round their loop) or dead.",
-            labels=["health"],
+        yield _labelled(
+            GaugeMetricFamily(
+                f"{PREFIX}_job_workers",
+                "This process's job workers: healthy, stuck (not coming round their loop) or dead.",
+                labels=["health"],
+            ),
+            WORKER_STATES,
+            runner.worker_states() if runner is not None else {},
         )
-        states = dict(runner.worker_states()) if runner is not None else {}
-        for state in WORKER_STATES:
-            workers.add_metric([state], float(states.get(state, 0)))
-        yield workers
-        errors = CounterMetricFamily(
-            f"{PREFIX}_job_runner_errors",
-            "Job runner errors by step (each also logged; the job ends failed with a reason or "
-            "the step is retried).",
-            labels=["step"],
+        yield _labelled(
+            CounterMetricFamily(
+                f"{PREFIX}_job_runner_errors",
+                "Job runner errors by step (each also logged; the job ends failed with a reason "
+                "or the step is retried).",
+                labels=["step"],
+            ),
+            RUNNER_ERROR_STEPS,
+            runner.errors if runner is not None else {},
         )
-        counted = dict(runner.errors) if runner is not None else {}
-        for step in RUNNER_ERROR_STEPS:
-            errors.add_metric([step], float(counted.get(step, 0)))
-        yield errors
         yield CounterMetricFamily(
             f"{PREFIX}_job_store_resets",
             "Times the job store was found emptied (a Redis restarted without persistence).",

@@ -14,7 +14,8 @@ number. `seed_everything` seeds a run. Both trainers (``training.train``,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -143,18 +144,14 @@ def seed_everything(seed: int) -> None:
 
 def learning_rate(config: TrainConfig, it: int) -> float:
     """The schedule of ``config`` at iteration ``it`` (pure: resuming needs only ``it``)."""
-    if config.schedule == "steps":
-        return steps_lr(
-            it,
-            lr0=config.lr,
-            steps=config.lr_steps,
-            warmup_iters=config.warmup_iters,
-            warmup_start_lr=config.warmup_start_lr,
-        )
-    return warmup_cosine_lr(
+    schedule: Callable[..., float] = (
+        partial(steps_lr, steps=config.lr_steps)
+        if config.schedule == "steps"
+        else partial(warmup_cosine_lr, it_max=config.iterations)
+    )
+    return schedule(
         it,
         lr0=config.lr,
-        it_max=config.iterations,
         warmup_iters=config.warmup_iters,
         warmup_start_lr=config.warmup_start_lr,
     )

@@ -13,7 +13,6 @@ import struct
 import threading
 from collections import deque
 from fractions import Fraction
-from types import TracebackType
 from typing import Any, Literal
 
 import av
@@ -34,6 +33,7 @@ from service.decode.sandbox import (
     _send_frame,
 )
 from service.decode.session import (
+    ClosesOnExit,
     DecodedFrame,
     _FrameShaper,
     _out_of_memory,
@@ -217,7 +217,7 @@ def _live_mpegts(
         container.close()
 
 
-class LiveDecoder:
+class LiveDecoder(ClosesOnExit):
     """Decodes a live byte stream (raw H.264 Annex-B, or MPEG-TS) fed in chunks, in a decoder
     process with the same limits as files (no CPU-time, frame or duration cap: a live stream
     lasts as long as its connection).
@@ -310,17 +310,6 @@ class LiveDecoder:
             self._chunks.put_nowait(None)
         self._writer.join(timeout=5.0)
         self._link.kill()
-
-    def __enter__(self) -> LiveDecoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _raise_if_failed(self) -> None:
         with self._cond:

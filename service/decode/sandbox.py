@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import av
@@ -29,6 +28,7 @@ import av.video.stream
 import numpy as np
 
 from service.decode.session import (
+    ClosesOnExit,
     DecodedFrame,
     VideoInfo,
     _iter_in_process,
@@ -439,7 +439,7 @@ def probe(
         link.kill()
 
 
-class VideoDecoder:
+class VideoDecoder(ClosesOnExit):
     """Frames of one video file, in presentation order. Iterate it; close it (or use `with`).
 
     Construction probes the file (raising VideoInputError early); iteration may still raise
@@ -522,17 +522,6 @@ class VideoDecoder:
             closer = getattr(self._local, "close", None)
             if closer is not None:
                 closer()
-
-    def __enter__(self) -> VideoDecoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

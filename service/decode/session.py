@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import av
 import av.container
@@ -28,6 +29,25 @@ from service.errors import VideoInputError
 from service.limits import DecodeLimits
 
 _PROBE_PACKETS = 120  # packets read up front: fps/VFR estimate and the first decoded frame
+
+
+class ClosesOnExit:
+    """Context-manager protocol for objects with a ``close()``: ``with`` returns the object and
+    calls ``close()`` on the way out, whatever happened inside."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 import source_layouts as L
 import torch
 import typer
+from cli_support import command_app
 from typer.testing import CliRunner
 
 from export.import_cli import parse_overrides, register
@@ -17,14 +18,7 @@ from models.importers import import_state_dict
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Test app with just the import-checkpoint command."""
-
-    register(app)
-    return app
+    return command_app(register)
 
 
 def _run(*args: str) -> tuple[int, str, str]:

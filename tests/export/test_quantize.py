@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,32 +25,28 @@ def video(assets: Path) -> Path:
     return assets / "video" / "basketball_2people.mp4"
 
 
-@pytest.fixture(scope="module")
-def fp32_bundle(video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("q") / "fp32"
+def _tiny_bundle(out: Path, video: Path, **options: Any) -> Path:
+    """The tiny test model's bundle, built with export options ``options`` on top."""
     build_bundle(
         random_init_model("slowfast_tiny", overrides=SMALL),
         out,
         parity_video=video,
         parity_keyframes=2,
         slim=False,
+        **options,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_bundle(tmp_path_factory.mktemp("q") / "fp32", video)
 
 
 @pytest.fixture(scope="module")
 def int8_bundle(video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("q") / "int8"
-    build_bundle(
-        random_init_model("slowfast_tiny", overrides=SMALL),
-        out,
-        parity_video=video,
-        parity_keyframes=2,
-        slim=False,
-        quantize="int8",
-        calibration_keyframes=3,
-    )
-    return out
+    return _tiny_bundle(out, video, quantize="int8", calibration_keyframes=3)
 
 
 def test_export_quantize_int8_records_settings_and_drift(int8_bundle: Path) -> None:

@@ -71,7 +71,9 @@ def roi_align_np(
     return torch.from_numpy(out).to(features.dtype)
 
 
-class _RoIAlignStandIn(nn.Module):
+class RoIAlignStandIn(nn.Module):
+    """RoIAlign computed by ``roi_align_np``; subclasses give each library's constructor."""
+
     def __init__(
         self,
         output_size: int | tuple[int, int],
@@ -92,7 +94,7 @@ class _RoIAlignStandIn(nn.Module):
         )
 
 
-class TorchvisionRoIAlign(_RoIAlignStandIn):
+class TorchvisionRoIAlign(RoIAlignStandIn):
     """``torchvision.ops.RoIAlign``'s constructor (``aligned`` defaults to False)."""
 
     def __init__(
@@ -105,7 +107,7 @@ class TorchvisionRoIAlign(_RoIAlignStandIn):
         super().__init__(output_size, spatial_scale, sampling_ratio, aligned)
 
 
-class MmcvRoIAlign(_RoIAlignStandIn):
+class MmcvRoIAlign(RoIAlignStandIn):
     """``mmcv.ops.RoIAlign``'s constructor (``aligned`` defaults to True). Only
     ``pool_mode='avg'`` is computed: MMAction2's AVA heads use nothing else."""
 

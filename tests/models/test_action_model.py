@@ -96,15 +96,20 @@ def test_global_feature_reaches_the_right_person() -> None:
     assert not torch.allclose(a0, a1)
 
 
-def test_temporal_max_pool_reaches_person_and_global_features() -> None:
-    """roi_temporal_pool="max" (MMAction2 temporal_pool_mode='max'): each pathway's time
-    axis is max-pooled before RoIAlign and for the global feature."""
+def _max_pool_model() -> ActionModel:
+    """The stub backbone under a RoI head that max-pools time (seeded: same weights each call)."""
     torch.manual_seed(0)
-    model = ActionModel(
+    return ActionModel(
         backbone=StubBackbone(),
         roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16, temporal_pool="max"),
         use_global=True,
     ).eval()
+
+
+def test_temporal_max_pool_reaches_person_and_global_features() -> None:
+    """roi_temporal_pool="max" (MMAction2 temporal_pool_mode='max'): each pathway's time
+    axis is max-pooled before RoIAlign and for the global feature."""
+    model = _max_pool_model()
     slow, fast, boxes = _clip()
     with torch.no_grad():
         person, glob = model.features(slow, fast, boxes)
@@ -121,12 +126,7 @@ def test_temporal_max_pool_exports_to_onnx(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from models.onnx_utils import FeaturesGraph, export_onnx
 
-    torch.manual_seed(0)
-    model = ActionModel(
-        backbone=StubBackbone(),
-        roi_head=RoIHead(in_channels=(6, 2), spatial_scale=1 / 16, temporal_pool="max"),
-        use_global=True,
-    ).eval()
+    model = _max_pool_model()
     slow, fast, boxes = _clip()
     path = export_onnx(
         FeaturesGraph(model),

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from random_weights import randomise_norms
 from torch import nn
 
 from models.backbone import SlowFast, create_slowfast
@@ -35,21 +36,6 @@ def _clips(batch: int, t_slow: int, size: int, alpha: int = 4) -> tuple[torch.Te
     slow = torch.randn(batch, 3, t_slow, size, size, generator=g)  # (B, 3, T_s, H, W)
     fast = torch.randn(batch, 3, alpha * t_slow, size, size, generator=g)  # (B, 3, T_f, H, W)
     return slow, fast
-
-
-def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
-    """Give every norm non-trivial statistics and affine terms, so eval-mode outputs
-    depend on all of them (fresh BN is close to the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            # gamma < 1 keeps activations O(1) through the residual sums, as in a trained
-            # network; a 1e-4 tolerance is meaningless on outputs of size 100 in float32.
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 @pytest.mark.parametrize(
@@ -255,7 +241,7 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, exporter: str) -> None:
     model = create_slowfast(
         **TINY, nonlocal_stages=(2,), nonlocal_blocks=((1,),), nonlocal_zero_init=False
     ).eval()
-    _randomise_norms(model)
+    randomise_norms(model)
     path = tmp_path / "backbone.onnx"
     _export_tiny(model, path, dynamo=exporter == "dynamo")
 
@@ -319,7 +305,7 @@ def test_equals_pytorchvideo_when_available(monkeypatch: pytest.MonkeyPatch, ava
     ours = create_slowfast(
         depth=50, stem_dim=16, spatial_strides=strides, spatial_dilations=dilations
     ).eval()
-    _randomise_norms(ref)
+    randomise_norms(ref)
     mapped = {_pytorchvideo_key_to_ours(k): v for k, v in ref.state_dict().items()}
     ours.load_state_dict(mapped, strict=True)
 

@@ -13,7 +13,6 @@ import importlib.util
 import pickle
 import re
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from typing import Any
 import pytest
 import source_layouts as L
 import torch
+from random_weights import randomise_norms
 from torch import nn
+from upstream_env import stub_module
 
 from models.checkpoints import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from models.importers import (
@@ -727,30 +728,12 @@ def pytorchvideo_detection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if importlib.util.find_spec("pytorchvideo") is None:
         pytest.skip("pytorchvideo not installed (optional reference)")
     if importlib.util.find_spec("torchvision") is None:
-        tv = types.ModuleType("torchvision")
-        ops = types.ModuleType("torchvision.ops")
-        ops.RoIAlign = _StandInRoIAlign  # type: ignore[attr-defined]
-        tv.ops = ops  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "torchvision", tv)
-        monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
+        stub_module(monkeypatch, "torchvision.ops", RoIAlign=_StandInRoIAlign)
         for name in [m for m in sys.modules if m.startswith("pytorchvideo")]:
             monkeypatch.delitem(sys.modules, name)  # re-import against the stand-in
     from pytorchvideo.models.hub.slowfast import slowfast_r50_detection
 
     yield slowfast_r50_detection
-
-
-def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            # gamma < 1 keeps activations O(1) through the residual sums, as in a trained
-            # network, so an absolute 1e-4 tolerance means something.
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def test_pytorchvideo_detection_state_dict_loads_strictly(pytorchvideo_detection: Any) -> None:
@@ -772,7 +755,7 @@ def test_pytorchvideo_detection_outputs_match_after_import(pytorchvideo_detectio
     """
     torch.manual_seed(0)
     ref = pytorchvideo_detection(pretrained=False).eval()
-    _randomise_norms(ref)
+    randomise_norms(ref)
     ref.detection_head.activation = None  # compare logits; pytorchvideo applies a sigmoid
 
     result = import_state_dict(ref.state_dict(), "pytorchvideo", preset="slowfast_r50_ava")

@@ -31,10 +31,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from roi_reference import roi_align_np
+from roi_reference import RoIAlignStandIn
 from torch import nn
 from typer.testing import CliRunner
 
+from bench.pyslowfast_random_checkpoint import (
+    COMMON,
+    R101_50_50,
+    configure,
+    fake_detectron2,
+    randomise,
+)
 from core.probs import action_probabilities
 from models.checkpoints import build_model, load_checkpoint
 
@@ -52,7 +59,7 @@ NUM_FRAMES = 8
 WIDTH = 32
 
 
-class Detectron2RoIAlign(nn.Module):
+class Detectron2RoIAlign(RoIAlignStandIn):
     """``detectron2.layers.ROIAlign(output_size, spatial_scale, sampling_ratio,
     aligned=True)``, computed by the independent reference."""
 
@@ -63,17 +70,7 @@ class Detectron2RoIAlign(nn.Module):
         sampling_ratio: int,
         aligned: bool = True,
     ) -> None:
-        super().__init__()
-        size = (output_size, output_size) if isinstance(output_size, int) else output_size
-        self.output_size = (int(size[0]), int(size[1]))
-        self.spatial_scale = float(spatial_scale)
-        self.sampling_ratio = int(sampling_ratio)
-        self.aligned = bool(aligned)
-
-    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return roi_align_np(
-            features, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
-        )
+        super().__init__(output_size, spatial_scale, sampling_ratio, aligned)
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +80,7 @@ def pyslowfast() -> Iterator[types.SimpleNamespace]:
     saved = {k: v for k, v in sys.modules.items() if k.startswith(("detectron2", "slowfast"))}
     for name in saved:
         del sys.modules[name]
-    detectron2 = types.ModuleType("detectron2")
-    layers = types.ModuleType("detectron2.layers")
-    layers.ROIAlign = Detectron2RoIAlign  # type: ignore[attr-defined]
-    detectron2.layers = layers  # type: ignore[attr-defined]
-    sys.modules["detectron2"] = detectron2
-    sys.modules["detectron2.layers"] = layers
+    sys.modules.update(fake_detectron2(Detectron2RoIAlign))
     try:
         from slowfast.config.defaults import get_cfg
         from slowfast.models.video_model_builder import SlowFastModel
@@ -103,27 +95,13 @@ def pyslowfast() -> Iterator[types.SimpleNamespace]:
         sys.modules.update(saved)
 
 
-# The model-defining values of PySlowFast's configs/AVA yamls (DATA.NUM_FRAMES aside).
+# PySlowFast's configs/AVA yamls at this test's width and clip length.
 _COMMON: dict[str, Any] = {
-    "DETECTION.ENABLE": True,
-    "SLOWFAST.ALPHA": 4,
-    "SLOWFAST.BETA_INV": 8,
-    "SLOWFAST.FUSION_CONV_CHANNEL_RATIO": 2,
+    **COMMON,
     "RESNET.ZERO_INIT_FINAL_BN": True,
     "RESNET.WIDTH_PER_GROUP": WIDTH,
-    "RESNET.NUM_GROUPS": 1,
-    "RESNET.TRANS_FUNC": "bottleneck_transform",
-    "RESNET.STRIDE_1X1": False,
-    "RESNET.NUM_BLOCK_TEMP_KERNEL": [[3, 3], [4, 4], [6, 6], [3, 3]],
-    "RESNET.SPATIAL_DILATIONS": [[1, 1], [1, 1], [1, 1], [2, 2]],
-    "RESNET.SPATIAL_STRIDES": [[1, 1], [2, 2], [2, 2], [1, 1]],
-    "NONLOCAL.GROUP": [[1, 1], [1, 1], [1, 1], [1, 1]],
-    "NONLOCAL.INSTANTIATION": "dot_product",
-    "MODEL.NUM_CLASSES": 80,
-    "MODEL.ARCH": "slowfast",
     "MODEL.DROPOUT_RATE": 0.5,
     "DATA.NUM_FRAMES": NUM_FRAMES,
-    "DATA.SAMPLING_RATE": 2,
 }
 CONFIGS: dict[str, dict[str, Any]] = {
     # configs/AVA/SLOWFAST_32x2_R50_SHORT.yaml
@@ -138,43 +116,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     # configs/AVA/c2/SLOWFAST_32x2_R101_50_50.yaml (SLOWFAST_64x2_R101_50_50 differs only
     # in DATA.NUM_FRAMES)
-    "SLOWFAST_32x2_R101_50_50": {
-        **_COMMON,
-        "DETECTION.ALIGNED": False,
-        "SLOWFAST.FUSION_KERNEL_SZ": 5,
-        "RESNET.DEPTH": 101,
-        "NONLOCAL.LOCATION": [[[], []], [[], []], [[6, 13, 20], []], [[], []]],
-        "NONLOCAL.POOL": [[[2, 2, 2], [2, 2, 2]]] * 4,
-        "DATA.TEST_CROP_SIZE": 256,
-    },
+    "SLOWFAST_32x2_R101_50_50": {**_COMMON, **R101_50_50},
 }
 
 
 def _build(ref: types.SimpleNamespace, name: str) -> tuple[Any, nn.Module]:
-    cfg = ref.get_cfg()
-    for dotted, value in CONFIGS[name].items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = getattr(node, part)
-        setattr(node, leaf, value)
+    cfg = configure(ref.get_cfg(), CONFIGS[name])
     torch.manual_seed(0)
     model = ref.SlowFastModel(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module_name, m in model.named_modules():
-            if isinstance(m, nn.BatchNorm3d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            elif isinstance(m, nn.Conv3d) and "_nonlocal" in module_name:
-                # PySlowFast's Caffe2 non-local init scale; keeps the dot products O(1).
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        model.head.projection.weight.normal_(0.0, 0.05, generator=g)
-        model.head.projection.bias.normal_(0.0, 0.5, generator=g)
+    randomise(model, torch.Generator().manual_seed(1), nonlocal_bias=True)
     return cfg, model
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from random_weights import randomise_norms
 from torch import Tensor, nn
 from typer.testing import CliRunner
 from upstream_env import mmaction_importable, torchvision_stand_in
@@ -98,21 +99,6 @@ class Outputs:
     person: Tensor  # (K, D)
     logits: Tensor  # (K, C)
     probs: Tensor  # (K, C)
-
-
-def _randomise(model: nn.Module, seed: int) -> None:
-    """Random weights everywhere, BatchNorm statistics too (gamma < 1 keeps the residual
-    sums O(1), as in a trained network, so an absolute bound means something)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-        elif isinstance(m, nn.Linear):
-            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
 
 
 def _clip(case: Case, seed: int, alpha: int = ALPHA) -> tuple[Tensor, Tensor, Tensor]:
@@ -244,7 +230,7 @@ def pytorchvideo_model(tmp_path_factory: pytest.TempPathFactory, video: Path) ->
             ref = slowfast_r50_detection(
                 pretrained=False, head_pool_kernel_sizes=((T_FAST // ALPHA, 1, 1), (T_FAST, 1, 1))
             ).eval()
-            _randomise(ref, seed=1)
+            randomise_norms(ref, seed=1, linear_bias=True)
             work = tmp_path_factory.mktemp("pytorchvideo")
             src = work / "SLOWFAST_8x8_R50_DETECTION.pyth"  # the hub file's layout
             torch.save({"model_state": ref.state_dict()}, src)
@@ -308,7 +294,7 @@ def _build_mmaction2(config: str, work: Path) -> tuple[nn.Module, Path]:
     cfg.model.init_cfg = None  # random weights: no Kinetics download
     torch.manual_seed(0)
     ref = MODELS.build(cfg.model).eval()
-    _randomise(ref, seed=3)
+    randomise_norms(ref, seed=3, linear_bias=True)
     path = work / config.replace(".py", ".pth")
     save_checkpoint(
         {"meta": {"cfg": cfg.pretty_text, "epoch": 10}, "state_dict": ref.state_dict()}, str(path)

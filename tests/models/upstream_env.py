@@ -69,6 +69,18 @@ class _OpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
 
+def stub_module(monkeypatch: pytest.MonkeyPatch, dotted: str, **attrs: Any) -> None:
+    """Put a package ``a`` whose submodule ``a.b`` (``dotted``) holds only ``attrs`` in
+    ``sys.modules`` for this test, standing in for a library that is not installed."""
+    package_name, child = dotted.split(".")
+    package, module = types.ModuleType(package_name), types.ModuleType(dotted)
+    for name, value in attrs.items():
+        setattr(module, name, value)
+    setattr(package, child, module)
+    monkeypatch.setitem(sys.modules, package_name, package)
+    monkeypatch.setitem(sys.modules, dotted, module)
+
+
 def _purge(prefixes: Sequence[str], monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m.split(".")[0] in prefixes]:
         monkeypatch.delitem(sys.modules, name)
@@ -79,12 +91,7 @@ def torchvision_stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """pytorchvideo importable, its torchvision RoIAlign computed by `roi_reference`."""
     if importlib.util.find_spec("pytorchvideo") is None:
         pytest.skip("pytorchvideo not installed (the Makefile installs it)")
-    tv = types.ModuleType("torchvision")
-    ops = types.ModuleType("torchvision.ops")
-    ops.RoIAlign = TorchvisionRoIAlign  # type: ignore[attr-defined]
-    tv.ops = ops  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torchvision", tv)
-    monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
+    stub_module(monkeypatch, "torchvision.ops", RoIAlign=TorchvisionRoIAlign)
     _purge(["pytorchvideo"], monkeypatch)  # re-import against the stand-in
     yield
 

@@ -12,11 +12,12 @@ import threading
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 
 import av
 import av.video.stream
 import numpy as np
+
+from service.decode.session import ClosesOnExit
 
 X264 = {"preset": "ultrafast", "bframes": "0"}
 
@@ -163,7 +164,7 @@ def sdp(path: Path, port: int) -> Path:
     return path
 
 
-class LoopbackListener:
+class LoopbackListener(ClosesOnExit):
     """A TCP listener on 127.0.0.1:<free port> that counts connections (and bytes) it receives.
 
     Used as the target of hostile playlists: any outbound attempt shows up as `connections`.
@@ -193,12 +194,7 @@ class LoopbackListener:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2.0)
         self.sock.close()

@@ -272,7 +272,7 @@ def test_keyframes_idle_waits_for_in_flight_keyframes(bundle: Path, video: Path)
 
     async def main() -> tuple[float, float, int]:
         engine = Engine(bundle, settings=_settings(live_max_pending=16))
-        engine.backbone = SlowRuntime(engine.backbone, 0.3)  # type: ignore[assignment]
+        engine.backbone = tb.SlowRuntime(engine.backbone, 0.3)  # type: ignore[assignment]
         live = engine.live_session("idle")
         t0 = time.monotonic()
         await live.keyframes_idle(5.0)
@@ -303,26 +303,13 @@ def test_keyframes_idle_waits_for_in_flight_keyframes(bundle: Path, video: Path)
     assert ready == 2  # keyframes 0 and 1 were both done when it returned
 
 
-class SlowRuntime:
-    """Wraps a runtime so each run takes at least ``delay`` seconds (a saturated detector)."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-        self.input_names, self.output_names = inner.input_names, inner.output_names
-        self.input_shapes = inner.input_shapes
-
-    def run(self, inputs: Any) -> Any:
-        time.sleep(self.delay)
-        return self.inner.run(inputs)
-
-
 def test_live_drops_under_load_uploads_wait(bundle: Path, video: Path) -> None:
     frames = [(f.pts_seconds, f.image) for f in decode_frames(video, isolated=False)]
     tight = dict(max_queue=1, live_max_pending=1, detector_batch=1, max_wait_ms=0.0)
 
     async def live_run() -> tuple[int, int]:
         engine = Engine(bundle, settings=_settings(**tight))
-        engine.detector.runtime = SlowRuntime(engine.detector.runtime, 0.15)
+        engine.detector.runtime = tb.SlowRuntime(engine.detector.runtime, 0.15)
         live = engine.live_session("cam-slow")
         for pts, img in frames:  # 8 s of frames pushed as fast as possible
             await live.push_frame(img, pts)
@@ -335,7 +322,7 @@ def test_live_drops_under_load_uploads_wait(bundle: Path, video: Path) -> None:
 
     async def upload_run() -> tuple[int, int]:
         engine = Engine(bundle, settings=_settings(**tight))
-        engine.detector.runtime = SlowRuntime(engine.detector.runtime, 0.05)
+        engine.detector.runtime = tb.SlowRuntime(engine.detector.runtime, 0.05)
         preds = await _annotate(engine, video)
         dropped = engine.stats.counters["keyframes_dropped"]
         await engine.close()
@@ -444,7 +431,7 @@ def test_backbone_batches_of_one_on_cpu_unless_set(bundle: Path) -> None:
         default = Engine(bundle, settings=_settings())
         explicit = Engine(bundle, settings=_settings(backbone_batch=3))
         try:
-            gpu_like = SlowRuntime(default.backbone, 0.0)  # no `providers`: not ORT-on-CPU
+            gpu_like = tb.SlowRuntime(default.backbone, 0.0)  # no `providers`: not ORT-on-CPU
             default.backbone = gpu_like
             return (
                 explicit.backbone_batch_size(),

@@ -23,6 +23,8 @@ import app_support as support
 import httpx
 import pytest
 
+from bench._common import trickle
+
 KEY_A, KEY_B = support.KEY_A, support.KEY_B
 HEADER_TIMEOUT_S = 1.0
 IDLE_TIMEOUT_S = 2.0
@@ -74,25 +76,6 @@ def _reply(sock: socket.socket) -> tuple[int | None, dict[str, str], dict[str, A
     return int(lines[0][9:12]), headers, json.loads(body) if body else {}
 
 
-def _trickle(sock: socket.socket, piece: bytes, every_s: float, limit_s: float) -> float:
-    """Send ``piece`` every ``every_s`` until the server answers or closes (or ``limit_s``);
-    returns how long the connection was held."""
-    t0 = time.monotonic()
-    sock.settimeout(every_s)
-    while time.monotonic() - t0 < limit_s:
-        try:
-            sock.sendall(piece)
-            if sock.recv(1, socket.MSG_PEEK) is not None:
-                break  # the server answered (or closed: b"")
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-    held = time.monotonic() - t0
-    sock.settimeout(5)
-    return held
-
-
 def _upload_head(port: int, key: str, length: int = 10_000_000) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(
@@ -107,7 +90,7 @@ def _upload_head(port: int, key: str, length: int = 10_000_000) -> socket.socket
 def test_header_trickle_is_cut_after_the_header_timeout(server: Any) -> None:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     sock.sendall(b"GET /v1/jobs HTTP/1.1\r\n")
-    held = _trickle(sock, b"X-Slow: 1\r\n", 0.2, limit_s=10 * HEADER_TIMEOUT_S)
+    held = trickle(sock, b"X-Slow: 1\r\n", 0.2, limit_s=10 * HEADER_TIMEOUT_S)
     status, headers, body = _reply(sock)
     sock.close()
     print(f"header trickle held {held:.2f} s (header_timeout_s {HEADER_TIMEOUT_S})")
@@ -155,7 +138,7 @@ def test_slow_upload_is_aborted_after_the_idle_timeout(server: Any, piece: bytes
     uploads = Path(server.env["AVASERVE_UPLOAD_DIR"])
     sock = _upload_head(server.port, KEY_A)
     sock.sendall(b"\x00" * 100)
-    held = _trickle(sock, piece, 0.1, limit_s=10 * IDLE_TIMEOUT_S)
+    held = trickle(sock, piece, 0.1, limit_s=10 * IDLE_TIMEOUT_S)
     status, headers, body = _reply(sock)
     sock.close()
     print(f"upload ({piece!r} every 0.1 s) held {held:.2f} s (idle timeout {IDLE_TIMEOUT_S} s)")

@@ -4,7 +4,6 @@ and what the WebSocket status says (issue 18)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -65,17 +64,6 @@ def test_seed_only_before_measurements() -> None:
     assert c.stride == 4
 
 
-class _Slow:
-    def __init__(self, inner: Any, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-        self.input_names, self.output_names = inner.input_names, inner.output_names
-        self.input_shapes = inner.input_shapes
-
-    def run(self, inputs: Any) -> Any:
-        time.sleep(self.delay)
-        return self.inner.run(inputs)
-
-
 class _Bank(InProcessBank):
     def __init__(self) -> None:
         super().__init__(retention_s=120)
@@ -101,7 +89,7 @@ def test_live_stream_slower_than_real_time_annotates_every_kth_keyframe(tmp_path
             runtime=RuntimeSettings(intra_op_threads=1), isolated_decode=False, live_max_pending=16
         )
         engine = Engine(bundle, settings=settings, bank=bank)
-        engine.backbone = _Slow(engine.backbone, 0.25)  # type: ignore[assignment]
+        engine.backbone = tb.SlowRuntime(engine.backbone, 0.25)  # type: ignore[assignment]
         live = engine.live_session("slow")
         live.stride.headroom = 0.1
         for pts, img in frames:

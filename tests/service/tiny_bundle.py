@@ -13,8 +13,10 @@ Loaded by path from the tests (pytest runs with --import-mode=importlib).
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -310,3 +312,17 @@ def make_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+class SlowRuntime:
+    """Wraps a runtime so each run takes at least ``delay`` seconds (a saturated detector or
+    backbone)."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+        self.input_shapes = inner.input_shapes
+
+    def run(self, inputs: Any) -> Any:
+        time.sleep(self.delay)
+        return self.inner.run(inputs)

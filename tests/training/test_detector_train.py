@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from cli_support import command_app
 from typer.testing import CliRunner
 
 from training.detector.checkpoint import load_detector_checkpoint
@@ -70,14 +71,7 @@ def test_load_checkpoint_refuses_other_files(tmp_path: Path) -> None:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Test app with the detector commands."""
-
-    register(app)
-    return app
+    return command_app(register)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from cli_support import command_app
 from typer.testing import CliRunner
 
 from training.eval_cli import register
@@ -17,14 +18,7 @@ EVAL60 = "ava_action_list_v2.1_for_activitynet_2018.pbtxt"
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Test app with just the eval command."""
-
-    register(app)
-    return app
+    return command_app(register)
 
 
 def _run(*args: str) -> tuple[int, str]:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
+from cli_support import command_app
 from typer.testing import CliRunner
 
 from core.ava import LabelMap, read_label_map_pbtxt, write_label_map_pbtxt
@@ -146,14 +147,7 @@ def _by_name(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Test app with just the eval command."""
-
-    register(app)
-    return app
+    return command_app(register)
 
 
 def _avaserve_json(case: Case, tmp: Path, *, cli: bool = True) -> dict[str, Any]:
