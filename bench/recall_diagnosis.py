@@ -65,7 +65,7 @@ def main() -> None:
         data.keyframes,
         plain_entries(data.keyframes, data.labels),
         load_bank(args.bank, args.split),
-        bank_window=config.bank_window,
+        bank_window_seconds=config.bank_window_seconds,
         bank_persons=config.bank_persons_per_second,
     )
     recalls, rows, targets = [], [], []

@@ -18,19 +18,24 @@ masked. The slot's time offset ``origin_s + slot // persons`` is what a time-awa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from numbers import Integral
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DEFAULT_WINDOW_SECONDS",
     "TIME_ENCODING_DIM",
     "TIME_ENCODING_PERIODS_S",
+    "check_window_seconds",
     "file_window",
     "head_shares_window",
     "layout_window",
     "live_window",
     "slot_indices",
     "slot_offsets",
+    "window_seconds_of_config",
     "window_seconds_of_half_width",
 ]
 
@@ -85,16 +90,54 @@ def layout_window(
 # -- the window in seconds ---------------------------------------------------------------------
 #
 # One quantity travels from training to the service: the window's length in seconds, inclusive
-# of the keyframe's second (61 for Wu et al.'s [t - 30, t + 30]). Training's config states the
-# half-width (``bank_window = 30``); export converts it once, here, and writes the seconds and
-# both windows into the manifest, which the service reads as they are.
+# of the keyframe's second (61 for Wu et al.'s [t - 30, t + 30]). Training's config states it
+# (``bank_window_seconds``), training reads the centred `file_window` of it, export writes it
+# and both windows into the manifest, and the service reads them as they are. Configs written
+# before stated the half-width (``bank_window = 30``); `window_seconds_of_config` converts
+# those, once, wherever a stored config is read.
+
+DEFAULT_WINDOW_SECONDS = 61  # [t - 30, t + 30] (report A)
 
 
 def window_seconds_of_half_width(half_width: int) -> int:
-    """Training's ``bank_window`` (seconds each side of t) -> the window's length in seconds."""
+    """An old config's ``bank_window`` (seconds each side of t) -> the window's length in s."""
     if half_width < 0:
         raise ValueError(f"bank window half-width must be >= 0 s, got {half_width}")
     return 2 * int(half_width) + 1
+
+
+def check_window_seconds(seconds: object, field: str = "bank_window_seconds") -> int:
+    """``seconds`` as an int if it is odd and >= 1 (a window centred on the keyframe's second
+    reads as many seconds before it as after it); otherwise a ValueError naming ``field``."""
+    if isinstance(seconds, bool) or not isinstance(seconds, Integral) or seconds < 1:
+        raise ValueError(f"{field} must be an integer number of seconds >= 1, got {seconds!r}")
+    if seconds % 2 == 0:
+        raise ValueError(
+            f"{field} must be odd (the keyframe's second and as many each side: "
+            f"{DEFAULT_WINDOW_SECONDS} = [t - 30, t + 30]), got {seconds}"
+        )
+    return int(seconds)
+
+
+def window_seconds_of_config(config: Mapping[str, Any]) -> int:
+    """The window length of a stored training config: ``bank_window_seconds``, or an old
+    config's half-width ``bank_window`` converted; neither -> `DEFAULT_WINDOW_SECONDS`.
+    Both, disagreeing -> ValueError."""
+    seconds = config.get("bank_window_seconds")
+    if seconds is not None:
+        seconds = check_window_seconds(seconds)
+    half = config.get("bank_window")
+    if half is not None:
+        if isinstance(half, bool) or not isinstance(half, Integral):
+            raise ValueError(f"bank_window (half-width, s) must be an integer, got {half!r}")
+        old = window_seconds_of_half_width(int(half))
+        if seconds is not None and seconds != old:
+            raise ValueError(
+                f"bank_window_seconds {seconds} and the old bank_window {half} (half-width, "
+                f"{old} s) disagree; give only bank_window_seconds"
+            )
+        seconds = old
+    return DEFAULT_WINDOW_SECONDS if seconds is None else seconds
 
 
 def file_window(window_seconds: int) -> Window:

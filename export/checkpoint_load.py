@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.ava import EVALUATED_IDS, POSE_IDS, LabelMap
-from core.bank_layout import window_seconds_of_half_width
+from core.bank_layout import DEFAULT_WINDOW_SECONDS, window_seconds_of_config
 from core.manifest import sha256_file
 from core.preset_info import PresetInfo
 from export.writing import ExportError
@@ -62,7 +62,7 @@ class LoadedModel:
     provenance: str  # checkpoint file name, or "random-init ... UNTRAINED"
     checkpoint_sha256: str | None = None
     bank_model: ActionModel | None = None
-    bank_window_seconds: int = 61
+    bank_window_seconds: int = DEFAULT_WINDOW_SECONDS
     bank_persons_per_second: int = 5
     trained: bool = True
 
@@ -145,6 +145,10 @@ def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = N
     model = _build(checkpoint, str(p))
     config = (checkpoint.training or {}).get("config") or {}
     assert isinstance(config, Mapping)
+    try:
+        window_seconds = window_seconds_of_config(config)  # an old config's half-width converts
+    except ValueError as e:
+        raise CheckpointError(f"{p}: training config: {e}") from None
 
     bank_model = None
     if checkpoint.bank_model is not None:
@@ -186,7 +190,7 @@ def load_checkpoint_models(path: StrPath, *, bank_checkpoint: StrPath | None = N
         provenance=p.name,
         checkpoint_sha256=sha256_file(p),
         bank_model=bank_model,
-        bank_window_seconds=window_seconds_of_half_width(int(config.get("bank_window", 30))),
+        bank_window_seconds=window_seconds,
         bank_persons_per_second=int(config.get("bank_persons_per_second", 5)),
     )
 

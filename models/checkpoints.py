@@ -45,7 +45,13 @@ import torch
 from torch import Tensor
 
 from core.ava import POSE_IDS
-from core.bank_layout import slot_offsets, window_seconds_of_half_width
+from core.bank_layout import (
+    DEFAULT_WINDOW_SECONDS,
+    check_window_seconds,
+    file_window,
+    slot_offsets,
+    window_seconds_of_config,
+)
 from models.action_model import ActionModel
 
 __all__ = [
@@ -89,22 +95,24 @@ def action_head_options(
     bank_dim: int | None = None,
     use_global: bool = True,
     bank_time: bool = False,
-    bank_window: int = 30,
+    bank_window_seconds: int = DEFAULT_WINDOW_SECONDS,
     bank_persons_per_second: int = 5,
     bank_recall: bool = False,
     appearance_grid: tuple[int, int] | None = None,
     bank_dir: str | None = None,
 ) -> dict[str, Any]:
     """The head keywords of a trained action model: the dataset's classes; for stage 2 the
-    LFB (``bank_dim``-d bank, slot times of the window ``bank_window`` s each side of t when
-    ``bank_time``), the global branch, the bank's appearance grid and the LFB's recall."""
+    LFB (``bank_dim``-d bank, slot times of the centred ``bank_window_seconds`` window when
+    ``bank_time``: 61 -> [t - 30, t + 30]), the global branch, the bank's appearance grid and
+    the LFB's recall."""
     head: dict[str, Any] = {"class_ids": tuple(int(c) for c in class_ids), "pose_ids": POSE_IDS}
     if not stage2:
         return head
     head.update(use_lfb=True, lfb_dim_bank=bank_dim, use_global=use_global)
     if bank_time:
-        seconds = window_seconds_of_half_width(bank_window)
-        head["lfb_slot_offsets"] = slot_offsets(-bank_window, seconds, bank_persons_per_second)
+        seconds = check_window_seconds(bank_window_seconds)
+        origin_s, _ = file_window(seconds)
+        head["lfb_slot_offsets"] = slot_offsets(origin_s, seconds, bank_persons_per_second)
     if appearance_grid is not None:
         head["appearance_grid"] = appearance_grid
     if bank_recall:
@@ -232,6 +240,10 @@ def _from_legacy_training(raw: Mapping[str, Any], where: str) -> Checkpoint:
     class_ids = [int(c) for c in raw["class_ids"]]
     grid = model.get("appearance_grid")
     stage = config.get("stage", raw.get("stage", "stage1"))
+    try:
+        window_seconds = window_seconds_of_config(config)  # its half-width ``bank_window``
+    except ValueError as e:
+        raise ValueError(f"{where}: training config: {e}") from None
     options = {
         **dict(config.get("preset_overrides") or {}),
         **action_head_options(
@@ -240,7 +252,7 @@ def _from_legacy_training(raw: Mapping[str, Any], where: str) -> Checkpoint:
             bank_dim=raw.get("bank_dim"),
             use_global=bool(config.get("use_global", True)),
             bank_time=bool(config.get("bank_time", False)),
-            bank_window=int(config.get("bank_window", 30)),
+            bank_window_seconds=window_seconds,
             bank_persons_per_second=int(config.get("bank_persons_per_second", 5)),
             bank_recall=bool(config.get("bank_recall", False)),
             appearance_grid=None if grid is None else (int(grid[0]), int(grid[1])),

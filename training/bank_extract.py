@@ -28,7 +28,12 @@ import numpy as np
 import numpy.typing as npt
 
 from core.ava_data import KeyframeProposals
-from core.bank_layout import layout_window
+from core.bank_layout import (
+    DEFAULT_WINDOW_SECONDS,
+    check_window_seconds,
+    file_window,
+    layout_window,
+)
 from core.boxes import iou_matrix
 
 __all__ = ["ExtractedBank", "VideoBank", "extract_bank", "load_bank"]
@@ -85,24 +90,30 @@ class ExtractedBank:
         return self._videos[video_id]
 
     def window(
-        self, video_id: str, timestamp: int, half_width: int = 30, persons: int = 5
+        self,
+        video_id: str,
+        timestamp: int,
+        seconds: int = DEFAULT_WINDOW_SECONDS,
+        persons: int = 5,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(W, D) features and (W,) mask (1 = valid) of ``[t - half, t + half]``.
+        """(W, D) features and (W,) mask (1 = valid) of the ``seconds``-long window centred on
+        ``t`` (`core.bank_layout.file_window`: 61 -> ``[t - 30, t + 30]``; odd, >= 1).
 
-        W = (2 * half_width + 1) * persons; slot ``(s, j)`` holds the ``j``-th person of
-        second ``t - half + s``. The current second is included, as in Wu et al.
+        W = seconds * persons; slot ``(s, j)`` holds the ``j``-th person of second
+        ``t + lo + s``. The current second is included, as in Wu et al.
         """
-        slots = 2 * half_width + 1
+        seconds = check_window_seconds(seconds, "bank window seconds")
+        lo, hi = file_window(seconds)
         vb = self.video(video_id)
         if vb is None or not vb.times.size:
             return (
-                np.zeros((slots * persons, self.dim), np.float32),
-                np.zeros(slots * persons, np.float32),
+                np.zeros((seconds * persons, self.dim), np.float32),
+                np.zeros(seconds * persons, np.float32),
             )
-        sel = np.flatnonzero(np.abs(vb.times - timestamp) <= half_width)
+        sel = np.flatnonzero((vb.times >= timestamp + lo) & (vb.times <= timestamp + hi))
         # The service lays its windows out with the same function (core.bank_layout).
         feats, mask = layout_window(
-            vb.times[sel], vb.features[sel], timestamp, -half_width, slots, persons
+            vb.times[sel], vb.features[sel], timestamp, lo, seconds, persons
         )
         return feats, mask.astype(np.float32)
 

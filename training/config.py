@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.bank_layout import DEFAULT_WINDOW_SECONDS, check_window_seconds, window_seconds_of_config
+
 __all__ = [
     "Stage",
     "TrainConfig",
@@ -81,7 +83,9 @@ class TrainConfig:
 
     # -- long-term feature bank (stage 2) ----------------------------------------------
     bank_dir: str | None = None
-    bank_window: int = 30  # seconds each side: [t - 30, t + 30], 61 s (report A)
+    # The window's length in seconds, centred on the keyframe's second (odd): 61 reads
+    # [t - 30, t + 30] (report A). Old configs' ``bank_window`` (the half-width, 30) converts.
+    bank_window_seconds: int = DEFAULT_WINDOW_SECONDS
     bank_persons_per_second: int = 5
     # Time-aware LFB (models.lfb "Slot times"): the bank's slots carry their time offset,
     # so the head can tell "20 s ago" from "20 s ahead". Off = Wu et al.'s unordered set.
@@ -116,6 +120,7 @@ class TrainConfig:
             raise ValueError(f"warmup_iters must be in [0, iterations], got {self.warmup_iters}")
         if self.stage == "stage2" and not self.bank_dir:
             raise ValueError("stage2 needs bank_dir (run `avaserve extract-bank` first)")
+        self.bank_window_seconds = check_window_seconds(self.bank_window_seconds)
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
         if self.scale_jitter is not None:
             self.scale_jitter = (int(self.scale_jitter[0]), int(self.scale_jitter[1]))
@@ -128,7 +133,12 @@ class TrainConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """Inverse of `TrainConfig.to_dict`; unknown keys (from a newer version) are an error."""
+    """Inverse of `TrainConfig.to_dict`; unknown keys (from a newer version) are an error.
+    An old config's ``bank_window`` (half-width, s) becomes ``bank_window_seconds`` here."""
+    raw = dict(raw)
+    if "bank_window" in raw:
+        raw["bank_window_seconds"] = window_seconds_of_config(raw)
+        del raw["bank_window"]
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - names)
     if unknown:

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from core.ava import LabelMap
 from core.ava_data import DatasetInfo, KeyframeAnnotation
+from core.bank_layout import DEFAULT_WINDOW_SECONDS, check_window_seconds
 from core.clips import ClipSpec, boxes_to_pixels, pack_pathways, preprocess_clip
 from core.preset_info import PresetInfo
 from training import augment
@@ -187,7 +188,8 @@ class ActionDataset(Dataset[Sample]):
         preset: clip sampling and normalisation facts.
         augmentation: train-time augmentation; the default is none.
         bank: the long-term feature bank for stage 2, or None.
-        bank_window / bank_persons: window half-width in seconds and persons per second.
+        bank_window_seconds / bank_persons: the window's length in seconds, centred on the
+            keyframe (61 reads [t - 30, t + 30]), and persons per second.
         seed: base seed; item ``i`` of epoch ``e`` draws from ``(seed, e, i)``.
     """
 
@@ -201,7 +203,7 @@ class ActionDataset(Dataset[Sample]):
         *,
         augmentation: Augmentation = Augmentation(),
         bank: ExtractedBank | None = None,
-        bank_window: int = 30,
+        bank_window_seconds: int = DEFAULT_WINDOW_SECONDS,
         bank_persons: int = 5,
         seed: int = 0,
     ) -> None:
@@ -213,7 +215,7 @@ class ActionDataset(Dataset[Sample]):
         self.spec = ClipSpec.from_preset(preset)
         self.augmentation = augmentation
         self.bank = bank
-        self.bank_window = bank_window
+        self.bank_window_seconds = check_window_seconds(bank_window_seconds)
         self.bank_persons = bank_persons
         self.seed = seed
         self.epoch = 0
@@ -265,7 +267,7 @@ class ActionDataset(Dataset[Sample]):
         )
         if self.bank is not None:
             feats, mask = self.bank.window(
-                kf.video_id, kf.timestamp, self.bank_window, self.bank_persons
+                kf.video_id, kf.timestamp, self.bank_window_seconds, self.bank_persons
             )
             sample.bank = torch.from_numpy(feats)
             sample.bank_mask = torch.from_numpy(mask)
@@ -325,12 +327,12 @@ class BankFeatureDataset(Dataset[Batch]):
         entries: Sequence[Entry],
         bank: ExtractedBank,
         *,
-        bank_window: int = 30,
+        bank_window_seconds: int = DEFAULT_WINDOW_SECONDS,
         bank_persons: int = 5,
     ) -> None:
         self.keyframes = list(keyframes)
         self.bank = bank
-        self.bank_window = bank_window
+        self.bank_window_seconds = check_window_seconds(bank_window_seconds)
         self.bank_persons = bank_persons
         self.items: list[tuple[Entry, npt.NDArray[np.int64]]] = []
         for entry in entries:
@@ -351,7 +353,7 @@ class BankFeatureDataset(Dataset[Batch]):
         person = torch.from_numpy(self.bank.person_features(kf.video_id, rows))  # (K, D)
         glob = torch.from_numpy(self.bank.global_feature(kf.video_id, kf.timestamp))  # (D,)
         feats, mask = self.bank.window(
-            kf.video_id, kf.timestamp, self.bank_window, self.bank_persons
+            kf.video_id, kf.timestamp, self.bank_window_seconds, self.bank_persons
         )
         k = person.shape[0]
         targets = torch.from_numpy(entry.targets)

@@ -128,7 +128,7 @@ def predict(
                             feats, mask = bank.window(  # type: ignore[attr-defined]
                                 p.video_id,
                                 p.timestamp,
-                                config.bank_window,
+                                config.bank_window_seconds,
                                 config.bank_persons_per_second,
                             )
                             banks.append(torch.from_numpy(feats)[None].expand(len(px), -1, -1))

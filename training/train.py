@@ -176,7 +176,7 @@ def _dataset(
             data.keyframes,
             entries,
             bank,
-            bank_window=config.bank_window,
+            bank_window_seconds=config.bank_window_seconds,
             bank_persons=config.bank_persons_per_second,
         )
     preset = model.preset_info
@@ -195,7 +195,7 @@ def _dataset(
             scale_jitter=config.scale_jitter,
         ),
         bank=bank,
-        bank_window=config.bank_window,
+        bank_window_seconds=config.bank_window_seconds,
         bank_persons=config.bank_persons_per_second,
         seed=config.seed,
     )
@@ -242,7 +242,7 @@ def training_model_options(
         bank_dim=bank_dim,
         use_global=config.use_global,
         bank_time=config.bank_time,
-        bank_window=config.bank_window,
+        bank_window_seconds=config.bank_window_seconds,
         bank_persons_per_second=config.bank_persons_per_second,
         bank_recall=config.bank_recall,
         appearance_grid=appearance_grid,

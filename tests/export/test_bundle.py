@@ -207,6 +207,7 @@ def test_checkpoint_with_stage1_bank_model(video: Path, tmp_path: Path) -> None:
     assert not model.use_global
     loaded = load_checkpoint_models(ckpt)
     assert loaded.bank_model is not None and loaded.trained
+    assert loaded.bank_window_seconds == 21  # the config's half-width 10, converted
     x = (torch.randn(1, 3, 4, 64, 96), torch.randn(1, 3, 16, 64, 96))
     boxes = torch.tensor([[0.0, 4, 4, 40, 60]])
     with torch.no_grad():
@@ -334,11 +335,12 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
 
 
 TIMED_CLASSES = (1, 11, 12, 17, 80)
-# A 4 s-each-side window of 2 persons a second (W = 18 slots), as a stage-2 config says it.
+# A 9 s window ([t - 4, t + 4]) of 2 persons a second (W = 18 slots), as a stage-2 config
+# says it.
 TIMED_CONFIG = {
     "preset": "slowfast_tiny",
     "preset_overrides": SMALL,
-    "bank_window": 4,
+    "bank_window_seconds": 9,
     "bank_persons_per_second": 2,
 }
 
@@ -389,9 +391,22 @@ def test_time_aware_lfb_exports_a_slot_layout(video: Path, tmp_path: Path) -> No
     assert m.bank.window_seconds == 9 and m.bank.max_entries == 18
     assert m.bank.file_window == (-4, 4) and m.bank.shared_window is True  # W fixed at 18
 
+    # A config saved before states the half-width (4 s each side): the same 9 s window.
+    old = tmp_path / "old.pt"
+    old_config = {k: v for k, v in TIMED_CONFIG.items() if k != "bank_window_seconds"}
+    _save_timed(
+        old, model, load_checkpoint(ckpt).preset_overrides, {**old_config, "bank_window": 4}
+    )
+    assert load_checkpoint_models(old).bank_window_seconds == 9
+    _save_timed(
+        old, model, load_checkpoint(ckpt).preset_overrides, {**TIMED_CONFIG, "bank_window": 2}
+    )
+    with pytest.raises(CheckpointError, match="old.pt: training config: .*disagree"):
+        load_checkpoint_models(old)
+
     # A window of another layout is refused at export.
     bad = tmp_path / "bad.pt"
-    wrong = {**TIMED_CONFIG, "bank_window": 5}
+    wrong = {**TIMED_CONFIG, "bank_window_seconds": 11}
     _save_timed(bad, model, load_checkpoint(ckpt).preset_overrides, wrong)
     with pytest.raises(ExportError, match="not the layout"):
         build_bundle(

@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 
 from core.bank_layout import (
+    DEFAULT_WINDOW_SECONDS,
     TIME_ENCODING_DIM,
     TIME_ENCODING_PERIODS_S,
+    check_window_seconds,
     file_window,
     head_shares_window,
     layout_window,
     live_window,
     slot_indices,
     slot_offsets,
+    window_seconds_of_config,
     window_seconds_of_half_width,
 )
 
@@ -79,7 +82,7 @@ def test_time_encoding_tells_every_second_of_a_long_window_apart() -> None:
 
 
 def test_one_window_length_and_its_two_windows() -> None:
-    """Training's half-width becomes seconds once; both windows follow from the seconds."""
+    """An old config's half-width becomes seconds once; both windows follow from the seconds."""
     assert window_seconds_of_half_width(30) == 61 and window_seconds_of_half_width(0) == 1
     assert file_window(61) == (-30, 30) and live_window(61) == (-60, 0)
     assert file_window(9) == (-4, 4) and live_window(9) == (-8, 0)
@@ -87,6 +90,23 @@ def test_one_window_length_and_its_two_windows() -> None:
     for bad in (lambda: window_seconds_of_half_width(-1), lambda: file_window(0)):
         with pytest.raises(ValueError, match="bank window"):
             bad()
+
+
+def test_a_stored_config_gives_its_window_in_seconds() -> None:
+    """New configs state the seconds, old ones the half-width; both read as seconds."""
+    assert window_seconds_of_config({}) == DEFAULT_WINDOW_SECONDS == 61
+    assert window_seconds_of_config({"bank_window_seconds": 9}) == 9
+    assert window_seconds_of_config({"bank_window": 4}) == 9
+    assert window_seconds_of_config({"bank_window": np.int64(4), "bank_window_seconds": 9}) == 9
+    for bad, match in (
+        ({"bank_window": 4, "bank_window_seconds": 61}, "disagree"),
+        ({"bank_window_seconds": 8}, "must be odd"),
+        ({"bank_window_seconds": "61"}, "integer"),
+        ({"bank_window": 1.5}, "integer"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            window_seconds_of_config(bad)
+    assert check_window_seconds(np.int64(7)) == 7 and type(check_window_seconds(np.int64(7))) is int
 
 
 def test_head_shares_window_only_when_one_copy_gives_the_same_output() -> None:

@@ -602,12 +602,14 @@ def test_load_checkpoint_rejects_other_files(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("window", [{"bank_window": 2}, {"bank_window_seconds": 5}])
 def test_old_training_layout_loads_with_its_architecture(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, window: dict[str, int]
 ) -> None:
     """The layout training wrote before the one format (numpy RNG state, config, class_ids,
     no 'format'): the safe loader reads it, the architecture comes from its config (a
-    time-aware stage-2 LFB with appearance and recall), a warning names the file."""
+    time-aware stage-2 LFB with appearance and recall), a warning names the file. Its window
+    is the old half-width (2 s each side) or the same window in seconds (5): same slots."""
     import random
 
     import numpy as np
@@ -633,7 +635,7 @@ def test_old_training_layout_loads_with_its_architecture(
         "preset": "slowfast_tiny",
         "preset_overrides": {"short_side": 64},
         "bank_dir": "bank",
-        "bank_window": 2,
+        **window,
         "bank_persons_per_second": 2,
         "bank_time": True,
         "bank_recall": True,
@@ -659,6 +661,7 @@ def test_old_training_layout_loads_with_its_architecture(
     assert loaded.training is not None and loaded.training["iteration"] == 7
     rebuilt = build_model(loaded)
     assert rebuilt.lfb is not None and rebuilt.lfb.num_slots == 10
+    assert loaded.preset_overrides["lfb_slot_offsets"] == options["lfb_slot_offsets"]
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
 

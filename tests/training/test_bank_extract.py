@@ -47,20 +47,28 @@ def test_bank_files_have_one_row_per_person_second(tiny_world: Path, bank: Path)
     assert set(vb.person_ids.tolist()) <= {int(p) for kf in data.keyframes for p in kf.person_ids}
 
 
-@pytest.mark.parametrize(("half", "persons"), [(30, 5), (2, 1)])
-def test_window_shape_and_mask(bank: Path, half: int, persons: int) -> None:
+@pytest.mark.parametrize(("seconds", "persons"), [(61, 5), (5, 1)])
+def test_window_shape_and_mask(bank: Path, seconds: int, persons: int) -> None:
     fb = ExtractedBank(bank / "val")
     vb = fb.video("val_000")
     assert vb is not None
     t = int(vb.times[len(vb.times) // 2])
-    feats, mask = fb.window("val_000", t, half, persons)
-    assert feats.shape == ((2 * half + 1) * persons, fb.dim) and mask.shape == (feats.shape[0],)
-    in_window = np.abs(vb.times - t) <= half
+    feats, mask = fb.window("val_000", t, seconds, persons)
+    assert feats.shape == (seconds * persons, fb.dim) and mask.shape == (feats.shape[0],)
+    in_window = np.abs(vb.times - t) <= (seconds - 1) // 2  # centred: 61 -> [t - 30, t + 30]
     per_second = np.unique(vb.times[in_window], return_counts=True)[1]
     assert mask.sum() == np.minimum(per_second, persons).sum()
     assert np.all(feats[mask == 0] == 0)
-    empty, none = fb.window("no_such_video", t, half, persons)
+    empty, none = fb.window("no_such_video", t, seconds, persons)
     assert none.sum() == 0 and empty.shape == feats.shape
+
+
+@pytest.mark.parametrize("seconds", [0, 4, 60])
+def test_window_needs_an_odd_length(bank: Path, seconds: int) -> None:
+    """A centred window has the keyframe's second and as many each side: an even or empty
+    length is refused, not silently read one second short."""
+    with pytest.raises(ValueError, match="bank window seconds"):
+        ExtractedBank(bank / "val").window("val_000", 10, seconds, 2)
 
 
 def test_match_rows_finds_each_gt_box(tiny_world: Path, bank: Path) -> None:
@@ -82,7 +90,7 @@ def test_service_lays_out_the_same_window_as_training(bank: Path) -> None:
     vb = fb.video(vid)
     assert vb is not None
     for t in (int(vb.times.min()), int(np.median(vb.times)), int(vb.times.max())):
-        want, want_mask = fb.window(vid, t, half_width=3, persons=2)
+        want, want_mask = fb.window(vid, t, seconds=7, persons=2)
         near = np.abs(vb.times - t) <= 10  # the service's read may return more seconds
         win = BankWindow(
             features=vb.features[near].astype(np.float32),

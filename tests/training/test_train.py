@@ -103,6 +103,41 @@ def test_config_round_trip_and_recipes() -> None:
         config_from_dict({"stage": "stage1", "nope": 1})
 
 
+def test_bank_window_is_carried_in_seconds() -> None:
+    """The config states the window's length (odd, >= 1); an old config's half-width
+    ``bank_window`` converts once, on load; a disagreeing pair or a bad length is refused."""
+    assert TrainConfig().bank_window_seconds == 61
+    assert config_from_dict({"bank_window": 30}).bank_window_seconds == 61
+    assert config_from_dict({"bank_window": 2}) == TrainConfig(bank_window_seconds=5)
+    assert "bank_window" not in config_from_dict({"bank_window": 2}).to_dict()
+    assert config_from_dict({"bank_window": 2, "bank_window_seconds": 5}).bank_window_seconds == 5
+    with pytest.raises(ValueError, match="disagree"):
+        config_from_dict({"bank_window": 2, "bank_window_seconds": 61})
+    for bad in (0, -3, 60, 2.5, True):
+        with pytest.raises(ValueError, match="bank_window_seconds"):
+            TrainConfig(bank_window_seconds=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="half-width"):
+        config_from_dict({"bank_window": -1})
+
+
+@pytest.mark.parametrize(("half", "persons"), [(30, 5), (4, 2), (0, 3)])
+def test_old_and_new_window_configs_build_the_same_model(half: int, persons: int) -> None:
+    """A time-aware stage-2 model from an old config (half-width) and from the new one (seconds)
+    gets identical options, and its slots are the old formula's: second -half .. +half."""
+    from training.train import training_model_options
+
+    common = {"stage": "stage2", "bank_dir": "b", "bank_time": True, "bank_recall": False}
+    common |= {"bank_persons_per_second": persons, "preset_overrides": dict(TINY_MODEL)}
+    old = config_from_dict({**common, "bank_window": half})
+    new = config_from_dict({**common, "bank_window_seconds": 2 * half + 1})
+    assert old == new
+    classes = (1, 11, 12, 80)
+    options = training_model_options(old, classes, bank_dim=144)
+    assert options == training_model_options(new, classes, bank_dim=144)
+    want = [float(-half + i // persons) for i in range((2 * half + 1) * persons)]
+    assert options["lfb_slot_offsets"] == want
+
+
 def test_resume_equals_uninterrupted(tiny_world: Path, tmp_path: Path) -> None:
     config = _config(iterations=4, preset_overrides={**TINY_MODEL, "dropout": 0.3})
     whole = train(config, tiny_world, tmp_path / "whole", progress=False)
