@@ -25,7 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 __all__ = ["RecipeSummary", "demo_recipe"]
 
@@ -64,6 +67,21 @@ def _world_config(mini: bool, seed: int) -> Any:
     # 32 train videos: with 8, stage 2 fit the train split's long-term labels (AP 0.81) and
     # not val's (0.19); bank extraction is the only step whose cost grows with them.
     return WorldConfig(seed=seed, train_videos=32, val_videos=3, seconds=60)
+
+
+def _mini_lr(config: TrainConfig) -> float:
+    """The mini run's peak learning rate: the full recipe's warm-up start.
+
+    The mini run cuts the batch (8 -> 2, 16 -> 4) and the warm-up (200 -> 2, 20 -> 2
+    iterations), so at the full peak lr (0.05) both stages took full-size steps on tiny
+    batches from iteration 2 on, where the full recipe is still warming up. Stage 1, from
+    scratch, diverged (pose loss 3.4 -> 12.7 in 6 iterations) and its bank features grew
+    ~25x (median row norm 465; 19 at lr 0.005); stage 2's fresh head on them overflowed
+    (loss 67 -> 7.6e15 by iteration 7, NaN from 8), and SGD wrote NaN into every LFB and
+    classifier weight. At the warm-up start (0.005) the first iterations of the full
+    recipe run, and both stages stay finite with losses of a few units (seeds 0-2).
+    """
+    return float(config.warmup_start_lr)
 
 
 def demo_recipe(
@@ -120,6 +138,7 @@ def demo_recipe(
             s1,
             iterations=6,
             batch_size=2,
+            lr=_mini_lr(s1),
             warmup_iters=2,
             log_every=2,
             checkpoint_every=6,
@@ -156,7 +175,13 @@ def demo_recipe(
     s2 = dataclasses.replace(s2, preset_overrides={**s2.preset_overrides, **s1.preset_overrides})
     if mini:
         s2 = dataclasses.replace(
-            s2, iterations=20, batch_size=4, warmup_iters=2, log_every=10, checkpoint_every=20
+            s2,
+            iterations=20,
+            batch_size=4,
+            lr=_mini_lr(s2),
+            warmup_iters=2,
+            log_every=10,
+            checkpoint_every=20,
         )
     stage2 = train(s2, world, out / "stage2", progress=True, log=say)
     finish()

@@ -20,6 +20,7 @@ batches already used in the current epoch are skipped by index).
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import random
@@ -65,6 +66,7 @@ from training.dataset import (
     plain_entries,
 )
 from training.losses import pose_loss, scene_loss, sigmoid_loss
+from training.nonfinite import NonFiniteGuard
 from training.schedule import learning_rate, seed_everything, set_lr
 
 __all__ = [
@@ -355,22 +357,43 @@ def _global_mean(value: Tensor, count: float, dist_info: DistInfo) -> Tensor:
     return value * (count * dist_info.world_size / float(total))
 
 
+# The tensors of a `Batch` (the rest is bookkeeping: keys, normalised boxes).
+_BATCH_TENSORS = (
+    "slow",
+    "fast",
+    "boxes",
+    "targets",
+    "scene_targets",
+    "bank",
+    "bank_mask",
+    "person_features",
+    "global_features",
+)
+
+
 def _to(batch: Batch, device: torch.device) -> Batch:
-    for name in (
-        "slow",
-        "fast",
-        "boxes",
-        "targets",
-        "scene_targets",
-        "bank",
-        "bank_mask",
-        "person_features",
-        "global_features",
-    ):
+    for name in _BATCH_TENSORS:
         value = getattr(batch, name)
         if value is not None:
             setattr(batch, name, value.to(device, non_blocking=True))
     return batch
+
+
+def _nonfinite_cause(batch: Batch, lr: float) -> str:
+    """What likely made a step's loss or gradients non-finite (`NonFiniteGuard`'s error)."""
+    bad = [
+        name
+        for name in _BATCH_TENSORS
+        if (value := getattr(batch, name)) is not None
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        return f"the batch's {', '.join(bad)} hold NaN/inf (check the data or the bank)"
+    return (
+        f"the inputs are finite, so the training diverged: lr {lr:.3g} is likely too high for "
+        "this batch size and feature scale (lower lr, lengthen the warm-up or set grad_clip)"
+    )
 
 
 # -- checkpoints -----------------------------------------------------------------------------
@@ -545,6 +568,7 @@ def train(
     end = config.iterations if stop_after is None else min(config.iterations, stop_after)
     batches = _batch_stream(config, data, data_dir, model, per_process, dist_info, start, from_bank)
     use_amp = device.type == "cuda"
+    guard = NonFiniteGuard()
     t0 = time.perf_counter()
     for it in range(start, end):
         lr = learning_rate(config, it)
@@ -582,11 +606,18 @@ def train(
             loss = loss + config.recall_weight * _global_mean(recall_part, n_persons, dist_info)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        loss = loss.detach()
         done = it + 1
+        # A non-finite loss or gradient must not reach the weights: skip the step.
+        if guard.check(done, loss, params, functools.partial(_nonfinite_cause, batch, lr)):
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+        elif dist_info.is_main:
+            log(
+                f"{config.stage} iteration {done}: non-finite loss ({float(loss.detach())}) "
+                f"or gradient, step skipped ({guard.skipped} so far)"
+            )
+        loss = loss.detach()
         if dist_info.is_main:
             assert metrics_file is not None
             if done % config.log_every == 0 or done == end:
@@ -618,9 +649,10 @@ def train(
     final = out_dir / "final.pt"
     if dist_info.is_main and end == config.iterations:
         save_training_checkpoint(final, model, options, optimizer, end, config, extra)
+        skipped = f" ({guard.skipped} non-finite steps skipped)" if guard.skipped else ""
         log(
             f"{config.stage}: {end - start} iterations in "
-            f"{time.perf_counter() - t0:.1f} s -> {final}"
+            f"{time.perf_counter() - t0:.1f} s -> {final}{skipped}"
         )
     if dist_info.world_size > 1:
         dist.barrier()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -274,3 +276,45 @@ def test_stage2_trains_from_stage1_bank(
         else next(k for k in before if k.startswith("backbone.") and k.endswith("conv.weight"))
     )
     assert torch.equal(before[key], after[key]) != train_backbone  # frozen iff head-only
+
+
+def _nan_person_terms_from(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> None:
+    """Make the pose term NaN at the iterations (0-based calls) where ``bad`` says so."""
+    import training.train as train_module
+
+    real, calls = train_module._person_terms, [0]
+
+    def terms(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        pose, other = real(*args)
+        calls[0] += 1
+        return (pose * float("nan"), other) if bad(calls[0] - 1) else (pose, other)
+
+    monkeypatch.setattr(train_module, "_person_terms", terms)
+
+
+def test_a_non_finite_step_is_skipped_and_the_weights_stay_finite(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _nan_person_terms_from(monkeypatch, lambda it: it == 1)
+    lines: list[str] = []
+    final = train(
+        _config(iterations=3), tiny_world, tmp_path / "run", progress=False, log=lines.append
+    )
+    weights = _params(final)
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert any("iteration 2: non-finite loss (nan)" in line for line in lines), lines
+    assert "(1 non-finite steps skipped)" in lines[-1]
+
+
+def test_repeated_non_finite_steps_stop_training_with_a_clear_error(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.nonfinite import MAX_CONSECUTIVE_NONFINITE, NonFiniteTrainingError
+
+    _nan_person_terms_from(monkeypatch, lambda it: it >= 1)
+    config = _config(iterations=MAX_CONSECUTIVE_NONFINITE + 3)
+    with pytest.raises(NonFiniteTrainingError) as error:
+        train(config, tiny_world, tmp_path / "run", progress=False, log=lambda _: None)
+    message = str(error.value)
+    assert f"iteration {MAX_CONSECUTIVE_NONFINITE + 1}: loss nan" in message
+    assert "inputs are finite" in message and "lr " in message
