@@ -529,6 +529,12 @@ class GraphSpec(_Strict):
         description="Per input name: min/opt/max shapes for TensorRT profiles (engines and the "
         "ONNX Runtime TensorRT EP). Every input with a dynamic dim needs one.",
     )
+    rewrites: dict[str, int] = Field(
+        default_factory=dict,
+        description="Exact rewrites applied to the graph after the ONNX export, by kind: how "
+        "many 3-D convs became 2-D ones (export/frame_convs.py; 'thin': few input channels). "
+        "Empty for a plain export.",
+    )
 
     @field_validator("sha256")
     @classmethod

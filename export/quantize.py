@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from export import frame_convs
+
 __all__ = [
     "DEFAULT_MIN_COSINE",
     "QuantizationError",
@@ -283,6 +285,12 @@ def quantize_bundle_dir(
         graph = manifest.graphs[role]
         src = work / graph.file
         dst = work / f"{Path(graph.file).stem}.int8.onnx"
+        # A bundle exported before the conv rewrites gets them now (a no-op on a newer one),
+        # so its int8 graph keeps the stems' fast 2-D float kernels too.
+        rewrites = dict(graph.rewrites)
+        done = frame_convs.rewrite_checked(src, gate_samples, graph=role)
+        for kind, n in done.describe().items():
+            rewrites[kind] = rewrites.get(kind, 0) + n
         quantize_graph(src, dst, calibration, options)
         found = drift(src, dst, gate_samples, min_cosine=options.min_cosine, graph=role)
         drifts[role] = {n: QuantizationDrift(**d.as_dict()) for n, d in found.items()}
@@ -294,6 +302,7 @@ def quantize_bundle_dir(
             "sha256": described.sha256,
             "inputs": [t.model_dump() for t in described.inputs],
             "outputs": [t.model_dump() for t in described.outputs],
+            "rewrites": rewrites,
         }
     desc = options.describe()
     raw["quantization"] = QuantizationSpec(
