@@ -304,7 +304,8 @@ def optimize_command(
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from core.manifest import BundleError
     from export.bundle import ExportError
-    from export.frame_convs import optimize_bundle, parse_kinds
+    from export.frame_convs import parse_kinds
+    from export.optimize import optimize_bundle
     from export.parity import ParityError
 
     try:

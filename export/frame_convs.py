@@ -22,8 +22,8 @@ How a 5-D conv becomes 2-D (`rewrite`):
 Which convs are rewritten is a measured choice, by kind (`plan`, `DEFAULT_KINDS`): ``thin``
 ones (fewer than `THIN_MAX_IN_CHANNELS` input channels per group, spatial kernel) by default;
 ``frame`` (every other ``1 x kh x kw`` conv) only on request, since on the project's 2-core CPU
-its transposes cost more than the faster kernels saved (R50, 2 threads: int8 1.24 s against
-0.92 s with thin only; `docs/internals.md`). Every dynamic axis stays dynamic (shapes are read
+its transposes cost more than the faster kernels saved (R50, 2 threads: int8 1.04 s against
+0.81 s with thin only; `docs/internals.md`). Every dynamic axis stays dynamic (shapes are read
 at run time with ``Shape``), and the export's parity gate checks the rewritten graph like any
 other.
 """
@@ -303,66 +303,3 @@ class _OrtGraph:
     def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         got = self.session.run(self.outputs, {n: feed[n] for n in self.inputs})
         return dict(zip(self.outputs, got, strict=True))
-
-
-def optimize_bundle(
-    src: Path,
-    dst: Path,
-    *,
-    video: Path | None = None,
-    data_dir: Path | None = None,
-    kinds: Iterable[str] = DEFAULT_KINDS,
-    force: bool = False,
-) -> Any:
-    """A copy of the bundle ``src`` at ``dst`` with its graphs' 3-D convs rewritten
-    (`avaserve bundle optimize`; for bundles exported before export did it). Each rewritten
-    graph passes the parity gate against its original on clips of ``video`` or of
-    ``data_dir``'s val video. Returns the new manifest."""
-    import tempfile
-
-    from core.manifest import (
-        BundleManifest,
-        describe_graph,
-        load_manifest,
-        validate_bundle,
-        write_manifest,
-    )
-    from export.quantize import calibration_feeds
-    from export.writing import ExportError, move_into_place, prepare_out
-
-    manifest = load_manifest(src)
-    if manifest.quantization is not None:
-        raise ExportError(
-            f"{src}: an int8 bundle; optimize its float32 original and quantise that "
-            "(`avaserve bundle quantize` applies the rewrites too)"
-        )
-    prepare_out(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        for f in Path(src).iterdir():
-            if f.is_file():
-                shutil.copyfile(f, work / f.name)
-        _, samples, _ = calibration_feeds(manifest, video=video, data_dir=data_dir, count=3)
-        raw = manifest.model_dump()
-        for role, graph in manifest.graphs.items():
-            path = work / graph.file
-            done = rewrite_checked(path, samples, graph=role, kinds=kinds).describe()
-            if not done:
-                continue
-            rewrites = dict(graph.rewrites)
-            for kind, n in done.items():
-                rewrites[kind] = rewrites.get(kind, 0) + n
-            raw["graphs"][role] = {
-                **graph.model_dump(),
-                "sha256": describe_graph(path, opset=graph.opset).sha256,
-                "rewrites": rewrites,
-            }
-        new = BundleManifest.model_validate(raw)
-        write_manifest(work, new)
-        validate_bundle(work)
-        move_into_place(work, dst)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return new
