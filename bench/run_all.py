@@ -221,6 +221,13 @@ def _summary(summary: dict[str, Any], speed: dict[str, Any], wall: float) -> Non
     if "c" in speed:
         for k, v in speed["c"].items():
             rows.append((f"(c) ORT fp32 vs eager backbone, {k}", _fmt(v["ort_vs_eager"]), ">= 1.4"))
+            if "ceiling_vs_eager_at_gemm_peak" in v:
+                rows.append((
+                    f"(c) ... {k}: ORT / eager / GEMM peak GFLOP/s (ceiling vs eager)",
+                    f"{v['ort_gflops']:.0f} / {v['eager_gflops']:.0f} / "
+                    f"{v['gemm_peak_gflops']:.0f} ({v['ceiling_vs_eager_at_gemm_peak']:.2f}x)",
+                    "",
+                ))  # fmt: skip
     if "d" in speed:
         for k, v in speed["d"].items():
             if k == "demo_val_map_gt_boxes":
