@@ -30,7 +30,14 @@ from typing import Any
 
 from core.manifest import BundleManifest
 
-__all__ = ["HEAVY_PARAMS", "ThreadPolicy", "available_cores", "backbone_params", "thread_policy"]
+__all__ = [
+    "HEAVY_PARAMS",
+    "ThreadPolicy",
+    "available_cores",
+    "backbone_params",
+    "cgroup_cpu_quota",
+    "thread_policy",
+]
 
 # Backbone parameters above which the backbone gets every core. The tiny presets have ~1.4 M,
 # R50 34 M; at ~5 M a clip at the AVA sizes takes well over 100 ms on one core, where intra-op
@@ -38,12 +45,45 @@ __all__ = ["HEAVY_PARAMS", "ThreadPolicy", "available_cores", "backbone_params",
 HEAVY_PARAMS = 5_000_000
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the host's count)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cores(cgroup_root: Path | None = None) -> int:
+    """CPU cores this process may use: its affinity mask (not the host's count), capped by
+    the container's CPU quota where one is set (a Kubernetes ``limits.cpu``: the pod sees
+    every core of the node in its mask but may use only its quota; threads beyond it only
+    get throttled). The quota is rounded up: 1.5 CPUs allow 2 threads."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(CGROUP_ROOT if cgroup_root is None else cgroup_root)
+    return min(cores, quota) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path) -> int | None:
+    """CPUs allowed by the cgroup CPU quota under ``root`` (v2 ``cpu.max``, else v1
+    ``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us``), rounded up; None without a quota."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if len(fields) == 2 and fields[0] != "max":
+            return _ceil_ratio(int(fields[0]), int(fields[1]))
+        if fields:
+            return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return _ceil_ratio(quota, period) if quota > 0 else None
+
+
+def _ceil_ratio(quota: int, period: int) -> int | None:
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
 
 
 def backbone_params(bundle_dir: str | os.PathLike[str], manifest: BundleManifest) -> int:

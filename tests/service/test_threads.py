@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -80,3 +81,36 @@ def test_engine_applies_the_policy_per_graph(
     engine = Engine(bundle, settings=fixed)
     assert engine.thread_policy.cost == "fixed" and set(opened.values()) == {2}
     assert load_manifest(bundle).graphs["backbone"].file == "backbone.onnx"
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, limits.cpu: 2
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two threads
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files (not Linux, or not mounted)
+        ({"cpu.max": "garbage\n"}, None),
+    ],
+)
+def test_cgroup_quota_caps_the_cores(
+    tmp_path: Path, files: dict[str, str], quota: int | None
+) -> None:
+    """A pod's CPU limit caps the threads the policy hands out: its affinity mask shows every
+    core of the node, but only the quota's worth can run."""
+    from service.threads import available_cores, cgroup_cpu_quota
+
+    root = _cgroup(tmp_path, files)
+    assert cgroup_cpu_quota(root) == quota
+    mask = len(os.sched_getaffinity(0))
+    assert available_cores(root) == (min(mask, quota) if quota is not None else mask)
