@@ -81,6 +81,13 @@ class FrameConvReport:
         """Convs rewritten per kind, kinds with none left out (the manifest's ``rewrites``)."""
         return {k: len(v) for k, v in self.rewritten.items() if v}
 
+    def added_to(self, earlier: dict[str, int]) -> dict[str, int]:
+        """A graph's ``rewrites`` record after this pass, given its ``earlier`` one."""
+        out = dict(earlier)
+        for kind, n in self.describe().items():
+            out[kind] = out.get(kind, 0) + n
+        return out
+
 
 def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper

@@ -3,15 +3,13 @@ rewritten as exact 2-D ones (`export.frame_convs`), for bundles exported before 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from export import frame_convs
 from export.quantize import calibration_feeds
-from export.writing import ExportError, move_into_place, prepare_out
+from export.writing import ExportError, derive_bundle
 
 __all__ = ["optimize_bundle"]
 
@@ -29,13 +27,7 @@ def optimize_bundle(
     (`avaserve bundle optimize`; for bundles exported before export did it). Each rewritten
     graph passes the parity gate against its original on clips of ``video`` or of
     ``data_dir``'s val video. Returns the new manifest."""
-    from core.manifest import (
-        BundleManifest,
-        describe_graph,
-        load_manifest,
-        validate_bundle,
-        write_manifest,
-    )
+    from core.manifest import BundleManifest, describe_graph, load_manifest
 
     manifest = load_manifest(src)
     if manifest.quantization is not None:
@@ -43,33 +35,19 @@ def optimize_bundle(
             f"{src}: an int8 bundle; optimize its float32 original and quantise that "
             "(`avaserve bundle quantize` applies the rewrites too)"
         )
-    prepare_out(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        for f in Path(src).iterdir():
-            if f.is_file():
-                shutil.copyfile(f, work / f.name)
+
+    def change(work: Path) -> Any:
         _, samples, _ = calibration_feeds(manifest, video=video, data_dir=data_dir, count=3)
         raw = manifest.model_dump()
         for role, graph in manifest.graphs.items():
             path = work / graph.file
-            done = frame_convs.rewrite_checked(path, samples, graph=role, kinds=kinds).describe()
-            if not done:
-                continue
-            rewrites = dict(graph.rewrites)
-            for kind, n in done.items():
-                rewrites[kind] = rewrites.get(kind, 0) + n
-            raw["graphs"][role] = {
-                **graph.model_dump(),
-                "sha256": describe_graph(path, opset=graph.opset).sha256,
-                "rewrites": rewrites,
-            }
-        new = BundleManifest.model_validate(raw)
-        write_manifest(work, new)
-        validate_bundle(work)
-        move_into_place(work, dst)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return new
+            done = frame_convs.rewrite_checked(path, samples, graph=role, kinds=kinds)
+            if done.count:
+                raw["graphs"][role] = {
+                    **graph.model_dump(),
+                    "sha256": describe_graph(path, opset=graph.opset).sha256,
+                    "rewrites": done.added_to(graph.rewrites),
+                }
+        return BundleManifest.model_validate(raw)
+
+    return derive_bundle(Path(src), Path(dst), force, change)

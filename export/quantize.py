@@ -287,10 +287,8 @@ def quantize_bundle_dir(
         dst = work / f"{Path(graph.file).stem}.int8.onnx"
         # A bundle exported before the conv rewrites gets them now (a no-op on a newer one),
         # so its int8 graph keeps the stems' fast 2-D float kernels too.
-        rewrites = dict(graph.rewrites)
         done = frame_convs.rewrite_checked(src, gate_samples, graph=role)
-        for kind, n in done.describe().items():
-            rewrites[kind] = rewrites.get(kind, 0) + n
+        rewrites = done.added_to(graph.rewrites)
         quantize_graph(src, dst, calibration, options)
         found = drift(src, dst, gate_samples, min_cosine=options.min_cosine, graph=role)
         drifts[role] = {n: QuantizationDrift(**d.as_dict()) for n, d in found.items()}
@@ -373,31 +371,19 @@ def quantize_bundle(
     """An int8 copy of the float32 bundle ``src`` at ``dst`` (`avaserve bundle quantize`):
     the same graphs but the backbone, calibrated on ``calibration_keyframes`` clips of
     ``video`` or of ``data_dir``'s val video. Returns the new manifest."""
-    import shutil
-
-    from core.manifest import load_manifest, validate_bundle, write_manifest
-    from export.writing import ExportError, move_into_place, prepare_out
+    from core.manifest import load_manifest
+    from export.writing import ExportError, derive_bundle
 
     manifest = load_manifest(src)
     if manifest.quantization is not None:
         raise ExportError(f"{src}: already quantised ({manifest.quantization.mode})")
-    prepare_out(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        for f in Path(src).iterdir():
-            if f.is_file():
-                shutil.copyfile(f, work / f.name)
+
+    def change(work: Path) -> Any:
         calib, gate, source = calibration_feeds(
             manifest, video=video, data_dir=data_dir, count=calibration_keyframes
         )
-        new = quantize_bundle_dir(
+        return quantize_bundle_dir(
             work, manifest, calib, gate, calibration_source=source, options=options
         )
-        write_manifest(work, new)
-        validate_bundle(work)
-        move_into_place(work, dst)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return new
+
+    return derive_bundle(Path(src), Path(dst), force, change)

@@ -9,9 +9,12 @@ behind nor replaces a good one. `export.bundle` and `export.quantize` both write
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ExportError", "move_into_place", "prepare_out", "versions"]
+__all__ = ["ExportError", "derive_bundle", "move_into_place", "prepare_out", "versions"]
 
 
 class ExportError(RuntimeError):
@@ -46,3 +49,27 @@ def move_into_place(work: Path, out: Path) -> None:
     work.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def derive_bundle(src: Path, dst: Path, force: bool, change: Callable[[Path], Any]) -> Any:
+    """A changed copy of the bundle ``src`` at ``dst``: its files are copied into a work
+    directory beside ``dst``, ``change(work)`` edits them and returns the new manifest, which
+    is written and validated before the directory moves into place. Returns the manifest;
+    on any error nothing is left at ``dst`` (nor a work directory)."""
+    from core.manifest import validate_bundle, write_manifest
+
+    prepare_out(dst, force)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        for f in Path(src).iterdir():
+            if f.is_file():
+                shutil.copyfile(f, work / f.name)
+        new = change(work)
+        write_manifest(work, new)
+        validate_bundle(work)
+        move_into_place(work, dst)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return new
