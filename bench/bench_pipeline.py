@@ -150,46 +150,53 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _efficiency_round(bundle: Path, video: Path, threads: int | None) -> dict[str, Any]:
+    """One end-to-end run, then the bare graphs on its own batches (the engine and the
+    captured inputs are dropped before the next round)."""
+    c0 = _cpu_s()
+    e2e = asyncio.run(_end_to_end(bundle, video, threads, capture=True))
+    c1 = _cpu_s()
+    bare = _bare(e2e["engine"], e2e["captures"])
+    c2 = _cpu_s()
+    vs = e2e["video_s"]
+    return {
+        "video_s": vs,
+        "end_to_end_wall_s": e2e["wall_s"],
+        "end_to_end_video_s_per_wall_s": vs / e2e["wall_s"],
+        "bare_model_s": bare,
+        "bare_video_s_per_wall_s": vs / bare["total"],
+        "efficiency": bare["total"] / e2e["wall_s"],
+        # Wall-clock efficiency swings with other load on the machine (more runnable threads
+        # get a larger share of contended cores). CPU seconds do not: bare graph CPU / the
+        # whole pipeline's CPU (decoder process included) is the overhead the pipeline adds.
+        "end_to_end_cpu_s": c1 - c0,
+        "bare_model_cpu_s": c2 - c1,
+        "cpu_efficiency": (c2 - c1) / max(c1 - c0, 1e-9),
+        "load_average": os.getloadavg(),
+        "thread_policy": e2e["engine"].thread_policy.as_dict(),
+        "stages": e2e["stats"]["stages"],
+        "counters": e2e["stats"]["counters"],
+    }
+
+
 def bench_a(bundle: Path, video: Path, threads: int | None, rounds: int = 3) -> dict[str, Any]:
     """``rounds`` rounds of (end to end, then the bare graphs on that run's own batches);
     the reported efficiency is the median round's. The host's speed drifts between phases
     (the bare R50 backbone took 4.8 s in one run and 5.9 s in the next), so a pair timed
     once can land in two phases; pairs timed back to back, rounds repeated, do not depend on
     which phase the bench started in."""
-    per_round = []
-    for _ in range(rounds):
-        c0 = _cpu_s()
-        e2e = asyncio.run(_end_to_end(bundle, video, threads, capture=True))
-        c1 = _cpu_s()
-        bare = _bare(e2e["engine"], e2e["captures"])
-        c2 = _cpu_s()
-        per_round.append((bare["total"] / e2e["wall_s"], e2e, bare, c1 - c0, c2 - c1))
-    per_round.sort(key=lambda r: r[0])
-    efficiency, e2e, bare, cpu_e2e, cpu_bare = per_round[len(per_round) // 2]
-    vs = e2e["video_s"]
+    per_round = [_efficiency_round(bundle, video, threads) for _ in range(rounds)]
+    per_round.sort(key=lambda r: r["efficiency"])
     res = {
-        "video_s": vs,
+        **per_round[len(per_round) // 2],  # the median round's figures
         "rounds": rounds,
-        "efficiency_per_round": sorted(r[0] for r in per_round),
-        # The median round's figures:
-        "end_to_end_wall_s": e2e["wall_s"],
-        "end_to_end_video_s_per_wall_s": vs / e2e["wall_s"],
-        "bare_model_s": bare,
-        "bare_video_s_per_wall_s": vs / bare["total"],
-        "efficiency": efficiency,
-        # Wall-clock efficiency swings with other load on the machine (more runnable threads
-        # get a larger share of contended cores). CPU seconds do not: bare graph CPU / the
-        # whole pipeline's CPU (decoder process included) is the overhead the pipeline adds.
-        "end_to_end_cpu_s": cpu_e2e,
-        "bare_model_cpu_s": cpu_bare,
-        "cpu_efficiency": cpu_bare / max(cpu_e2e, 1e-9),
-        "load_average": os.getloadavg(),
-        "thread_policy": e2e["engine"].thread_policy.as_dict(),
-        "stages": e2e["stats"]["stages"],
-        "counters": e2e["stats"]["counters"],
+        "efficiency_per_round": [r["efficiency"] for r in per_round],
     }
+    vs, e2e_wall, bare = res["video_s"], res["end_to_end_wall_s"], res["bare_model_s"]
+    cpu_e2e, cpu_bare = res["end_to_end_cpu_s"], res["bare_model_cpu_s"]
+    efficiency = res["efficiency"]
     print(
-        f"(a) end-to-end {vs / e2e['wall_s']:.2f} video-s/s ({e2e['wall_s']:.1f} s wall), bare "
+        f"(a) end-to-end {vs / e2e_wall:.2f} video-s/s ({e2e_wall:.1f} s wall), bare "
         f"models {vs / bare['total']:.2f} video-s/s (det {bare['detector']:.1f} s, backbone "
         f"{bare['backbone']:.1f} s, head {bare['head']:.1f} s) -> efficiency "
         f"{efficiency:.2f} (median of {rounds} rounds: "

@@ -624,6 +624,7 @@ def build_bundle(
                 gate,
                 calibration_source=calib_source,
                 options=quantize_options or QuantizeOptions(),
+                conv_rewrites=conv_rewrites,
             )
         if tensorrt is not None:
             engines = _build_engines(

@@ -136,12 +136,7 @@ def export_command(
         _fail("--bank-checkpoint needs --checkpoint", 2)
     if tensorrt not in (None, "fp16", "int8"):
         _fail(f"--tensorrt {tensorrt!r}: choose fp16 or int8", 2)
-    from export.frame_convs import parse_kinds
-
-    try:
-        rewrite_kinds = parse_kinds(conv_rewrites)
-    except ValueError as e:
-        _fail(f"--conv-rewrites: {e}", 2)
+    rewrite_kinds = _rewrite_kinds(conv_rewrites)
     if quantize not in (None, "int8"):
         _fail(f"--quantize {quantize!r}: the one mode is int8", 2)
     if quantize is not None and tensorrt is not None:
@@ -224,6 +219,16 @@ def export_command(
         typer.echo(f"wrote Triton repository {triton}")
 
 
+def _rewrite_kinds(text: str) -> frozenset[str]:
+    """``--conv-rewrites`` as a set of kinds; exit 2 naming the choices when it is not one."""
+    from export.frame_convs import parse_kinds
+
+    try:
+        return parse_kinds(text)
+    except ValueError as e:
+        _fail(f"--conv-rewrites: {e}", 2)
+
+
 def _echo_rewrites(m: object) -> None:
     for role, graph in getattr(m, "graphs", {}).items():
         if graph.rewrites:
@@ -260,6 +265,12 @@ def quantize_command(
     ),
     calibration_keyframes: int = typer.Option(8, "--calibration-keyframes", min=1),
     min_cosine: float = typer.Option(0.98, "--quantize-min-cosine"),
+    conv_rewrites: str = typer.Option(
+        "thin",
+        "--conv-rewrites",
+        help="As for export, applied to the float32 graph first where it lacks them: 'thin', "
+        "'thin,frame' or 'none'.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """int8 copy of an exported bundle (the backbone quantised, as export --quantize int8)."""
@@ -267,6 +278,8 @@ def quantize_command(
     from core.manifest import BundleError
     from export.bundle import ExportError
     from export.quantize import QuantizationError, QuantizeOptions, quantize_bundle
+
+    kinds = _rewrite_kinds(conv_rewrites)
 
     try:
         m = quantize_bundle(
@@ -277,6 +290,7 @@ def quantize_command(
             calibration_keyframes=calibration_keyframes,
             options=QuantizeOptions(min_cosine=min_cosine),
             force=force,
+            conv_rewrites=kinds,
         )
     except (ExportError, BundleError, QuantizationError) as e:
         _fail(str(e))
@@ -304,14 +318,10 @@ def optimize_command(
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from core.manifest import BundleError
     from export.bundle import ExportError
-    from export.frame_convs import parse_kinds
     from export.optimize import optimize_bundle
     from export.parity import ParityError
 
-    try:
-        kinds = parse_kinds(conv_rewrites)
-    except ValueError as e:
-        _fail(f"--conv-rewrites: {e}", 2)
+    kinds = _rewrite_kinds(conv_rewrites)
     try:
         m = optimize_bundle(bundle, out, video=video, data_dir=data, kinds=kinds, force=force)
     except (ExportError, BundleError, ParityError) as e:

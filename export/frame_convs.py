@@ -50,7 +50,8 @@ __all__ = [
 
 # The rewrites applied by default at export (module docstring).
 DEFAULT_KINDS: frozenset[str] = frozenset({"thin"})
-# A conv with fewer input channels than this (per group) and a spatial kernel is a stem.
+# A conv with fewer input channels than this (per group) and a spatial kernel is "thin". The
+# int8 quantiser keeps the same convs float32 (export/quantize.py, `min_conv_in_channels`).
 THIN_MAX_IN_CHANNELS = 16
 _KINDS = ("frame", "thin")
 
@@ -69,17 +70,17 @@ def parse_kinds(text: str) -> frozenset[str]:
 
 @dataclass
 class FrameConvReport:
-    """What `rewrite` changed: node names per kind."""
+    """What `rewrite` changed: convs rewritten per kind."""
 
-    rewritten: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in _KINDS})
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
-        return sum(len(v) for v in self.rewritten.values())
+        return sum(self.counts.values())
 
     def describe(self) -> dict[str, int]:
         """Convs rewritten per kind, kinds with none left out (the manifest's ``rewrites``)."""
-        return {k: len(v) for k, v in self.rewritten.items() if v}
+        return {k: n for k, n in self.counts.items() if n}
 
     def added_to(self, earlier: dict[str, int]) -> dict[str, int]:
         """A graph's ``rewrites`` record after this pass, given its ``earlier`` one."""
@@ -170,7 +171,8 @@ def _conv2d_attrs(a: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _rewrite_frame(node: Any, w: np.ndarray, bias: str | None) -> _Builder:
+def _per_frame_conv(node: Any, w: np.ndarray, bias: str | None) -> _Builder:
+    """A ``1 x kh x kw`` conv as one 2-D conv over every frame (module docstring)."""
     b = _Builder(node.name or node.output[0])
     x4, shape = _frames_2d(b, node.input[0])
     w2 = b.const(w[:, :, 0], dtype=w.dtype)
@@ -182,7 +184,9 @@ def _rewrite_frame(node: Any, w: np.ndarray, bias: str | None) -> _Builder:
     return b
 
 
-def _rewrite_stem(node: Any, w: np.ndarray, bias: str | None) -> _Builder:
+def _shifted_sum_conv(node: Any, w: np.ndarray, bias: str | None) -> _Builder:
+    """A ``kt x kh x kw`` conv as one 2-D conv with ``kt * Cout`` outputs whose time-shifted
+    slices are summed (module docstring)."""
     b = _Builder(node.name or node.output[0])
     cout, _, kt = w.shape[:3]
     half = kt // 2
@@ -233,16 +237,16 @@ def rewrite(model: Any, kinds: Iterable[str] = DEFAULT_KINDS) -> FrameConvReport
     for node in graph.node:
         w_init = weights.get(node.input[1]) if node.op_type == "Conv" else None
         kind = plan(node, tuple(w_init.dims)) if w_init is not None else None
-        if kind not in kinds or w_init is None:
+        if w_init is None or kind not in kinds:
             new_nodes.append(node)
             continue
         w = numpy_helper.to_array(w_init)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         temporal = w.shape[2] > 1
-        builder = (_rewrite_stem if temporal else _rewrite_frame)(node, w, bias)
+        builder = (_shifted_sum_conv if temporal else _per_frame_conv)(node, w, bias)
         new_nodes.extend(builder.nodes)
         graph.initializer.extend(builder.inits)
-        report.rewritten[kind].append(node.name)
+        report.counts[kind] = report.counts.get(kind, 0) + 1
     if report.count:
         used = {i for n in new_nodes for i in n.input}
         kept = [t for t in graph.initializer if t.name in used or t.name not in weights]

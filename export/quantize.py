@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ class QuantizeOptions:
     # Convs with fewer input channels per group stay float32: the stems (3 RGB channels, a
     # 5x7x7 kernel on the fast pathway) run 4x SLOWER as QLinearConv than as float (measured
     # per node on the R50 backbone: 3.1 s vs 0.73 s of a 5.9 s float32 run).
-    min_conv_in_channels: int = 16
+    min_conv_in_channels: int = frame_convs.THIN_MAX_IN_CHANNELS
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -265,6 +265,7 @@ def quantize_bundle_dir(
     calibration_source: str,
     options: QuantizeOptions = QuantizeOptions(),
     roles: Sequence[str] = ("backbone",),
+    conv_rewrites: Iterable[str] = frame_convs.DEFAULT_KINDS,
 ) -> Any:
     """Quantise ``roles`` of the bundle being written in ``work`` (its float32 graphs are
     replaced) and return the updated `BundleManifest` (not yet written).
@@ -287,7 +288,7 @@ def quantize_bundle_dir(
         dst = work / f"{Path(graph.file).stem}.int8.onnx"
         # A bundle exported before the conv rewrites gets them now (a no-op on a newer one),
         # so its int8 graph keeps the stems' fast 2-D float kernels too.
-        done = frame_convs.rewrite_checked(src, gate_samples, graph=role)
+        done = frame_convs.rewrite_checked(src, gate_samples, graph=role, kinds=conv_rewrites)
         rewrites = done.added_to(graph.rewrites)
         quantize_graph(src, dst, calibration, options)
         found = drift(src, dst, gate_samples, min_cosine=options.min_cosine, graph=role)
@@ -367,6 +368,7 @@ def quantize_bundle(
     calibration_keyframes: int = 8,
     options: QuantizeOptions = QuantizeOptions(),
     force: bool = False,
+    conv_rewrites: Iterable[str] = frame_convs.DEFAULT_KINDS,
 ) -> Any:
     """An int8 copy of the float32 bundle ``src`` at ``dst`` (`avaserve bundle quantize`):
     the same graphs but the backbone, calibrated on ``calibration_keyframes`` clips of
@@ -383,7 +385,13 @@ def quantize_bundle(
             manifest, video=video, data_dir=data_dir, count=calibration_keyframes
         )
         return quantize_bundle_dir(
-            work, manifest, calib, gate, calibration_source=source, options=options
+            work,
+            manifest,
+            calib,
+            gate,
+            calibration_source=source,
+            options=options,
+            conv_rewrites=conv_rewrites,
         )
 
     return derive_bundle(Path(src), Path(dst), force, change)

@@ -141,12 +141,12 @@ def test_rewrite_checked_refuses_a_wrong_rewrite_and_keeps_the_file(
     path = tmp_path / "g.onnx"
     onnx.save(_conv_model(w, bias=True, pads=[2, 3, 3, 2, 3, 3], strides=[1, 2, 2]), str(path))
     before = path.read_bytes()
-    real = frame_convs._rewrite_stem
+    real = frame_convs._shifted_sum_conv
 
     def off_by_one_frame(node: Any, weight: np.ndarray, bias: str | None) -> Any:
         return real(node, np.roll(weight, 1, axis=2), bias)  # taps in the wrong frames
 
-    monkeypatch.setattr(frame_convs, "_rewrite_stem", off_by_one_frame)
+    monkeypatch.setattr(frame_convs, "_shifted_sum_conv", off_by_one_frame)
     with pytest.raises(ParityError, match="rewritten"):
         rewrite_checked(path, [_feed(0), _feed(1)], graph="rewritten")
     assert path.read_bytes() == before
@@ -218,3 +218,31 @@ def test_export_rewrites_and_records_and_optimize_upgrades_an_old_bundle(
         ["bundle", "optimize", str(old), "--out", str(tmp_path / "x"), "--conv-rewrites", "all"],
     )
     assert bad.exit_code == 2 and "--conv-rewrites: 'all'" in bad.output
+
+
+def test_quantize_applies_the_rewrites_it_is_asked_for(video: Path, tmp_path: Path) -> None:
+    """bundle quantize rewrites an older float32 graph before quantising (default), and leaves
+    it plain under ``conv_rewrites=()`` (what `export --conv-rewrites none --quantize int8`
+    passes on)."""
+    from export.quantize import quantize_bundle
+
+    plain = _tiny(tmp_path / "plain", video, conv_rewrites=())
+    by_default = quantize_bundle(
+        plain, tmp_path / "q", video=video, calibration_keyframes=2
+    ).graphs["backbone"]
+    kept_plain = quantize_bundle(
+        plain, tmp_path / "q0", video=video, calibration_keyframes=2, conv_rewrites=()
+    ).graphs["backbone"]
+    assert by_default.rewrites.get("thin", 0) >= 2 and kept_plain.rewrites == {}
+
+    def float_3d_convs(path: Path) -> int:
+        model = onnx.load(str(path))
+        dims = {t.name: len(t.dims) for t in model.graph.initializer}
+        return sum(n.op_type == "Conv" and dims.get(n.input[1]) == 5 for n in model.graph.node)
+
+    # The thin convs stay float32 in int8 (too few channels to gain): 3-D in one, 2-D in the
+    # other, and nothing else differs.
+    plain_3d = float_3d_convs(tmp_path / "q0" / kept_plain.file)
+    assert (
+        plain_3d - float_3d_convs(tmp_path / "q" / by_default.file) == by_default.rewrites["thin"]
+    )
