@@ -234,6 +234,7 @@ async def _annotate(
         "realtime_factor": seconds / wall if wall > 0 else float("inf"),
         "degraded": degraded,
         "threads": engine.thread_policy.describe(),
+        **({"cpu": engine.cpu_note} if engine.cpu_note else {}),
         "outputs": [str(p) for p in (out, csv_out, render) if p is not None],
     }
 
@@ -251,5 +252,7 @@ def _print_summary(s: dict[str, object]) -> None:
     table.add_row("real-time factor", f"{s['realtime_factor']:.2f}x")
     table.add_row("degraded context", str(s["degraded"]))
     table.add_row("thread policy", str(s["threads"]))
+    if "cpu" in s:
+        table.add_row("cpu", str(s["cpu"]))
     table.add_row("written", ", ".join(s["outputs"]))  # type: ignore[arg-type]
     Console().print(table)

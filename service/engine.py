@@ -79,7 +79,7 @@ from service.runtime import Runtime, RuntimeSettings, create_runtime
 from service.scheduler import DEFAULT_MAX_GAP_S
 from service.stream import Keyframe, KeyframeResult, StreamSession
 from service.stride import StrideController
-from service.threads import thread_policy
+from service.threads import int8_speed_note, thread_policy
 from service.types import Detections, TrackedPersons
 
 __all__ = ["Engine", "EngineSettings", "EngineStats", "LiveSession", "StreamSession"]
@@ -211,6 +211,9 @@ class Engine:
         # Threads per graph from the model's cost (service/threads.py), unless the settings
         # fix a count; the same bundle and machine always get the same policy.
         self.thread_policy = thread_policy(self.bundle_dir, m, threads=s.runtime.intra_op_threads)
+        self.cpu_note = int8_speed_note(m)
+        if self.cpu_note:
+            log.warning("%s", self.cpu_note)
         if not s.runtime.role_threads:
             roles = ("detector", "backbone", "bank_backbone", "head")
             s = self.settings = replace(

@@ -14,7 +14,7 @@ import service.runtime as runtime_mod
 from core.manifest import load_manifest
 from service.engine import Engine, EngineSettings
 from service.runtime import RuntimeSettings
-from service.threads import HEAVY_PARAMS, thread_policy
+from service.threads import HEAVY_PARAMS, int8_dot_product, int8_speed_note, thread_policy
 
 
 def _manifest(file: str = "backbone.onnx", quantized: bool = False) -> Any:
@@ -114,3 +114,29 @@ def test_cgroup_quota_caps_the_cores(
     assert cgroup_cpu_quota(root) == quota
     mask = len(os.sched_getaffinity(0))
     assert available_cores(root) == (min(mask, quota) if quota is not None else mask)
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ("fpu sse4_2 avx avx2 fma", False),
+        ("fpu avx2 avx512f avx512_vnni", True),
+        ("fpu avx2 avx_vnni", True),
+    ],
+)
+def test_int8_dot_product_reads_the_cpu_flags(tmp_path: Path, flags: str, want: bool) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert int8_dot_product(info) is want
+
+
+def test_int8_note_only_for_an_int8_bundle_without_vnni(tmp_path: Path) -> None:
+    avx2, vnni = tmp_path / "avx2", tmp_path / "vnni"
+    avx2.write_text("flags\t: fpu avx2 fma\n")
+    vnni.write_text("flags\t: fpu avx2 avx512_vnni\n")
+    int8, fp32 = _manifest(quantized=True), _manifest()
+    note = int8_speed_note(int8, avx2)
+    assert note is not None and "without VNNI" in note
+    assert int8_speed_note(int8, vnni) is None
+    assert int8_speed_note(fp32, avx2) is None
+    assert int8_speed_note(int8, tmp_path / "missing") is None  # not Linux: no guess
