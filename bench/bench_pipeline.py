@@ -59,8 +59,14 @@ DEFAULT_BUNDLE = REPO / "bundles" / "demo"
 DEFAULT_VIDEO = REPO.parent / "shared" / "assets" / "video" / "pedestrians_vtest.avi"
 
 
+# --idle-decode: None = the engine's choice (the thread policy's `decode_idle`).
+IDLE_DECODE: bool | None = None
+
+
 def _settings(threads: int | None) -> EngineSettings:
-    return EngineSettings(runtime=RuntimeSettings(intra_op_threads=threads))
+    return EngineSettings(
+        runtime=RuntimeSettings(intra_op_threads=threads), idle_decode=IDLE_DECODE
+    )
 
 
 class _Capture:
@@ -379,7 +385,15 @@ def main() -> None:
     )
     ap.add_argument("--which", default="a,b,c")
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. the video)")
+    ap.add_argument(
+        "--idle-decode",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="uploads' decoding at idle CPU priority: the engine's choice (auto), or forced",
+    )
     args = ap.parse_args()
+    global IDLE_DECODE
+    IDLE_DECODE = {"auto": None, "on": True, "off": False}[args.idle_decode]
     if not (args.bundle / "manifest.json").is_file():
         sys.exit(f"no bundle at {args.bundle}; pass --bundle DIR")
     RESULTS.mkdir(parents=True, exist_ok=True)

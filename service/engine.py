@@ -116,6 +116,8 @@ class EngineSettings:
     max_pts_gap_s: a frame this far (seconds) after the previous one starts a new segment: the
         keyframes in between are skipped, not filled in (`service.scheduler`), and tracks end.
         Larger keeps keyframes across longer stalls but lets one frame make that many due.
+    idle_decode: uploads decode at idle CPU priority (Linux SCHED_IDLE); None = when the
+        backbone's threads cover every core (`service.threads.ThreadPolicy.decode_idle`).
     """
 
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -132,6 +134,7 @@ class EngineSettings:
     max_pts_gap_s: float = DEFAULT_MAX_GAP_S
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     isolated_decode: bool = True
+    idle_decode: bool | None = None
 
 
 # keyframe_file / keyframe_live: end-to-end time from a keyframe being due to its result.
@@ -211,6 +214,9 @@ class Engine:
         # Threads per graph from the model's cost (service/threads.py), unless the settings
         # fix a count; the same bundle and machine always get the same policy.
         self.thread_policy = thread_policy(self.bundle_dir, m, threads=s.runtime.intra_op_threads)
+        self.idle_decode = (
+            self.thread_policy.decode_idle if s.idle_decode is None else s.idle_decode
+        )
         self.cpu_note = int8_speed_note(m)
         if self.cpu_note:
             log.warning("%s", self.cpu_note)

@@ -28,6 +28,7 @@ from service.feeds import DetItem
 from service.records import Prediction
 from service.ringbuffer import Clip
 from service.stream import Keyframe, KeyframeResult, StreamSession
+from service.threads import idle_priority
 
 if TYPE_CHECKING:
     from service.decode import VideoDecoder
@@ -87,14 +88,20 @@ class FileRun:
         return math.ceil(g.after_s * g.keyframe_rate) + 2
 
     async def open(self) -> None:
-        """Start decoding (in the run's worker thread)."""
+        """Start decoding (in the run's worker thread). Beside a backbone that holds every
+        core, the worker thread and the decoder process run at idle CPU priority
+        (service/threads.py, `ThreadPolicy.decode_idle`; `EngineSettings.idle_decode`)."""
         from service.decode import decode_frames
 
         s = self.engine.settings
-        self.decoder = await self.loop.run_in_executor(
-            self.worker,
-            lambda: decode_frames(self.path, s.decode_limits, isolated=s.isolated_decode),
-        )
+        idle = self.engine.idle_decode
+
+        def start() -> VideoDecoder:
+            if idle:
+                idle_priority()  # this run's own worker thread, for the rest of the run
+            return decode_frames(self.path, s.decode_limits, isolated=s.isolated_decode, idle=idle)
+
+        self.decoder = await self.loop.run_in_executor(self.worker, start)
 
     # -- decode thread ---------------------------------------------------------------------
 
@@ -253,8 +260,10 @@ class FileRun:
         if self.decoder is not None:
             self.decoder.close()
         if eng.settings.isolated_decode:
-            # A warm decoder for the next upload, started once this one no longer needs CPU.
-            self.worker.submit(prestart)
+            # A warm decoder for the next upload, started once this one no longer needs CPU;
+            # from the loop's default executor, not this run's worker, whose idle CPU class
+            # (`open`) the new process would inherit, live streams' decoders included.
+            self.loop.run_in_executor(None, prestart)
         self.worker.shutdown(wait=False)
         if not self.keep_bank and eng.bank_enabled:
             with contextlib.suppress(Exception):

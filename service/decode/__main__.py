@@ -26,7 +26,14 @@ def _worker_main(argv: list[str]) -> None:
         _child_live(request["kind"], limits, short_side, float(request["fps_hint"]), inp, out)
     else:
         inp.close()
-        _child_file(request["mode"], request["path"], limits, short_side, out)
+        _child_file(
+            request["mode"],
+            request["path"],
+            limits,
+            short_side,
+            out,
+            idle=bool(request.get("idle")),
+        )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ def _send_error(fd: int, reason: str, message: str) -> None:
         _send(fd, _MSG_ERROR, payload)
 
 
-def _harden_child(limits: DecodeLimits, *, cap_cpu: bool) -> None:
-    """Runs first in the decoder process: lower its limits for the rest of its life."""
+def _harden_child(limits: DecodeLimits, *, cap_cpu: bool, idle: bool = False) -> None:
+    """Runs first in the decoder process: lower its limits for the rest of its life.
+    ``idle``: Linux's SCHED_IDLE class too (service/threads.py, `ThreadPolicy.decode_idle`)."""
     # FFmpeg logs to stderr; with RLIMIT_FSIZE=0 a write to a regular-file stderr (pytest's
     # capture, a log file) would kill us with SIGXFSZ. Point stdio at /dev/null instead.
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -91,6 +92,10 @@ def _harden_child(limits: DecodeLimits, *, cap_cpu: bool) -> None:
     av.logging.set_level(None)
     with contextlib.suppress(OSError):
         os.nice(5)  # decoding yields to the server's event loop and inference
+    if idle:
+        from service.threads import idle_priority
+
+        idle_priority(whole_process=True)  # FFmpeg's threads, started later, inherit it
     mem = int(limits.max_memory_bytes)
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     if cap_cpu:
@@ -107,11 +112,17 @@ def _lock_files() -> None:
 
 
 def _child_file(
-    mode: str, path: str, limits: DecodeLimits, short_side: int | None, conn: int
+    mode: str,
+    path: str,
+    limits: DecodeLimits,
+    short_side: int | None,
+    conn: int,
+    *,
+    idle: bool = False,
 ) -> None:
     """Decoder process entry point for a file: probe, or probe and stream frames."""
     try:
-        _harden_child(limits, cap_cpu=True)
+        _harden_child(limits, cap_cpu=True, idle=idle)
         session = _Session(Path(path), limits)
         _lock_files()
         _send(conn, _MSG_INFO, json.dumps(asdict(session.info)).encode())
@@ -453,6 +464,7 @@ class VideoDecoder(ClosesOnExit):
         *,
         short_side: int | None,
         isolated: bool,
+        idle: bool = False,
     ) -> None:
         if short_side is not None and short_side <= 0:
             raise ValueError(f"short_side must be a positive number of pixels, got {short_side}")
@@ -463,7 +475,12 @@ class VideoDecoder(ClosesOnExit):
         self._done = False
         self._first: DecodedFrame | None = None
         if isolated:
-            request = {"mode": "decode", "path": _existing(path), "short_side": short_side}
+            request = {
+                "mode": "decode",
+                "path": _existing(path),
+                "short_side": short_side,
+                "idle": bool(idle),
+            }
             self._link = _ChildLink(request, limits, limits.max_pixels)
             try:
                 self.info = _expect_info(self._link, limits)
@@ -534,14 +551,19 @@ def decode_frames(
     *,
     short_side: int | None = None,
     isolated: bool = True,
+    idle: bool = False,
 ) -> VideoDecoder:
     """Decode a video file into frames resized once so their short side is `short_side` pixels
     (None keeps the size), stamped with presentation time in seconds, rotation applied.
+    ``idle``: the decoder process runs in Linux's SCHED_IDLE class (`ThreadPolicy.decode_idle`;
+    in-process decoding runs in the caller's thread, whose priority is the caller's to set).
 
     The returned VideoDecoder has `.info` (a VideoInfo) and iterates DecodedFrames. Frames reach
     the caller through a 1 MiB pipe: decoding runs at most that far ahead of consumption.
     """
-    return VideoDecoder(path, limits or DecodeLimits(), short_side=short_side, isolated=isolated)
+    return VideoDecoder(
+        path, limits or DecodeLimits(), short_side=short_side, isolated=isolated, idle=idle
+    )
 
 
 def _lowest_fd(fd: int) -> int:

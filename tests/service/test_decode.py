@@ -6,6 +6,7 @@ Every hostile case runs with short probe/decode budgets (`FAST`), so a hang woul
 
 from __future__ import annotations
 
+import os
 import pickle
 import resource
 import subprocess
@@ -513,3 +514,18 @@ def test_prestarted_decoder_is_taken_once(tmp_path: Path, spare_dies: bool) -> N
     decode_module.prestart()
     decode_module.discard_spare()
     assert decode_module._spare is None
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+@pytest.mark.parametrize("idle", [True, False])
+def test_idle_decoder_process_runs_in_the_idle_class(tmp_path: Path, idle: bool) -> None:
+    """`decode_frames(idle=True)`: the decoder process (and FFmpeg's threads, started after)
+    is in SCHED_IDLE while it decodes; without it, the normal class."""
+    path = hostile.write_video(tmp_path / "v.mp4", container="mp4", frames=8)
+    decode_module.discard_spare()  # a spare started by another test keeps its own class
+    with decode_frames(path, FAST, short_side=32, idle=idle) as dec:
+        next(dec)
+        assert dec._link is not None
+        pid = dec._link.process.pid
+        policies = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+    assert policies == ({os.SCHED_IDLE} if idle else {os.SCHED_OTHER})

@@ -140,3 +140,62 @@ def test_int8_note_only_for_an_int8_bundle_without_vnni(tmp_path: Path) -> None:
     assert int8_speed_note(int8, vnni) is None
     assert int8_speed_note(fp32, avx2) is None
     assert int8_speed_note(int8, tmp_path / "missing") is None  # not Linux: no guess
+
+
+def test_uploads_decode_idle_only_beside_a_backbone_on_every_core(tmp_path: Path) -> None:
+    heavy = _weights(tmp_path, 4 * 34_000_000)
+    assert thread_policy(heavy, _manifest(), cores=2).decode_idle
+    assert "idle CPU priority" in thread_policy(heavy, _manifest(), cores=2).describe()
+    assert thread_policy(heavy, _manifest(), cores=2).as_dict()["decode_idle"] is True
+    assert not thread_policy(heavy, _manifest(), cores=1).decode_idle  # nothing to share
+    light = thread_policy(_weights(tmp_path / ".", 4 * 1_400_000, "l.onnx"), _manifest("l.onnx"))
+    assert not light.decode_idle and "idle" not in light.describe()
+    assert thread_policy(heavy, _manifest(), threads=0, cores=4).decode_idle  # ORT: all cores
+    assert not thread_policy(heavy, _manifest(), threads=1, cores=4).decode_idle
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+@pytest.mark.parametrize("forced", [None, False])
+def test_file_run_decodes_idle_and_the_next_spare_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forced: bool | None
+) -> None:
+    """Under the heavy policy an upload's decode thread is in SCHED_IDLE while it decodes
+    (``EngineSettings.idle_decode=False`` keeps it normal); the spare decoder started after
+    the upload, which a live stream may take, is in the normal class either way."""
+    import asyncio
+    import threading
+
+    import service.decode as decode_pkg
+    import service.decode.sandbox as sandbox
+
+    bundle = tb.make_bundle(tmp_path / "b")
+    video = tb.make_video(tmp_path / "v.mp4", seconds=3)
+    monkeypatch.setattr("service.threads.HEAVY_PARAMS", 1)
+    monkeypatch.setattr("service.threads.available_cores", lambda: 2)
+    seen: list[int] = []
+    real = decode_pkg.decode_frames
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        seen.append(os.sched_getscheduler(threading.get_native_id()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(decode_pkg, "decode_frames", spy)
+    engine = Engine(bundle, settings=EngineSettings(idle_decode=forced))
+    assert engine.idle_decode is (forced is None)
+
+    async def run() -> tuple[int, int | None]:
+        n = sum([1 async for _ in engine.annotate_file(video)])
+        policy = None
+        for _ in range(50):  # the next spare starts once the run has closed
+            spare = sandbox._spare
+            if spare is not None and spare.process.poll() is None:
+                policy = os.sched_getscheduler(spare.process.pid)
+                break
+            await asyncio.sleep(0.1)
+        await engine.close()  # discards the spare
+        return n, policy
+
+    n, spare_policy = asyncio.run(run())
+    assert n > 0
+    assert seen == [os.SCHED_IDLE if forced is None else os.SCHED_OTHER]
+    assert spare_policy == os.SCHED_OTHER
