@@ -86,13 +86,13 @@ def int8_dot_product(cpuinfo: Path | None = None) -> bool | None:
 
 def int8_speed_note(manifest: BundleManifest, cpuinfo: Path | None = None) -> str | None:
     """A warning for an int8 bundle on an x86 CPU without VNNI, else None. There ONNX Runtime's
-    u8 x s8 kernels use AVX2's multiply-add pairs: the measured R50 int8 backbone was 1.86x
-    float32 instead of 2.73x with VNNI (README, "Real-size models at speed")."""
+    u8 x s8 kernels use AVX2's multiply-add pairs: the measured R50 int8 backbone was 1.60x and
+    1.86x float32 in two runs, against 2.73x with VNNI (README, "Real-size models at speed")."""
     if manifest.quantization is None or int8_dot_product(cpuinfo) is not False:
         return None
     return (
         "int8 backbone on a CPU without VNNI (no avx512_vnni / avx_vnni flag): int8 gains less "
-        "here (the R50 backbone measured 1.86x float32 speed on such a CPU, 2.73x with VNNI)"
+        "here (the R50 backbone measured 1.6-1.9x float32 speed on such a CPU, 2.7x with VNNI)"
     )
 
 
