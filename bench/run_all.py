@@ -22,7 +22,6 @@ only comparable within one run: each bench measures its pair side by side.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -42,6 +41,9 @@ for candidate in (REPO.parent / "shared" / "assets", Path("/work/shared/assets")
 BASKETBALL = ASSETS / "video" / "basketball_2people.mp4"
 YOLOX = ASSETS / "detector" / "yolox_nano.onnx"
 PY = sys.executable
+sys.path.insert(0, str(REPO))
+
+from service.threads import int8_dot_product  # noqa: E402
 
 
 def _run(cmd: list[str], *, timeout: float = 900) -> str:
@@ -74,16 +76,11 @@ def _cpu_model() -> str:
 
 
 def _machine() -> dict[str, Any]:
-    flags = ""
-    with contextlib.suppress(OSError, StopIteration):
-        flags = next(
-            ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")
-        )
     return {
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
-        "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+        "vnni": int8_dot_product(),  # None where /proc/cpuinfo has no flags line
         "python": platform.python_version(),
     }
 

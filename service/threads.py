@@ -43,9 +43,10 @@ import contextlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.manifest import BundleManifest
+if TYPE_CHECKING:  # annotations only: the decoder process imports this module (idle_priority)
+    from core.manifest import BundleManifest
 
 __all__ = [
     "HEAVY_PARAMS",
